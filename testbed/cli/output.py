@@ -1,0 +1,26 @@
+"""Rendering shared by every command: JSON for scripts, rich tables for people."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import numpy as np
+
+
+def _plain(obj: Any) -> Any:
+    """Make numpy scalars/arrays and paths JSON-serialisable."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def emit_json(obj: Any) -> None:
+    """Print `obj` as indented JSON on stdout (the ``--json`` form of every command)."""
+    click.echo(json.dumps(obj, indent=2, default=_plain))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")

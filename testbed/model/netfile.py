@@ -1,0 +1,169 @@
+"""Network files: one ``.npz`` holding the weights and a JSON metadata record.
+
+Arrays are ``layer<i>.weight``; the metadata sits in the array ``meta.json`` (UTF-8 bytes) so
+the file loads with ``allow_pickle=False``. Metadata (format_version 1)::
+
+    format            "pi2-network"
+    format_version    1
+    input_shape       [64] or [1, 28, 28]
+    topology          [{"type": "dense", "k": 1}, {"type": "conv", "k": 12, "stride": 1,
+                       "padding": 2, "pool": 2}, ...]   (shapes come from the arrays)
+    constants         {"t0": 3.0, "c": 3.0, "s": 10.0}
+    neuron            {"kind": "pi2"} or {"kind": "temp", "gamma": 1.0}
+    quantisation      {"bits": 4} or null
+    provenance        {"dataset": {"name", "scale", "offset"}, "accuracy": {...}, "seed", "command", ...}
+
+Loading validates every field and raises `ModelError` naming the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from testbed.errors import ModelError
+from testbed.model.encoding import Constants
+from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+
+FORMAT = "pi2-network"
+FORMAT_VERSION = 1
+META_KEY = "meta.json"
+
+
+def network_meta(net: Pi2Network) -> dict[str, Any]:
+    """The JSON metadata record of `net` (everything but the weight arrays)."""
+    topology = []
+    for layer in net.layers:
+        if isinstance(layer, DenseLayer):
+            topology.append({"type": "dense", "k": int(layer.k)})
+        else:
+            topology.append({"type": "conv", "k": int(layer.k), "stride": layer.stride,
+                             "padding": layer.padding, "pool": layer.pool})
+    c = net.constants
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "input_shape": list(net.input_shape),
+        "topology": topology,
+        "constants": {"t0": c.t0, "c": c.c, "s": c.s},
+        "neuron": {"kind": "pi2"} if net.gamma is None else {"kind": "temp", "gamma": net.gamma},
+        "quantisation": None if net.bits is None else {"bits": net.bits},
+        "provenance": dict(net.provenance),
+    }
+
+
+def save_network(net: Pi2Network, path: str | Path) -> Path:
+    """Write `net` to `path` (``.npz``); returns the path written."""
+    path = Path(path)
+    arrays = {f"layer{i}.weight": np.asarray(layer.weight, dtype=np.float32) for i, layer in enumerate(net.layers)}
+    arrays[META_KEY] = np.frombuffer(json.dumps(network_meta(net), indent=1).encode(), dtype=np.uint8)
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path
+
+
+def load_network(path: str | Path) -> Pi2Network:
+    """Read and validate a network file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such network file (make one with `pi2 train` or `pi2 import`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: not a network file (.npz): {exc}") from None
+    if META_KEY not in arrays:
+        raise ModelError(f"{path}: missing '{META_KEY}'; is this a π² network file?")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: '{META_KEY}' is not valid JSON: {exc}") from None
+    return network_from_meta(meta, arrays, str(path))
+
+
+def _field(meta: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str, expected: str) -> Any:
+    if key not in meta:
+        raise ModelError(f"{where}: missing field '{key}' (expected {expected})")
+    value = meta[key]
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in np.atleast_1d(types):
+        raise ModelError(f"{where}: field '{key}' = {value!r}; expected {expected}")
+    return value
+
+
+def network_from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: str) -> Pi2Network:
+    """Build a network from a metadata record and its arrays, validating every field."""
+    if not isinstance(meta, Mapping):
+        raise ModelError(f"{where}: metadata must be a JSON object")
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{where}: field 'format' = {meta.get('format')!r}; expected {FORMAT!r}")
+    version = _field(meta, "format_version", int, where, f"the integer {FORMAT_VERSION}")
+    if version != FORMAT_VERSION:
+        raise ModelError(f"{where}: field 'format_version' = {version}; this pi2 reads version {FORMAT_VERSION}")
+    known = {"format", "format_version", "input_shape", "topology", "constants", "neuron", "quantisation", "provenance"}
+    unknown = set(meta) - known
+    if unknown:
+        raise ModelError(f"{where}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
+    shape = _field(meta, "input_shape", list, where, "a list of positive integers")
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ModelError(f"{where}: field 'input_shape' = {shape!r}; expected a list of positive integers")
+    raw_c = _field(meta, "constants", dict, where, "an object {t0, c, s}")
+    if set(raw_c) != {"t0", "c", "s"}:
+        raise ModelError(f"{where}: field 'constants' has keys {sorted(raw_c)}; expected ['c', 's', 't0']")
+    constants = Constants(**{k: float(v) if isinstance(v, (int, float)) else v for k, v in raw_c.items()})
+    neuron = _field(meta, "neuron", dict, where, '{"kind": "pi2"} or {"kind": "temp", "gamma": γ}')
+    if neuron.get("kind") == "pi2" and set(neuron) == {"kind"}:
+        gamma = None
+    elif neuron.get("kind") == "temp" and set(neuron) == {"kind", "gamma"} and isinstance(neuron["gamma"], (int, float)):
+        gamma = float(neuron["gamma"])
+    else:
+        raise ModelError(f"{where}: field 'neuron' = {neuron!r}; expected {{\"kind\": \"pi2\"}} or {{\"kind\": \"temp\", \"gamma\": number}}")
+    quant = meta.get("quantisation")
+    if quant is None:
+        bits = None
+    elif isinstance(quant, dict) and set(quant) == {"bits"} and isinstance(quant["bits"], int) and 1 <= quant["bits"] <= 16:
+        bits = quant["bits"]
+    else:
+        raise ModelError(f"{where}: field 'quantisation' = {quant!r}; expected null or {{\"bits\": 1..16}}")
+    provenance = meta.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise ModelError(f"{where}: field 'provenance' must be an object, got {type(provenance).__name__}")
+    topology = _field(meta, "topology", list, where, "a non-empty list of layers")
+    layers = []
+    in_shape = tuple(shape)
+    for i, spec in enumerate(topology):
+        layer = _layer(spec, arrays.get(f"layer{i}.weight"), in_shape, f"{where}: topology[{i}]")
+        layers.append(layer)
+        in_shape = layer.out_shape
+    extra = set(arrays) - {f"layer{i}.weight" for i in range(len(topology))}
+    if extra:
+        raise ModelError(f"{where}: arrays {sorted(extra)} belong to no layer of the {len(topology)}-layer topology")
+    return Pi2Network(tuple(layers), tuple(shape), constants, bits, gamma, provenance)
+
+
+def _layer(spec: Any, weight: np.ndarray | None, in_shape: tuple[int, ...], where: str) -> DenseLayer | ConvLayer:
+    if not isinstance(spec, dict):
+        raise ModelError(f"{where}: expected an object, got {spec!r}")
+    if weight is None:
+        raise ModelError(f"{where}: its weight array is missing from the file")
+    if not np.issubdtype(weight.dtype, np.floating) or not np.isfinite(weight).all():
+        raise ModelError(f"{where}: weights must be finite floats (dtype {weight.dtype})")
+    kind = spec.get("type")
+    k = spec.get("k")
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise ModelError(f"{where}: field 'k' = {k!r}; expected a positive integer")
+    if kind == "dense":
+        if set(spec) != {"type", "k"}:
+            raise ModelError(f"{where}: dense layer has keys {sorted(spec)}; expected ['k', 'type']")
+        return DenseLayer(weight.astype(np.float64), k)
+    if kind == "conv":
+        keys = {"type", "k", "stride", "padding", "pool"}
+        if set(spec) != keys:
+            raise ModelError(f"{where}: conv layer has keys {sorted(spec)}; expected {sorted(keys)}")
+        if len(in_shape) != 3:
+            raise ModelError(f"{where}: conv needs a (C, H, W) input, gets shape {in_shape}")
+        return ConvLayer(weight.astype(np.float64), k, in_shape, spec["stride"], spec["padding"], spec["pool"])
+    raise ModelError(f"{where}: field 'type' = {kind!r}; expected 'dense' or 'conv'")

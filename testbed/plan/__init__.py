@@ -1,0 +1,1 @@
+"""FabricPlan: the single source of truth that both the simulator and the kernel builder execute."""

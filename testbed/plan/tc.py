@@ -1,0 +1,112 @@
+"""tc objects as data: the qdisc/class/filter trees a plan asks the kernel to build.
+
+The plan describes *what* each interface's traffic control looks like; `testbed.kernel`
+turns these specs into netlink messages and `testbed.sim` interprets the same specs, so both
+executors read one description. Handles use tc's notation ("1:", "1:10", "root",
+"ffff:fff2" for clsact ingress, "ffff:fff3" for clsact egress). Parameter keys carry units.
+
+Accepted parameters per kind (anything else is an error, never silently dropped):
+
+- qdisc ``htb``: default_class (int, minor of the class for unclassified packets; 0 = pass unshaped)
+- qdisc ``tbf``: rate_bps, burst_bytes, limit_bytes
+- qdisc ``pfifo``: limit_packets;  ``bfifo``: limit_bytes
+- qdisc ``netem``: delay_us, jitter_us, loss_pct, limit_packets
+- qdisc ``clsact``: (none)
+- class ``htb``: rate_bps, ceil_bps, burst_bytes, cburst_bytes (rates in bits per second)
+- filter ``u32``: key (int, 32-bit word), mask (int), offset_bytes (from the network header), flowid (handle)
+- filter ``bpf``: program (name of a testbed program, e.g. "first_k_gate"), k (int), and program-specific
+  integer parameters
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from testbed.errors import PlanError
+
+QDISC_PARAMS: dict[str, frozenset[str]] = {
+    "htb": frozenset({"default_class"}),
+    "tbf": frozenset({"rate_bps", "burst_bytes", "limit_bytes"}),
+    "pfifo": frozenset({"limit_packets"}),
+    "bfifo": frozenset({"limit_bytes"}),
+    "netem": frozenset({"delay_us", "jitter_us", "loss_pct", "limit_packets"}),
+    "clsact": frozenset(),
+}
+CLASS_PARAMS: dict[str, frozenset[str]] = {
+    "htb": frozenset({"rate_bps", "ceil_bps", "burst_bytes", "cburst_bytes"}),
+}
+FILTER_PARAMS: dict[str, frozenset[str]] = {
+    "u32": frozenset({"key", "mask", "offset_bytes", "flowid"}),
+    "bpf": frozenset({"program", "k", "drop_primers", "window_us"}),
+}
+CLSACT_INGRESS = "ffff:fff2"
+CLSACT_EGRESS = "ffff:fff3"
+
+
+def _check(what: str, kind: str, params: Mapping[str, Any], table: Mapping[str, frozenset[str]]) -> None:
+    if kind not in table:
+        raise PlanError(f"{what}: unknown kind {kind!r}; expected one of {sorted(table)}")
+    unknown = set(params) - table[kind]
+    if unknown:
+        raise PlanError(f"{what} {kind}: unknown parameter(s) {sorted(unknown)}; expected {sorted(table[kind])}")
+
+
+@dataclass(frozen=True)
+class QdiscSpec:
+    kind: str
+    handle: str
+    parent: str = "root"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(f"qdisc {self.handle}", self.kind, self.params, QDISC_PARAMS)
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    kind: str
+    classid: str
+    parent: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(f"class {self.classid}", self.kind, self.params, CLASS_PARAMS)
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    kind: str
+    parent: str
+    prio: int = 1
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(f"filter at {self.parent}", self.kind, self.params, FILTER_PARAMS)
+
+
+@dataclass(frozen=True)
+class TcTree:
+    """All traffic control on one interface, in build order (qdiscs, then classes, then filters)."""
+
+    qdiscs: tuple[QdiscSpec, ...] = ()
+    classes: tuple[ClassSpec, ...] = ()
+    filters: tuple[FilterSpec, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "qdiscs": [dict(kind=q.kind, handle=q.handle, parent=q.parent, params=dict(q.params)) for q in self.qdiscs],
+            "classes": [dict(kind=c.kind, classid=c.classid, parent=c.parent, params=dict(c.params)) for c in self.classes],
+            "filters": [dict(kind=f.kind, parent=f.parent, prio=f.prio, params=dict(f.params)) for f in self.filters],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "TcTree":
+        try:
+            return cls(
+                qdiscs=tuple(QdiscSpec(**q) for q in raw.get("qdiscs", ())),
+                classes=tuple(ClassSpec(**c) for c in raw.get("classes", ())),
+                filters=tuple(FilterSpec(**f) for f in raw.get("filters", ())),
+            )
+        except TypeError as exc:
+            raise PlanError(f"tc tree: {exc}") from None

@@ -1,0 +1,70 @@
+"""The spike's wire format: what a packet carries, and where a u32 filter finds it.
+
+A spike is one UDP datagram to port `SPIKE_PORT`. Its value is *when* it arrives, never its
+content; the header only names the synapse source so the fabric can route it into the right
+delay class, and the sample so gates and decoders keep samples apart.
+
+Payload layout (network byte order), offsets from the start of the UDP payload::
+
+    0  u8   layer    layer the spike enters (0 = the injector's input layer)
+    1  u16  source   pre-synaptic index i within that layer
+    3  u8   sign     0: t⁺ event, 1: t⁻ event
+    4  u32  sample   sample id (wraps at 2³²)
+    8  u16  seq      position of the event in its sample's injection schedule
+   10  u8   kind     0: spike, 1: token-bucket primer (a filler whose size sets a shaper's delay)
+
+Bytes 0..3 form one 32-bit word, the *synapse key* (layer, source, sign): a single u32
+key at IP offset 28 (20 B IPv4 header without options + 8 B UDP header) classifies a spike or
+its primer into its synapse's class.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from testbed.errors import PlanError
+
+SPIKE_PORT = 5402
+PAYLOAD = struct.Struct("!BHBIHB")
+PAYLOAD_BYTES = PAYLOAD.size  # 11
+KIND_SPIKE = 0
+KIND_PRIMER = 1
+
+# u32 offsets are relative to the network header; the key is the first payload word.
+IPV4_HEADER_BYTES = 20
+UDP_HEADER_BYTES = 8
+ETH_HEADER_BYTES = 14
+KEY_IP_OFFSET = IPV4_HEADER_BYTES + UDP_HEADER_BYTES
+# Bytes a spike frame occupies on a veth (what qdiscs count as skb->len).
+SPIKE_FRAME_BYTES = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES + PAYLOAD_BYTES
+
+
+def synapse_key(layer: int, source: int, sign: int) -> int:
+    """The 32-bit word (layer, source, sign) that u32 filters match at `KEY_IP_OFFSET`."""
+    if not (0 <= layer < 256 and 0 <= source < 65536 and sign in (0, 1)):
+        raise PlanError(f"spike key out of range: layer={layer} (0..255), source={source} (0..65535), sign={sign} (0|1)")
+    return (layer << 24) | (source << 8) | sign
+
+
+@dataclass(frozen=True)
+class SpikeHeader:
+    """One decoded spike payload."""
+
+    layer: int
+    source: int
+    sign: int
+    sample: int
+    seq: int = 0
+    kind: int = KIND_SPIKE
+
+    def pack(self, size: int = PAYLOAD_BYTES) -> bytes:
+        """Payload bytes, zero-padded to `size` (primers are padded to set a shaper's delay)."""
+        head = PAYLOAD.pack(self.layer, self.source, self.sign, self.sample & 0xFFFFFFFF, self.seq, self.kind)
+        return head + bytes(max(0, size - len(head)))
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "SpikeHeader":
+        if len(payload) < PAYLOAD_BYTES:
+            raise PlanError(f"spike payload of {len(payload)} B is shorter than the {PAYLOAD_BYTES} B header")
+        return cls(*PAYLOAD.unpack_from(payload))
