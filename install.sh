@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the π² testbed on a Debian/Ubuntu machine (as root): system packages, then the project
+# into ./.venv. Idempotent. Usage: sudo ./install.sh [--dev]
+#   --dev   also the test tools and the training extra (torch, CPU build)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DEV=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) DEV=1 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (expected --dev)" >&2; exit 2 ;;
+  esac
+done
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (sudo ./install.sh): it installs Debian packages and the testbed builds kernel objects" >&2
+  exit 2
+fi
+
+# Kernel fabric tools: iproute2 (ip/tc), tcpdump, Mininet (mnexec + mn), user-mode Linux (a guest
+# kernel with netem), and Fashion-MNIST. Skip apt entirely when everything is already there.
+APT_PACKAGES=(iproute2 tcpdump mininet user-mode-linux dataset-fashion-mnist python3-venv python3-pip)
+[ "$DEV" = 1 ] && APT_PACKAGES+=(vagrant)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install.sh: apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+EXTRAS="mininet"
+[ "$DEV" = 1 ] && EXTRAS="mininet,dev,train,nir"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${EXTRAS}]"
+echo "install.sh: done; run: sudo .venv/bin/pi2 --help"

@@ -1,0 +1,182 @@
+"""Compile a π² network into a FabricPlan: delays into classes, neurons into gated ports.
+
+For layer l with weights W (n×m), neuron j gets two ports. Port z⁺_j receives event t⁺_i
+through delay d⁺_ij and t⁻_i through d⁻_ij; port z⁻_j receives t⁺_i through d⁻_ij and t⁻_i
+through d⁺_ij (pi2-model.md, step 3). Each (port, event source) pair becomes one delay class,
+so no two events of a sample ever share a class and every delay is independent.
+
+Delays are realised as the profile's `delay` primitive can:
+
+- ``htb-primer`` (kernels without netem): an htb class of rate r with a minimal bucket passes
+  a primer of P bytes at once and holds the spike behind it until the bucket has paid off the
+  primer: delay = (P − burst)·8/r. The compiler picks r per class; the plan records the
+  realised delay for the integer rate.
+- ``netem``: an unshaped htb class whose leaf netem holds every packet `delay_us` (whole µs).
+
+Time windows come from calibration data: a layer's deadline is the latest K-th arrival seen on
+that data plus a margin; arrivals after it are timed out, in the simulator and the kernel alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from testbed.errors import PlanError
+from testbed.model.encoding import delays
+from testbed.model.network import DenseLayer, Pi2Network
+from testbed.plan.fabric_plan import (SIGN_MINUS, SIGN_PLUS, FabricPlan, LayerPlan, NeuronPort, Packets, Synapse,
+                                      Timing)
+from testbed.plan.tc import CLSACT_INGRESS, ClassSpec, FilterSpec, QdiscSpec, TcTree
+from testbed.plan.wire import KEY_IP_OFFSET, SPIKE_FRAME_BYTES, synapse_key
+
+MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
+MAX_CLASS_MINOR = 0xFFFF
+
+
+@dataclass(frozen=True)
+class Realisation:
+    """What the compiler needs to know of a tc profile."""
+
+    profile: str
+    delay_kind: str  # "htb-primer" | "netem"
+    gate_kind: str = "bpf-first-k"
+    primer_bytes: int = 1514  # a full 1500-MTU frame as qdiscs count it
+    burst_bytes: int = 1  # htb class bucket for primer delays
+    min_delay_us: float = 20.0  # below this a synapse is unshaped (timer resolution)
+    flood_copy_us: float = 0.4  # bridge flood: per-port copy time (kernel-notes: 0.3–0.6 µs)
+
+    def __post_init__(self) -> None:
+        if self.delay_kind not in ("htb-primer", "netem"):
+            raise PlanError(f"profile {self.profile}: delay kind {self.delay_kind!r} is not one the compiler knows "
+                            "('htb-primer', 'netem')")
+        if self.delay_kind == "htb-primer" and not 0 < self.burst_bytes < self.primer_bytes:
+            raise PlanError(f"profile {self.profile}: need 0 < burst_bytes < primer_bytes, got {self.burst_bytes}, {self.primer_bytes}")
+
+
+def primer_delay_us(rate_bps: int, primer_bytes: int, burst_bytes: int) -> float:
+    """Delay an htb class of `rate_bps` gives a spike queued behind a primer: (P − burst)·8/r."""
+    return (primer_bytes - burst_bytes) * 8e6 / rate_bps
+
+
+def realise_delay(target_us: float, real: Realisation) -> tuple[float, int | None]:
+    """(realised delay µs, htb rate bps or None for an unshaped/netem class)."""
+    if target_us < real.min_delay_us:
+        return 0.0, None
+    if real.delay_kind == "netem":
+        return float(round(target_us)), None
+    rate = max(8, int(round((real.primer_bytes - real.burst_bytes) * 8e6 / target_us)))
+    return primer_delay_us(rate, real.primer_bytes, real.burst_bytes), rate
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-layer time extents measured on calibration data (model units)."""
+
+    kth_arrival: tuple[float, ...]  # latest K-th earliest arrival of any port
+    last_event: tuple[float, ...]  # latest injected event time
+    offset_mk: tuple[float, ...]
+
+
+def calibrate(net: Pi2Network, x: np.ndarray) -> Calibration:
+    """Measure each layer's time extents by running the golden model on `x`."""
+    from testbed.model.layers import arrivals, kth_earliest
+
+    kth, last, offs = [], [], []
+    for layer, trace in zip(net.layers, net.trace(x)):
+        d_plus, d_minus = delays(layer.weight, net.constants.c, net.bits)
+        worst = 0.0
+        for lo in range(0, len(x), 256):
+            zp, zm = arrivals(trace.t_plus[lo:lo + 256], trace.t_minus[lo:lo + 256], d_plus, d_minus)
+            worst = max(worst, float(kth_earliest(zp, layer.k).max()), float(kth_earliest(zm, layer.k).max()))
+        kth.append(worst)
+        last.append(float(max(trace.t_plus.max(), trace.t_minus.max())))
+        offs.append(float(trace.offset.max()))
+    return Calibration(tuple(kth), tuple(last), tuple(offs))
+
+
+def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Realisation,
+             target_us: list[float]) -> TcTree:
+    """The switch-side egress tree of one port: htb, a class per shaped synapse, u32 → class."""
+    qdiscs = [QdiscSpec("htb", "1:", "root", {"default_class": 0})]
+    classes, filters = [], []
+    for (source, sign, rate), target, minor in zip(synapses, target_us, range(1, len(synapses) + 1)):
+        if target < real.min_delay_us:
+            continue
+        classid = f"1:{minor:x}"
+        if real.delay_kind == "htb-primer":
+            classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": rate, "ceil_bps": rate,
+                                                              "burst_bytes": real.burst_bytes,
+                                                              "cburst_bytes": real.burst_bytes}))
+        else:
+            # Unshaped htb class (10 Gbit/s) whose leaf netem holds each packet delay_us.
+            classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": 10**10, "ceil_bps": 10**10}))
+            qdiscs.append(QdiscSpec("netem", f"{minor:x}:", classid, {"delay_us": int(round(target))}))
+        filters.append(FilterSpec("u32", "1:", 1, {"key": synapse_key(layer, source, sign), "mask": 0xFFFFFFFF,
+                                                   "offset_bytes": KEY_IP_OFFSET, "flowid": classid}))
+    return TcTree(tuple(qdiscs), tuple(classes), tuple(filters))
+
+
+def _gate_tc(k: int, window_us: float, drop_primers: bool) -> TcTree:
+    return TcTree((QdiscSpec("clsact", "ffff:", "root"),), (),
+                  (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "first_k_gate", "k": k,
+                                                         "drop_primers": int(drop_primers),
+                                                         "window_us": int(round(window_us))}),))
+
+
+def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
+                    network_path: str | Path | None = None, margin: float = 1.0, relay_us: float = 3000.0) -> FabricPlan:
+    """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
+
+    `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
+    arrival plus `margin` model units. The sample period leaves room for every class to drain
+    (latest event + 2c) before the next sample reuses it.
+    """
+    if not tau_us > 0:
+        raise PlanError(f"tau must be > 0 µs, got {tau_us}")
+    if any(not isinstance(layer, DenseLayer) for layer in net.layers):
+        raise PlanError("the kernel fabric compiles dense π² layers only; this network has convolutions "
+                        "(evaluate it with `pi2 eval`, or flatten it into dense layers)")
+    for i, layer in enumerate(net.layers):
+        if 2 * layer.n_neurons > MAX_PORTS_PER_LAYER:
+            raise PlanError(f"layer {i} has {layer.n_neurons} neurons = {2 * layer.n_neurons} ports; the kernel fabric "
+                            f"takes at most {MAX_PORTS_PER_LAYER} ports per layer")
+        if 2 * layer.n_inputs > MAX_CLASS_MINOR:
+            raise PlanError(f"layer {i} has {layer.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
+    cal = calibrate(net, np.asarray(calibration_x, dtype=np.float64))
+    c = net.constants
+    layers = []
+    for li, layer in enumerate(net.layers):
+        d_plus, d_minus = delays(layer.weight, c.c, net.bits)
+        window_us = (cal.kth_arrival[li] + margin) * tau_us
+        ports = []
+        for j in range(layer.n_neurons):
+            for sign in (SIGN_PLUS, SIGN_MINUS):
+                # z⁺: t⁺ through d⁺, t⁻ through d⁻;  z⁻: t⁺ through d⁻, t⁻ through d⁺.
+                via_plus, via_minus = (d_plus, d_minus) if sign == SIGN_PLUS else (d_minus, d_plus)
+                events, targets, synapses = [], [], []
+                for i in range(layer.n_inputs):
+                    for ev_sign, d in ((SIGN_PLUS, via_plus[i, j]), (SIGN_MINUS, via_minus[i, j])):
+                        target = float(d) * tau_us
+                        realised, rate = realise_delay(target, real)
+                        events.append((i, ev_sign, rate))
+                        targets.append(target)
+                        synapses.append(Synapse(i, ev_sign, target, realised,
+                                                None if target < real.min_delay_us else f"1:{len(events):x}"))
+                tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
+                ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
+                                        _port_tc(li, events, real, targets),
+                                        _gate_tc(layer.k, window_us, real.delay_kind == "htb-primer")))
+        layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", window_us,
+                                cal.offset_mk[li], tuple(ports)))
+    span_us = max((cal.last_event[li] + 2 * c.c + margin) * tau_us for li in range(len(net.layers)))
+    network = {"path": None if network_path is None else str(network_path),
+               "sha256": None if network_path is None else hashlib.sha256(Path(network_path).read_bytes()).hexdigest(),
+               "k": list(net.k), "bits": net.bits, "input_shape": list(net.input_shape)}
+    return FabricPlan(real.profile, real.delay_kind, real.gate_kind, {"t0": c.t0, "c": c.c, "s": c.s}, network,
+                      Timing(tau_us, span_us, relay_us, real.flood_copy_us),
+                      Packets(SPIKE_FRAME_BYTES, real.primer_bytes if real.delay_kind == "htb-primer" else 0),
+                      tuple(layers))

@@ -1,0 +1,224 @@
+"""The FabricPlan: every object, delay, gate and time window of a π² network in a packet fabric.
+
+One plan drives two executors: `testbed.sim` runs it event by event in-process, and the
+kernel backends (`testbed.fabric`) build it from namespaces, veths, bridges and qdiscs. A
+plan is plain, versioned JSON (`to_dict`/`plan_from_dict`) validated on load.
+
+Per layer l (n inputs, m neurons), the data path is::
+
+    host:in<l> ──► switch sw<l> (bridge: flood = broadcast) ──► 2m neuron ports
+    each port  = a veth pair: switch end s<l>n<j><p|m> carries the delay classes on egress
+                 (one class per synapse event source (i, sign)), host end l<l>n<j><p|m> carries
+                 the first-K gate (cls_bpf on clsact ingress) and is read by the relay.
+
+Interface names are logical suffixes; the builder prefixes ``p2<run id>``.
+Times: `tau_us` maps one model unit to microseconds; layer windows are in µs from the layer's
+injection base time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from testbed.errors import PlanError
+from testbed.plan.tc import TcTree
+
+PLAN_FORMAT = "pi2-fabric-plan"
+PLAN_VERSION = 1
+SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
+
+
+@dataclass(frozen=True)
+class Synapse:
+    """One delay class on a neuron port: events (source, sign) are delayed by `delay_us`.
+
+    `target_us` is the model's delay (τ·d); `delay_us` what the profile realises (rate
+    granularity, primer arithmetic). `classid` None means unshaped (target below the profile's
+    smallest delay): the event passes at once.
+    """
+
+    source: int
+    sign: int
+    target_us: float
+    delay_us: float
+    classid: str | None
+
+    def __post_init__(self) -> None:
+        if self.sign not in (SIGN_PLUS, SIGN_MINUS) or self.source < 0:
+            raise PlanError(f"synapse ({self.source}, {self.sign}): source must be ≥ 0 and sign 0 or 1")
+        if not (self.delay_us >= 0 and self.target_us >= 0):
+            raise PlanError(f"synapse ({self.source}, {self.sign}): delays must be ≥ 0 µs, got {self.delay_us}")
+
+
+@dataclass(frozen=True)
+class NeuronPort:
+    """One input set of a π²_K neuron: emits the mean of its K earliest arrivals."""
+
+    layer: int
+    neuron: int
+    sign: int  # SIGN_PLUS: z⁺, SIGN_MINUS: z⁻
+    k: int
+    switch_if: str
+    host_if: str
+    synapses: tuple[Synapse, ...]
+    delay_tc: TcTree  # on switch_if egress
+    gate_tc: TcTree  # on host_if ingress
+
+    def __post_init__(self) -> None:
+        fan_in = len(self.synapses)
+        if not 1 <= self.k <= fan_in:
+            raise PlanError(f"port {self.host_if}: k must be in 1..{fan_in}, got {self.k}")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One π²_K layer as a switch, its ports and its time window."""
+
+    index: int
+    n_inputs: int
+    n_neurons: int
+    k: int
+    switch: str
+    inject_if: str
+    window_us: float  # deadline: arrivals later than this after the layer's base time are timed out
+    offset_mk: float  # causal offset M_K (model units) measured on the calibration data
+    ports: tuple[NeuronPort, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.ports) != 2 * self.n_neurons:
+            raise PlanError(f"layer {self.index}: {len(self.ports)} ports for {self.n_neurons} neurons (expected 2 per neuron)")
+        if not self.window_us > 0:
+            raise PlanError(f"layer {self.index}: window_us must be > 0, got {self.window_us}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How samples are paced through the fabric."""
+
+    tau_us: float  # one model time unit
+    period_us: float  # spacing of consecutive samples' injections (pipelined across layers)
+    relay_us: float  # time a relay gets between a layer's deadline and the next layer's base time
+    flood_copy_us: float  # bridge flood: the i-th port's copy leaves i·flood_copy_us after the first
+
+    def __post_init__(self) -> None:
+        for name in ("tau_us", "period_us"):
+            if not getattr(self, name) > 0:
+                raise PlanError(f"timing.{name} must be > 0 µs, got {getattr(self, name)}")
+        if self.relay_us < 0 or self.flood_copy_us < 0:
+            raise PlanError("timing.relay_us and timing.flood_copy_us must be ≥ 0 µs")
+
+
+@dataclass(frozen=True)
+class Packets:
+    """Frame sizes on the wire (bytes as qdiscs count them: Ethernet header included)."""
+
+    spike_bytes: int
+    primer_bytes: int  # 0: the delay realisation needs no primer (netem)
+
+
+@dataclass(frozen=True)
+class FabricPlan:
+    """A compiled π² network: the single source of truth for the simulator and the kernel."""
+
+    profile: str
+    delay_kind: str  # realisation of delay: "htb-primer" or "netem"
+    gate_kind: str  # realisation of the first-K gate: "bpf-first-k"
+    constants: Mapping[str, float]  # t0, c, s
+    network: Mapping[str, Any]  # path, sha256, k, bits, input_shape
+    timing: Timing
+    packets: Packets
+    layers: tuple[LayerPlan, ...]
+    version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != PLAN_VERSION:
+            raise PlanError(f"plan version {self.version}: this pi2 reads version {PLAN_VERSION}")
+        if not self.layers:
+            raise PlanError("a plan needs at least one layer")
+        for i, layer in enumerate(self.layers):
+            if layer.index != i:
+                raise PlanError(f"layer {i} has index {layer.index}")
+            if i and layer.n_inputs != self.layers[i - 1].n_neurons:
+                raise PlanError(f"layer {i} has {layer.n_inputs} inputs but layer {i - 1} has {self.layers[i - 1].n_neurons} neurons")
+
+    @property
+    def packets_per_sample(self) -> dict[str, int]:
+        """Frames one sample puts through the fabric: injected, flooded to ports, shaped."""
+        per_event = 2 if self.packets.primer_bytes else 1
+        injected = sum(2 * layer.n_inputs * per_event for layer in self.layers)
+        port_copies = sum(2 * layer.n_inputs * per_event * len(layer.ports) for layer in self.layers)
+        shaped = sum(per_event * sum(s.classid is not None for p in layer.ports for s in p.synapses) for layer in self.layers)
+        return {"injected": injected, "port_copies": port_copies, "shaped": shaped}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"format": PLAN_FORMAT, "version": self.version, "profile": self.profile,
+               "delay_kind": self.delay_kind, "gate_kind": self.gate_kind,
+               "constants": dict(self.constants), "network": dict(self.network),
+               "timing": asdict(self.timing), "packets": asdict(self.packets), "layers": []}
+        for layer in self.layers:
+            ports = []
+            for p in layer.ports:
+                ports.append({"neuron": p.neuron, "sign": p.sign, "k": p.k, "switch_if": p.switch_if,
+                              "host_if": p.host_if,
+                              "synapses": [[s.source, s.sign, s.target_us, s.delay_us, s.classid] for s in p.synapses],
+                              "delay_tc": p.delay_tc.to_dict(), "gate_tc": p.gate_tc.to_dict()})
+            out["layers"].append({"index": layer.index, "n_inputs": layer.n_inputs, "n_neurons": layer.n_neurons,
+                                  "k": layer.k, "switch": layer.switch, "inject_if": layer.inject_if,
+                                  "window_us": layer.window_us, "offset_mk": layer.offset_mk, "ports": ports})
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), separators=(",", ":")))
+        return path
+
+
+def _get(raw: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(raw, Mapping) or key not in raw:
+        raise PlanError(f"{where}: missing field '{key}'")
+    return raw[key]
+
+
+def plan_from_dict(raw: Mapping[str, Any], where: str = "plan") -> FabricPlan:
+    """Validate and build a plan from its JSON form."""
+    if _get(raw, "format", where) != PLAN_FORMAT:
+        raise PlanError(f"{where}: field 'format' = {raw.get('format')!r}; expected {PLAN_FORMAT!r} (make one with `pi2 compile`)")
+    try:
+        layers = []
+        for li, lraw in enumerate(_get(raw, "layers", where)):
+            lw = f"{where}: layers[{li}]"
+            ports = []
+            for pi, praw in enumerate(_get(lraw, "ports", lw)):
+                pw = f"{lw}.ports[{pi}]"
+                synapses = tuple(Synapse(int(s[0]), int(s[1]), float(s[2]), float(s[3]), s[4])
+                                 for s in _get(praw, "synapses", pw))
+                ports.append(NeuronPort(li, int(_get(praw, "neuron", pw)), int(_get(praw, "sign", pw)),
+                                        int(_get(praw, "k", pw)), str(_get(praw, "switch_if", pw)),
+                                        str(_get(praw, "host_if", pw)), synapses,
+                                        TcTree.from_dict(_get(praw, "delay_tc", pw)),
+                                        TcTree.from_dict(_get(praw, "gate_tc", pw))))
+            layers.append(LayerPlan(int(_get(lraw, "index", lw)), int(_get(lraw, "n_inputs", lw)),
+                                    int(_get(lraw, "n_neurons", lw)), int(_get(lraw, "k", lw)),
+                                    str(_get(lraw, "switch", lw)), str(_get(lraw, "inject_if", lw)),
+                                    float(_get(lraw, "window_us", lw)), float(_get(lraw, "offset_mk", lw)),
+                                    tuple(ports)))
+        return FabricPlan(str(_get(raw, "profile", where)), str(_get(raw, "delay_kind", where)),
+                          str(_get(raw, "gate_kind", where)), dict(_get(raw, "constants", where)),
+                          dict(_get(raw, "network", where)), Timing(**_get(raw, "timing", where)),
+                          Packets(**_get(raw, "packets", where)), tuple(layers), int(_get(raw, "version", where)))
+    except (TypeError, ValueError, IndexError) as exc:
+        raise PlanError(f"{where}: malformed plan: {exc}") from None
+
+
+def load_plan(path: str | Path) -> FabricPlan:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such plan file (make one with `pi2 compile NET -o {path.name}`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{path}: not a JSON plan: {exc}") from None
+    return plan_from_dict(raw, str(path))

@@ -1,0 +1,96 @@
+"""Run a FabricPlan event by event: what the kernel fabric should do, computed in numpy.
+
+The simulator reads only the plan, the same description the kernel builder reads, with the
+realisations' semantics:
+
+- injection: event (i, sign) of a sample enters layer l's switch at base_l + t·τ;
+- broadcast: the bridge floods port q's copy q·flood_copy_us after the first;
+- delay: each port's class for (i, sign) holds the event its realised `delay_us` (primer
+  arithmetic and rate granularity already folded in by the compiler); unshaped events pass at
+  once; a class still paying off the previous sample's spike (token debt L·8/r) delays the
+  next primer;
+- gate: the first K spikes of a sample on a port pass; later ones, and any arriving after the
+  layer's deadline (window), are dropped;
+- relay: T± = mean of the passed arrival times (model units from the layer's base time), with
+  the time-out rule of `readout`; y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
+
+With no quantisation and zero flood cost the simulation equals the golden model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from testbed.errors import PlanError
+from testbed.model.encoding import encode
+from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan, LayerPlan
+from testbed.sim.readout import readout
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One layer's simulated behaviour for a batch of samples."""
+
+    inject_us: np.ndarray  # (batch, n, 2) injection time of event (i, sign) after the layer's base
+    passed_us: np.ndarray  # (batch, ports, K) arrival times of the spikes the gate passed (nan: none)
+    t_plus: np.ndarray  # (batch, m) T⁺ in model units
+    t_minus: np.ndarray  # (batch, m)
+    y: np.ndarray  # (batch, m)
+    timed_out: np.ndarray  # (batch, ports) number of the K spikes that missed the deadline
+
+
+@dataclass(frozen=True)
+class SimResult:
+    layers: tuple[LayerResult, ...]
+    scores: np.ndarray  # (batch, classes): −s·y of the last layer
+    predictions: np.ndarray
+
+
+def port_delays_us(layer: LayerPlan) -> np.ndarray:
+    """(ports, n, 2) realised delay of event (i, sign) on each port."""
+    out = np.full((len(layer.ports), layer.n_inputs, 2), np.nan)
+    for q, port in enumerate(layer.ports):
+        for syn in port.synapses:
+            out[q, syn.source, syn.sign] = syn.delay_us
+    if np.isnan(out).any():
+        raise PlanError(f"layer {layer.index}: some port lacks a synapse for an input event")
+    return out
+
+
+def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray) -> LayerResult:
+    """Simulate one layer for inputs x (batch, n) in model value units."""
+    tau = plan.timing.tau_us
+    t_plus, t_minus = encode(x, plan.constants["t0"])
+    inject = np.stack([t_plus, t_minus], axis=-1) * tau  # (batch, n, 2)
+    flood = np.arange(len(layer.ports)) * plan.timing.flood_copy_us
+    arrive = inject[:, None] + port_delays_us(layer)[None] + flood[None, :, None, None]
+    arrive = arrive.reshape(len(x), len(layer.ports), -1)
+    k = layer.k
+    earliest = np.sort(arrive, axis=2)[:, :, :k]
+    late = earliest > layer.window_us
+    passed = np.where(late, np.nan, earliest)
+    times = readout(passed / tau, layer.window_us / tau)
+    signs = np.array([p.sign for p in layer.ports])
+    neurons = np.array([p.neuron for p in layer.ports])
+    t_p = np.empty((len(x), layer.n_neurons))
+    t_m = np.empty((len(x), layer.n_neurons))
+    t_p[:, neurons[signs == SIGN_PLUS]] = times[:, signs == SIGN_PLUS]
+    t_m[:, neurons[signs != SIGN_PLUS]] = times[:, signs != SIGN_PLUS]
+    return LayerResult(inject, passed, t_p, t_m, t_p - t_m, late.sum(axis=2))
+
+
+def simulate(plan: FabricPlan, x: np.ndarray) -> SimResult:
+    """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    if x.shape[1] != plan.layers[0].n_inputs:
+        raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")
+    s = plan.constants["s"]
+    results = []
+    for layer in plan.layers:
+        result = simulate_layer(plan, layer, x)
+        results.append(result)
+        x = np.maximum(-s * result.y, 0.0)
+    scores = -s * results[-1].y
+    return SimResult(tuple(results), scores, scores.argmax(axis=1))

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+
+from testbed.errors import PlanError
+from testbed.model.encoding import delays
+from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.plan.compiler import Realisation, compile_network, primer_delay_us, realise_delay
+from testbed.plan.fabric_plan import SIGN_MINUS, SIGN_PLUS, load_plan
+from testbed.plan.wire import KEY_IP_OFFSET, synapse_key
+
+SHAPER = Realisation("shaper", "htb-primer", primer_bytes=1514, burst_bytes=1, min_delay_us=20.0)
+NETEM = Realisation("netem", "netem", min_delay_us=0.0)
+
+
+def tiny(bits=None, k=(1, 2)):
+    # 3 inputs, 2 hidden, 2 classes; weights chosen so some delays are 0 (w = -c) and some 2c.
+    w0 = np.array([[-3.0, 1.0], [0.5, 3.0], [0.0, -1.5]])
+    w1 = np.array([[2.0, -2.0], [1.0, 0.25]])
+    return Pi2Network((DenseLayer(w0, k[0]), DenseLayer(w1, k[1])), (3,), bits=bits)
+
+
+def test_counts_of_ports_classes_filters_and_gates():
+    net = tiny()
+    plan = compile_network(net, SHAPER, 1000.0, np.random.default_rng(0).random((20, 3)))
+    assert [len(layer.ports) for layer in plan.layers] == [4, 4]
+    for layer in plan.layers:
+        for port in layer.ports:
+            assert len(port.synapses) == 2 * layer.n_inputs
+            shaped = [s for s in port.synapses if s.classid is not None]
+            assert len(port.delay_tc.classes) == len(shaped) == len(port.delay_tc.filters)
+            assert [f.kind for f in port.gate_tc.filters] == ["bpf"]
+            assert port.gate_tc.filters[0].params["k"] == layer.k
+    # w = -3 = -c gives d⁺ = 0: unshaped on z⁺ for t⁺, and d⁻ = 2c on the same port for t⁻.
+    z_plus_0 = plan.layers[0].ports[0]
+    by_event = {(s.source, s.sign): s for s in z_plus_0.synapses}
+    assert by_event[(0, SIGN_PLUS)].classid is None and by_event[(0, SIGN_PLUS)].delay_us == 0.0
+    assert by_event[(0, SIGN_MINUS)].target_us == pytest.approx(6000.0)
+
+
+def test_port_delays_mirror_the_model():
+    net = tiny(bits=4)
+    plan = compile_network(net, NETEM, 500.0, np.zeros((1, 3)))
+    d_plus, d_minus = delays(net.layers[0].weight, 3.0, 4)
+    for port in plan.layers[0].ports:
+        j = port.neuron
+        for s in port.synapses:
+            same = (s.sign == SIGN_PLUS) == (port.sign == SIGN_PLUS)
+            expected = (d_plus if same else d_minus)[s.source, j] * 500.0
+            assert s.target_us == pytest.approx(expected)
+            assert s.delay_us == round(expected)
+
+
+def test_u32_filters_name_the_synapse_key_and_its_class():
+    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)))
+    port = plan.layers[1].ports[3]
+    classes = {c.classid: c for c in port.delay_tc.classes}
+    for f in port.delay_tc.filters:
+        assert f.params["offset_bytes"] == KEY_IP_OFFSET
+        assert f.params["flowid"] in classes
+    keys = {f.params["key"] for f in port.delay_tc.filters}
+    shaped = {synapse_key(1, s.source, s.sign) for s in port.synapses if s.classid is not None}
+    assert keys == shaped
+
+
+def test_primer_rates_realise_the_target_delay():
+    for target in (25.0, 400.0, 2000.0, 6000.0):
+        realised, rate = realise_delay(target, SHAPER)
+        assert realised == pytest.approx(primer_delay_us(rate, 1514, 1))
+        assert realised == pytest.approx(target, rel=1e-3)
+    assert realise_delay(5.0, SHAPER) == (0.0, None)
+
+
+def test_plan_json_round_trip(tmp_path):
+    plan = compile_network(tiny(bits=4), SHAPER, 1000.0, np.random.default_rng(1).random((10, 3)))
+    assert load_plan(plan.save(tmp_path / "plan.json")) == plan
+
+
+def test_windows_cover_the_calibration_data():
+    net = tiny()
+    x = np.random.default_rng(2).random((50, 3)) * 2
+    plan = compile_network(net, NETEM, 1000.0, x, margin=0.5)
+    assert all(layer.window_us > 0 for layer in plan.layers)
+    assert plan.timing.period_us >= max(layer.window_us for layer in plan.layers) - 0.5 * 1000.0
+
+
+def test_convolutions_are_refused_with_a_reason():
+    conv = Pi2Network((ConvLayer(np.ones((2, 1, 3, 3)), 1, (1, 4, 4)),), (1, 4, 4))
+    with pytest.raises(PlanError, match="dense π² layers only"):
+        compile_network(conv, SHAPER, 1000.0, np.zeros((1, 1, 4, 4)))
+
+
+def test_bad_tau_is_refused():
+    with pytest.raises(PlanError, match="tau"):
+        compile_network(tiny(), SHAPER, 0.0, np.zeros((1, 3)))
