@@ -1,0 +1,127 @@
+"""What the eBPF first-K gate costs per packet and per port, measured by the kernel (needs root).
+
+Per packet: BPF_PROG_TEST_RUN runs a program `repeat` times on one frame and reports the mean ns per
+run; the same harness runs an empty program ("return UNSPEC") side by side, so
+`gate - empty` is what the gate adds to a packet. Paths: a non-spike frame (ARP), a spike that
+passes (K = 2^31 - 1, so every run claims or counts), a spike over K, a primer; with and without
+the counter map. `hash_ifindex` is one hash-map lookup keyed by skb->ifindex: the extra per-packet
+work a single program shared by all ports of a namespace would need to find its port's K and slots.
+
+Per port: wall time to create the maps, verify and JIT-load one gate (what building a fabric pays).
+
+    sudo python bench/kernel_gate_cost.py [--repeat 200000] [--rounds 7] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import struct
+import time
+
+from testbed.kernel import bpf
+from testbed.kernel.bpf import FP, JEQ, W, R0, R1, R2
+from testbed.kernel.gate import MAX_K, load_first_k_gate
+from testbed.plan.wire import KIND_PRIMER, SPIKE_PORT, SpikeHeader
+
+
+def spike_frame(sample: int, kind: int = 0, payload_bytes: int = 11) -> bytes:
+    payload = SpikeHeader(1, 7, 0, sample, 0, kind).pack(payload_bytes)
+    udp = struct.pack("!HHHH", SPIKE_PORT, SPIKE_PORT, 8 + len(payload), 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0, b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02")
+    return bytes.fromhex("020000000002" "020000000001" "0800") + ip + udp + payload
+
+
+ARP_FRAME = bytes.fromhex("ffffffffffff" "020000000001" "0806") + bytes(28)
+
+
+def empty_program() -> int:
+    a = bpf.Assembler()
+    a.emit(bpf.mov64(R0, bpf.TC_ACT_UNSPEC), bpf.exit_insn())
+    return bpf.load_program(a.assemble(), "p2_bench_empty")
+
+
+def hash_ifindex_program(map_fd: int) -> int:
+    a = bpf.Assembler()
+    a.emit(
+        bpf.ldx(W, R2, R1, bpf.SKB_IFINDEX), bpf.stx(W, FP, R2, -4),
+        bpf.ld_map_fd(R1, map_fd), bpf.mov64(R2, FP), bpf.alu64(bpf.ADD, R2, -4),
+        bpf.call(bpf.HELPER_MAP_LOOKUP_ELEM), bpf.jmp(JEQ, R0, 0, "out"),
+    )
+    a.label("out")
+    a.emit(bpf.mov64(R0, bpf.TC_ACT_UNSPEC), bpf.exit_insn())
+    return bpf.load_program(a.assemble(), "p2_bench_hash")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=200_000, help="runs per measurement (default 200000)")
+    parser.add_argument("--rounds", type=int, default=7, help="measurements per case, reported as median (default 7)")
+    parser.add_argument("--loads", type=int, default=30, help="gates loaded to time loading (default 30)")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args()
+
+    hash_map = bpf.BpfMap(1, 8, 64, "p2_bench_ifidx")  # BPF_MAP_TYPE_HASH, u32 key -> (k, base)
+    fds = {"empty": empty_program(), "hash_ifindex": hash_ifindex_program(hash_map.fd)}
+    gates = {
+        "counters": load_first_k_gate(MAX_K, slots=16, counters=True, name="p2_bench_gate"),
+        "no_counters": load_first_k_gate(MAX_K, slots=16, counters=False, name="p2_bench_gate"),
+    }
+    small_k = {
+        "counters": load_first_k_gate(1, slots=16, counters=True, name="p2_bench_gate"),
+        "no_counters": load_first_k_gate(1, slots=16, counters=False, name="p2_bench_gate"),
+    }
+    cases = {
+        "empty": (fds["empty"], spike_frame(1)),
+        "hash_ifindex": (fds["hash_ifindex"], spike_frame(1)),
+    }
+    for variant in gates:
+        cases[f"gate_{variant}_non_spike"] = (gates[variant].fd, ARP_FRAME)
+        cases[f"gate_{variant}_spike_pass"] = (gates[variant].fd, spike_frame(1))
+        cases[f"gate_{variant}_spike_over_k"] = (small_k[variant].fd, spike_frame(1))
+        cases[f"gate_{variant}_primer"] = (gates[variant].fd, spike_frame(1, KIND_PRIMER, 1000))
+    try:
+        samples: dict[str, list[int]] = {name: [] for name in cases}
+        for _ in range(args.rounds):  # interleave cases so drifts hit all of them alike
+            for name, (fd, frame) in cases.items():
+                samples[name].append(bpf.prog_test_run(fd, frame, repeat=args.repeat).duration_ns)
+        per_packet = {name: statistics.median(v) for name, v in samples.items()}
+        added = {name: per_packet[name] - per_packet["empty"] for name in cases if name != "empty"}
+
+        load_s = []
+        for _ in range(args.loads):
+            t0 = time.perf_counter()
+            gate = load_first_k_gate(3, slots=16)
+            load_s.append(time.perf_counter() - t0)
+            gate.close()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        for gate in (*gates.values(), *small_k.values()):
+            gate.close()
+        hash_map.close()
+
+    result = {
+        "bench": "kernel_gate_cost",
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "repeat": args.repeat,
+        "rounds": args.rounds,
+        "instructions": gates["counters"].instructions,
+        "instructions_no_counters": gates["no_counters"].instructions,
+        "per_packet_ns_median": per_packet,
+        "added_over_empty_ns": added,
+        "load_gate_us": {"median": statistics.median(load_s) * 1e6, "p90": sorted(load_s)[int(0.9 * len(load_s))] * 1e6},
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
