@@ -45,3 +45,7 @@ class NeedsRootError(KernelError):
 
 class GuestError(TestbedError):
     """The user-mode-linux guest could not boot or run a command."""
+
+
+class CaptureError(TestbedError):
+    """A packet capture (pcap file) is malformed or of an unsupported kind."""

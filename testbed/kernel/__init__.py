@@ -1,0 +1,1 @@
+"""Kernel side: namespaces, links, bridges, tc trees, eBPF, capability probe, cleanup (the only pyroute2 imports)."""

@@ -1,0 +1,19 @@
+"""Shared test policy: `root` tests need root, `torch` tests need torch (skipped otherwise)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    no_root = pytest.mark.skip(reason="needs root (CAP_NET_ADMIN): run with sudo")
+    no_torch = pytest.mark.skip(reason="needs torch: pip install -e '.[train]'")
+    has_torch = importlib.util.find_spec("torch") is not None
+    for item in items:
+        if "root" in item.keywords and os.geteuid() != 0:
+            item.add_marker(no_root)
+        if "torch" in item.keywords and not has_torch:
+            item.add_marker(no_torch)
