@@ -1,0 +1,31 @@
+"""AF_PACKET sockets for the injector and the receiver: opened inside a namespace, big buffers.
+
+A socket stays in the network namespace it was created in, so `testbed.kernel.netns.socket_in`
+creates it on a helper thread inside the namespace and the caller uses it from any thread.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from testbed.errors import NeedsRootError
+from testbed.kernel.netns import socket_in
+
+SO_RCVBUFFORCE = 33  # like SO_RCVBUF but may exceed net.core.rmem_max (needs CAP_NET_ADMIN)
+
+
+def packet_socket(netns: str | None, proto: int) -> socket.socket:
+    """A raw AF_PACKET socket in namespace `netns` (None: this process's) for ethertype `proto`
+    (host order; 0: send only, no receive hook)."""
+    try:
+        return socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    except PermissionError:
+        raise NeedsRootError("raw AF_PACKET sockets need CAP_NET_RAW: run as root (sudo)") from None
+
+
+def grow_receive_buffer(sock: socket.socket, size_bytes: int) -> None:
+    """Raise the socket's receive buffer past net.core.rmem_max when allowed (SO_RCVBUFFORCE)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size_bytes)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size_bytes)
