@@ -30,6 +30,7 @@ from testbed.model.encoding import delays
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.fabric_plan import (SIGN_MINUS, SIGN_PLUS, FabricPlan, LayerPlan, NeuronPort, Packets, Synapse,
                                       Timing)
+from testbed.plan.profiles import Profile
 from testbed.plan.tc import CLSACT_INGRESS, ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import KEY_IP_OFFSET, SPIKE_FRAME_BYTES, synapse_key
 
@@ -48,6 +49,21 @@ class Realisation:
     burst_bytes: int = 1  # htb class bucket for primer delays
     min_delay_us: float = 20.0  # below this a synapse is unshaped (timer resolution)
     flood_copy_us: float = 0.4  # bridge flood: per-port copy time (kernel-notes: 0.3–0.6 µs)
+    max_delay_us: float = 1e6  # longest delay the realisation holds to its quantum
+    margin_tau: float = 1.0  # a layer's deadline: latest calibrated K-th arrival + this many τ
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> "Realisation":
+        """The compiler's view of a tc profile (tc_profiles/*.yaml)."""
+        delay = profile.primitive("delay")
+        gate = profile.primitive("gate")
+        broadcast = profile.primitive("broadcast")
+        primer = delay.params.get("primer_bytes", 0)
+        return cls(profile.name, delay.kind, gate.kind, primer_bytes=primer,
+                   burst_bytes=delay.params.get("burst_bytes", 1), min_delay_us=profile.delay_range.min_us,
+                   max_delay_us=profile.delay_range.max_us,
+                   flood_copy_us=broadcast.params.get("flood_copy_us", 0.0),
+                   margin_tau=profile.primitive("timeout").params.get("margin_tau", 1.0))
 
     def __post_init__(self) -> None:
         if self.delay_kind not in ("htb-primer", "netem"):
@@ -128,11 +144,12 @@ def _gate_tc(k: int, window_us: float, drop_primers: bool) -> TcTree:
 
 
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
-                    network_path: str | Path | None = None, margin: float = 1.0, relay_us: float = 3000.0) -> FabricPlan:
+                    network_path: str | Path | None = None, margin: float | None = None,
+                    relay_us: float = 3000.0) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
-    arrival plus `margin` model units. The sample period leaves room for every class to drain
+    arrival plus `margin` model units (default: the profile's timeout margin). The sample period leaves room for every class to drain
     (latest event + 2c) before the next sample reuses it.
     """
     if not tau_us > 0:
@@ -146,6 +163,11 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                             f"takes at most {MAX_PORTS_PER_LAYER} ports per layer")
         if 2 * layer.n_inputs > MAX_CLASS_MINOR:
             raise PlanError(f"layer {i} has {layer.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
+    margin = real.margin_tau if margin is None else margin
+    longest = 2 * net.constants.c * tau_us
+    if longest > real.max_delay_us:
+        raise PlanError(f"tau {tau_us:g} µs makes the longest synapse delay 2c·τ = {longest:g} µs, beyond the "
+                        f"{real.max_delay_us:g} µs profile {real.profile} realises; use a smaller --tau")
     cal = calibrate(net, np.asarray(calibration_x, dtype=np.float64))
     c = net.constants
     layers = []

@@ -153,6 +153,23 @@ class FabricPlan:
         shaped = sum(per_event * sum(s.classid is not None for p in layer.ports for s in p.synapses) for layer in self.layers)
         return {"injected": injected, "port_copies": port_copies, "shaped": shaped}
 
+    def summary(self) -> dict[str, Any]:
+        """What `pi2 compile --show` prints: objects, packets and time windows."""
+        layers = []
+        for layer in self.layers:
+            classes = sum(len(p.delay_tc.classes) for p in layer.ports)
+            layers.append({"layer": layer.index, "inputs": layer.n_inputs, "neurons": layer.n_neurons, "k": layer.k,
+                           "ports": len(layer.ports), "classes": classes,
+                           "filters": sum(len(p.delay_tc.filters) for p in layer.ports),
+                           "gates": sum(len(p.gate_tc.filters) for p in layer.ports),
+                           "window_us": layer.window_us, "offset_mk": layer.offset_mk})
+        return {"profile": self.profile, "delay": self.delay_kind, "gate": self.gate_kind,
+                "tau_us": self.timing.tau_us, "period_us": self.timing.period_us,
+                "samples_per_s_bound": 1e6 / self.timing.period_us,
+                "namespaces": 2, "bridges": len(self.layers),
+                "veth_pairs": sum(1 + len(layer.ports) for layer in self.layers),
+                "packets_per_sample": self.packets_per_sample, "layers": layers, "network": dict(self.network)}
+
     def to_dict(self) -> dict[str, Any]:
         out = {"format": PLAN_FORMAT, "version": self.version, "profile": self.profile,
                "delay_kind": self.delay_kind, "gate_kind": self.gate_kind,

@@ -5,7 +5,7 @@ from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.sim.executor import simulate
 
-IDEAL = Realisation("netem", "netem", min_delay_us=0.0, flood_copy_us=0.0)
+IDEAL = Realisation("netem", "netem", min_delay_us=0.0, flood_copy_us=0.0, max_delay_us=1e9)
 
 
 def random_net(rng, k=(3, 2), bits=None):

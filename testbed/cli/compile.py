@@ -1,0 +1,122 @@
+"""`pi2 compile` and `pi2 simulate`: a network into a FabricPlan, and the plan run in software."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from testbed.cli.output import emit_json, json_option
+from testbed.cli.params import DURATION
+from testbed.infer.inputs import network_inputs
+from testbed.model.netfile import load_network
+from testbed.plan.compiler import compile_network
+from testbed.plan.fabric_plan import FabricPlan, load_plan
+from testbed.plan.select import realisation_for
+from testbed.sim.executor import simulate
+
+NET = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def probed_capabilities():  # type: ignore[no-untyped-def]
+    """The live kernel's capabilities when we may probe (root), else None."""
+    if os.geteuid() != 0:
+        return None
+    from testbed.kernel.probe import probe_capabilities
+
+    return probe_capabilities("pi2 compile --profile auto")
+
+
+def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
+                calibration: int) -> FabricPlan:
+    """Compile a network file, calibrating windows on its data set's training split."""
+    net = load_network(net_path)
+    caps = probed_capabilities() if profile == "auto" else None
+    real = realisation_for(profile, caps)
+    inputs = network_inputs(net, dataset, "train", calibration)
+    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us)
+
+
+def show_plan(plan: FabricPlan) -> None:
+    info = plan.summary()
+    console = Console()
+    console.print(f"[bold]plan[/]: profile {info['profile']} (delay {info['delay']}, gate {info['gate']}), "
+                  f"τ = {info['tau_us']:g} µs, one sample every {info['period_us'] / 1e3:.1f} ms "
+                  f"(≤ {info['samples_per_s_bound']:.1f} samples/s)")
+    console.print(f"objects: {info['namespaces']} namespaces, {info['bridges']} bridges, {info['veth_pairs']} veth pairs; "
+                  f"packets per sample: {info['packets_per_sample']}")
+    table = Table(title_justify="left")
+    for column in ("layer", "inputs", "neurons", "K", "ports", "classes", "u32 filters", "gates", "window ms", "M_K"):
+        table.add_column(column, justify="right")
+    for row in info["layers"]:
+        table.add_row(str(row["layer"]), str(row["inputs"]), str(row["neurons"]), str(row["k"]), str(row["ports"]),
+                      str(row["classes"]), str(row["filters"]), str(row["gates"]), f"{row['window_us'] / 1e3:.2f}",
+                      f"{row['offset_mk']:.3f}")
+    console.print(table)
+
+
+@click.command("compile")
+@click.argument("net_path", metavar="NET", type=NET)
+@click.option("--profile", default="auto", show_default=True,
+              help="tc profile: auto (probe this kernel; needs root), netem, shaper, full, or a YAML path.")
+@click.option("--tau", "tau_us", type=DURATION, default="1ms", show_default=True,
+              help="Wall-clock length of one model time unit (e.g. 500us, 2ms).")
+@click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
+              help="Time the relay gets between a layer's deadline and the next layer's injections.")
+@click.option("--dataset", default=None, help="Calibration data set (default: the one the network was trained on).")
+@click.option("--calibration", default=500, show_default=True, help="Training samples that fix each layer's window.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan JSON here.")
+@click.option("--show", is_flag=True, help="Print a readable summary of the plan.")
+@json_option
+def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
+                calibration: int, output: Path | None, show: bool, as_json: bool) -> None:
+    """Compile the π² network NET into a FabricPlan (plan.json).
+
+    Every synapse becomes a delay class on its neuron port, every neuron two gated ports behind
+    its layer's switch. The plan is what both `pi2 simulate` and `pi2 up`/`pi2 infer` execute.
+
+    \b
+    Example:
+      pi2 compile testbed/networks/digits-mlp.npz --profile shaper --tau 1ms -o plan.json --show
+    """
+    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration)
+    if output is not None:
+        plan.save(output)
+    if as_json:
+        emit_json({"plan": None if output is None else str(output), **plan.summary()})
+    elif show or output is None:
+        show_plan(plan)
+    if output is not None and not as_json:
+        click.echo(f"wrote {output}")
+
+
+@click.command()
+@click.argument("plan_path", metavar="PLAN", type=NET)
+@click.option("--dataset", default=None, help="Data set (default: the one the plan's network was trained on).")
+@click.option("--limit", type=int, default=None, help="Simulate only the first N test samples.")
+@json_option
+def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, as_json: bool) -> None:
+    """Run PLAN in the software simulator: accuracy and agreement with the golden model.
+
+    The simulator applies the plan's realised delays, flood order, first-K gates and deadlines;
+    the golden model is the network itself (pi2 eval). Their gap is the cost of the realisation.
+    """
+    plan = load_plan(plan_path)
+    net = load_network(plan.network["path"]).with_bits(plan.network["bits"])
+    inputs = network_inputs(net, dataset, "test", limit)
+    sim = simulate(plan, inputs.x)
+    golden = net.predict(inputs.x)
+    report = {"samples": len(inputs.y), "dataset": inputs.dataset,
+              "sim_accuracy": float(np.mean(sim.predictions == inputs.y)),
+              "golden_accuracy": float(np.mean(golden == inputs.y)),
+              "sim_golden_agreement": float(np.mean(sim.predictions == golden)),
+              "timed_out_spikes": int(sum(layer.timed_out.sum() for layer in sim.layers))}
+    if as_json:
+        emit_json(report)
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
