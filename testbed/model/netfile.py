@@ -19,7 +19,6 @@ Loading validates every field and raises `ModelError` naming the field and what 
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -74,8 +73,8 @@ def load_network(path: str | Path) -> Pi2Network:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{path}: not a network file (.npz): {exc}") from None
+    except Exception as exc:  # a corrupt file fails in zipfile, zlib or numpy's header parser, each its own way
+        raise ModelError(f"{path}: not a network file (.npz): {str(exc) or type(exc).__name__}") from None
     if META_KEY not in arrays:
         raise ModelError(f"{path}: missing '{META_KEY}'; is this a π² network file?")
     try:
@@ -165,5 +164,8 @@ def _layer(spec: Any, weight: np.ndarray | None, in_shape: tuple[int, ...], wher
             raise ModelError(f"{where}: conv layer has keys {sorted(spec)}; expected {sorted(keys)}")
         if len(in_shape) != 3:
             raise ModelError(f"{where}: conv needs a (C, H, W) input, gets shape {in_shape}")
+        for key in ("stride", "padding", "pool"):
+            if not isinstance(spec[key], int) or isinstance(spec[key], bool):
+                raise ModelError(f"{where}: field '{key}' = {spec[key]!r}; expected an integer")
         return ConvLayer(weight.astype(np.float64), k, in_shape, spec["stride"], spec["padding"], spec["pool"])
     raise ModelError(f"{where}: field 'type' = {kind!r}; expected 'dense' or 'conv'")

@@ -167,6 +167,8 @@ class Pi2Network:
         if x.shape[1:] != tuple(self.input_shape):
             raise ModelError(f"input batch has sample shape {x.shape[1:]}, the network expects {tuple(self.input_shape)}")
         rng = np.random.default_rng(perturb.seed) if perturb is not None else None
+        if isinstance(self.layers[0], DenseLayer):
+            x = x.reshape(len(x), -1)  # a dense first layer over e.g. (1, 28, 28) images sees them flat
         traces = []
         for i, layer in enumerate(self.layers):
             trace = self._layer(layer, x, perturb, rng)

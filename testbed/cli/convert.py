@@ -1,0 +1,86 @@
+"""`pi2 import` and `pi2 export`: PyTorch checkpoints and NIR graphs to π² network files and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from testbed.cli.output import emit_json, json_option
+from testbed.model.formats import EXPORT_FORMATS, export_network, import_network
+from testbed.model.torch_import import ARCHS, ORIENTATIONS
+
+
+def _k_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1,30") from None
+
+
+@click.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--k", "k", callback=_k_list, metavar="K1,K2,…",
+              help="K per layer (mean of the K earliest of 2n arrivals), e.g. 1,30. Required for .pt; "
+                   "for .nir only when the graph has no π² metadata.")
+@click.option("--arch", type=click.Choice(ARCHS), default=None,
+              help="Checkpoint architecture. Default: lenet5 if it has conv weights, else mlp.")
+@click.option("--orientation", type=click.Choice(ORIENTATIONS), default="auto", show_default=True,
+              help="Dense weights as teacher (nn.Linear, out×in) or π² student (in×out); auto infers it "
+                   "from the chain of shapes and asks when both fit.")
+@click.option("--dataset", default=None, metavar="NAME",
+              help="Data set the network was trained on (digits, mnist, fashion, mnist1d): the file records it "
+                   "with its default input normalisation x = raw·scale + offset, which the network must have "
+                   "been trained with.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Network file to write (.npz).")
+@json_option
+def import_cmd(source: Path, k: list[int] | None, arch: str | None, orientation: str, dataset: str | None,
+               out: Path, as_json: bool) -> None:
+    """Import SOURCE (a torch state_dict .pt/.pth, or a NIR graph .nir) as a π² network file.
+
+    \b
+    The .pt is read without torch. π² layers have no biases: non-zero biases are refused.
+    Examples:
+      pi2 import teacher.pt --k 1,30 --dataset mnist -o mnist_k1_30.npz
+      pi2 import lenet.pt --arch lenet5 --k 12,50,85,25,75 -o lenet.npz
+      pi2 import net.nir -o net.npz
+    """
+    record = None
+    if dataset is not None:
+        from testbed.train.datasets import load_dataset  # lazily: it loads the data to learn its normalisation
+
+        norm = load_dataset(dataset).normalisation
+        record = {"name": dataset, "scale": norm.scale, "offset": norm.offset}
+    net = import_network(source, out, k, arch, orientation, record)
+    summary = {"source": str(source), "output": str(out), "input_shape": list(net.input_shape),
+               "layers": [type(layer).__name__ for layer in net.layers], "k": list(net.k),
+               "classes": net.n_classes, "import": net.provenance.get("import")}
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(f"wrote {out}: {len(net.layers)} layers "
+                   f"{'×'.join(str(s) for s in net.input_shape)} → {net.n_classes} classes, K={','.join(map(str, net.k))}")
+
+
+@click.command("export")
+@click.argument("net_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="nir", show_default=True,
+              help="Output format. nir: a NIR graph (HDF5), one Linear + Scale(K in metadata) per layer.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write, e.g. net.nir.")
+@json_option
+def export_cmd(net_file: Path, fmt: str, out: Path, as_json: bool) -> None:
+    """Export the dense π² network NET_FILE (.npz) to another format.
+
+    \b
+    Example:
+      pi2 export net.npz --format nir -o net.nir
+    """
+    written = export_network(net_file, fmt, out)
+    if as_json:
+        emit_json({"network": str(net_file), "format": fmt, "output": str(written)})
+    else:
+        click.echo(f"wrote {written} ({fmt})")
