@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Provision the π² testbed VM (Ubuntu LTS, run as root by `vagrant up`/`vagrant provision`; idempotent).
+#
+# Installs the kernel's extra qdisc/action/classifier modules, Mininet, Open vSwitch, tcpdump and the project
+# (editable, in a venv that also sees the apt-installed mininet module), then runs `pi2 doctor`.
+#
+# Environment:
+#   PI2_SRC                 the checkout inside the VM (default /pi2, the Vagrantfile's synced folder)
+#   PI2_VENV                the virtualenv (default /opt/pi2/venv); `pi2` is linked into /usr/local/bin
+#   PI2_EXTRAS              pip extras, comma-separated (default dev; add train for torch)
+#   PI2_KERNEL_RELEASE      kernel whose extra modules to install (default: the running one, uname -r)
+#   PI2_PROVISION_DRY_RUN=1 print every step that would change the system instead of running it (read-only
+#                           probes such as apt-cache still run); used by the test-suite on machines without a box
+set -euo pipefail
+
+SRC=${PI2_SRC:-/pi2}
+VENV=${PI2_VENV:-/opt/pi2/venv}
+EXTRAS=${PI2_EXTRAS:-dev}
+KERNEL_RELEASE=${PI2_KERNEL_RELEASE:-$(uname -r)}
+DRY_RUN=${PI2_PROVISION_DRY_RUN:-0}
+
+APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump mininet openvswitch-switch)
+# Loaded now and at every boot: what the CI kernel lacks (docs: spec/kernel-notes.md). Cloud/virtual Ubuntu
+# kernels ship sch_netem, sch_cbs, act_police, act_gact and cls_flower in linux-modules-extra-<release>.
+MODULES=(sch_netem sch_cbs sch_etf sch_fq act_police act_gact cls_flower cls_matchall openvswitch)
+MODULES_LOAD_CONF=/etc/modules-load.d/pi2.conf
+
+step() { printf '==> %s\n' "$*"; }
+
+# Run a command that changes the system, or only show it in a dry run.
+run() {
+    if [[ "$DRY_RUN" == 1 ]]; then
+        printf '+ %s\n' "$*"
+    else
+        "$@"
+    fi
+}
+
+# Write a file only if its content differs (keeps reruns quiet and idempotent).
+write_file() {
+    local path=$1 content=$2
+    if [[ "$DRY_RUN" == 1 ]]; then
+        printf '+ write %s: %s\n' "$path" "$(tr '\n' ' ' <<<"$content")"
+    elif [[ ! -f "$path" || "$(cat "$path")" != "$content" ]]; then
+        printf '%s\n' "$content" >"$path"
+    fi
+}
+
+if [[ "$DRY_RUN" != 1 && "$(id -u)" != 0 ]]; then
+    echo "provision.sh: must run as root (vagrant runs it with sudo); or set PI2_PROVISION_DRY_RUN=1" >&2
+    exit 1
+fi
+if [[ ! -f "$SRC/pyproject.toml" ]]; then
+    echo "provision.sh: no pyproject.toml in PI2_SRC=$SRC; point PI2_SRC at the π² checkout" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+step "apt packages: ${APT_PACKAGES[*]}"
+run apt-get update -q
+run apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+
+step "extra kernel modules for $KERNEL_RELEASE"
+if apt-cache show "linux-modules-extra-$KERNEL_RELEASE" >/dev/null 2>&1; then
+    run apt-get install -y -q "linux-modules-extra-$KERNEL_RELEASE"
+else
+    echo "    no package linux-modules-extra-$KERNEL_RELEASE: this kernel carries its modules itself"
+fi
+write_file "$MODULES_LOAD_CONF" "$(printf '%s\n' "${MODULES[@]}")"
+run modprobe -a "${MODULES[@]}"
+
+step "Open vSwitch"
+run systemctl enable --now openvswitch-switch
+
+step "project venv $VENV (extras: $EXTRAS)"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    run mkdir -p "$(dirname "$VENV")"
+    # --system-site-packages: the apt mininet package's python module stays importable
+    run python3 -m venv --system-site-packages "$VENV"
+fi
+run "$VENV/bin/pip" install -q --upgrade pip
+run "$VENV/bin/pip" install -q -e "$SRC[$EXTRAS]"
+run ln -sfn "$VENV/bin/pi2" /usr/local/bin/pi2
+
+step "pi2 doctor"
+run /usr/local/bin/pi2 doctor
