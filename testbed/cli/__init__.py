@@ -41,3 +41,26 @@ def main() -> None:
     except TestbedError as exc:
         click.echo(f"pi2: error: {exc}", err=True)
         sys.exit(2)
+
+
+from testbed.cli.compile import compile_cmd, simulate_cmd  # noqa: E402
+from testbed.cli.convert import export_cmd, import_cmd  # noqa: E402
+from testbed.cli.doctor import doctor  # noqa: E402
+from testbed.cli.energy import energy  # noqa: E402
+from testbed.cli.fabric import clean_cmd, down_cmd, status_cmd  # noqa: E402
+from testbed.cli.guest import guest  # noqa: E402
+from testbed.cli.infer import infer_cmd  # noqa: E402
+from testbed.cli.trace import trace  # noqa: E402
+
+pi2.add_command(compile_cmd)
+pi2.add_command(simulate_cmd, "simulate")
+pi2.add_command(import_cmd)
+pi2.add_command(export_cmd)
+pi2.add_command(doctor)
+pi2.add_command(energy)
+pi2.add_command(guest)
+pi2.add_command(infer_cmd)
+pi2.add_command(trace)
+pi2.add_command(status_cmd)
+pi2.add_command(down_cmd)
+pi2.add_command(clean_cmd)

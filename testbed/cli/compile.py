@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -13,32 +12,12 @@ from rich.table import Table
 from testbed.cli.output import emit_json, json_option
 from testbed.cli.params import DURATION
 from testbed.infer.inputs import network_inputs
+from testbed.infer.pipeline import compile_for
 from testbed.model.netfile import load_network
-from testbed.plan.compiler import compile_network
 from testbed.plan.fabric_plan import FabricPlan, load_plan
-from testbed.plan.select import realisation_for
 from testbed.sim.executor import simulate
 
 NET = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-def probed_capabilities():  # type: ignore[no-untyped-def]
-    """The live kernel's capabilities when we may probe (root), else None."""
-    if os.geteuid() != 0:
-        return None
-    from testbed.kernel.probe import probe_capabilities
-
-    return probe_capabilities("pi2 compile --profile auto")
-
-
-def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                calibration: int) -> FabricPlan:
-    """Compile a network file, calibrating windows on its data set's training split."""
-    net = load_network(net_path)
-    caps = probed_capabilities() if profile == "auto" else None
-    real = realisation_for(profile, caps)
-    inputs = network_inputs(net, dataset, "train", calibration)
-    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us)
 
 
 def show_plan(plan: FabricPlan) -> None:

@@ -150,7 +150,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
     arrival plus `margin` model units (default: the profile's timeout margin). The sample period leaves room for every class to drain
-    (latest event + 2c) before the next sample reuses it.
+    (latest event + 2c), and the relay time to decode a layer, before the next sample reuses it.
     """
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")
@@ -194,7 +194,10 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                                         _gate_tc(layer.k, window_us, real.delay_kind == "htb-primer")))
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", window_us,
                                 cal.offset_mk[li], tuple(ports)))
+    # A sample's slot must let every class drain (latest event + 2c) and the relay decode a
+    # layer (deadline + relay time) before the next sample's events reuse the same classes.
     span_us = max((cal.last_event[li] + 2 * c.c + margin) * tau_us for li in range(len(net.layers)))
+    span_us = max(span_us, max(layer.window_us for layer in layers) + relay_us)
     network = {"path": None if network_path is None else str(network_path),
                "sha256": None if network_path is None else hashlib.sha256(Path(network_path).read_bytes()).hexdigest(),
                "k": list(net.k), "bits": net.bits, "input_shape": list(net.input_shape)}

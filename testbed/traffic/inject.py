@@ -54,10 +54,15 @@ TX_GRACE_NS = 100_000_000  # after the last frame, wait this long for outstandin
 
 @dataclass(frozen=True, eq=False)
 class Schedule:
-    """Frames to send at offsets (ns, ascending, ≥ 0) from a start time."""
+    """Frames to send at offsets (ns, ascending, ≥ 0) from a start time.
+
+    `ifnames`, if given, names each frame's outgoing interface (one unbound socket then feeds
+    several switches, e.g. every layer's injector link); else frames leave the bound interface.
+    """
 
     offsets_ns: np.ndarray
     frames: tuple[bytes, ...]
+    ifnames: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         offsets = np.asarray(self.offsets_ns, dtype=np.int64)
@@ -68,15 +73,20 @@ class Schedule:
                 f"schedule: {offsets.size} offsets for {len(self.frames)} frames; expected one offset per frame")
         if len(offsets) and (offsets[0] < 0 or np.any(np.diff(offsets) < 0)):
             raise PlanError("schedule: offsets_ns must be ascending and >= 0; build it with Schedule.from_pairs to sort")
+        if self.ifnames is not None:
+            object.__setattr__(self, "ifnames", tuple(self.ifnames))
+            if len(self.ifnames) != len(self.frames):
+                raise PlanError(f"schedule: {len(self.ifnames)} interface names for {len(self.frames)} frames")
         for i, frame in enumerate(self.frames):
             if not 14 <= len(frame) <= MAX_FRAME_BYTES:
                 raise PlanError(f"schedule: frame {i} has {len(frame)} B; expected 14..{MAX_FRAME_BYTES} B")
 
     @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[int, bytes]]) -> "Schedule":
-        """A schedule from (offset ns, frame) pairs in any order (ties keep their given order)."""
+    def from_pairs(cls, pairs: Iterable[tuple[int, bytes]] | Iterable[tuple[int, bytes, str]]) -> "Schedule":
+        """A schedule from (offset ns, frame[, ifname]) tuples in any order (ties keep their given order)."""
         ordered = sorted(pairs, key=lambda pair: pair[0])
-        return cls(np.array([p[0] for p in ordered], dtype=np.int64), tuple(p[1] for p in ordered))
+        ifnames = tuple(p[2] for p in ordered) if ordered and len(ordered[0]) == 3 else None
+        return cls(np.array([p[0] for p in ordered], dtype=np.int64), tuple(p[1] for p in ordered), ifnames)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -144,10 +154,18 @@ class Injector:
             grow_receive_buffer(sock, ERRQUEUE_BYTES)
 
     @classmethod
-    def open(cls, ifname: str, netns: str | None = None, *, tx_timestamps: bool = True) -> "Injector":
-        """An injector on interface `ifname` inside namespace `netns` (None: this process's)."""
+    def open(cls, ifname: str | None, netns: str | None = None, *, tx_timestamps: bool = True) -> "Injector":
+        """An injector on interface `ifname` inside namespace `netns` (None: this process's).
+
+        With `ifname` None the socket stays unbound and sends only schedules that name each
+        frame's interface.
+        """
         # Protocol 0: the socket only sends; it registers no receive hook, so it queues nothing.
         sock = packet_socket(netns, 0)
+        if ifname is None:
+            injector = cls(sock, tx_timestamps=tx_timestamps)
+            injector._owned = True
+            return injector
         try:
             sock.bind((ifname, 0))
         except OSError as exc:
@@ -188,6 +206,8 @@ class Injector:
         gc.disable()  # a collection pause mid-schedule would delay the frames behind it
         mono = time.monotonic_ns
         send = self.sock.send
+        sendto = self.sock.sendto
+        ifnames = schedule.ifnames
         i = 0
         try:
             for i in range(n):
@@ -201,7 +221,10 @@ class Injector:
                 while now < target:
                     now = mono()
                 sent[i] = now  # the last clock read before this send()
-                send(frames[i])
+                if ifnames is None:
+                    send(frames[i])
+                else:
+                    sendto(frames[i], (ifnames[i], 0))
         except OSError as exc:
             raise KernelError(f"injector: send of frame {i} of {n} failed: {exc.strerror}") from None
         finally:

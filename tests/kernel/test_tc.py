@@ -20,6 +20,10 @@ from testbed.plan.tc import ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import KEY_IP_OFFSET
 
 pytestmark = pytest.mark.root
+# The user-mode-linux guest (testbed.kernel.guest) has one CPU and 100 Hz timers: delays there are
+# off by milliseconds, so µs-scale shaping arithmetic is checked on the host kernel only.
+host_timers_only = pytest.mark.skipif(os.environ.get("PI2_IN_GUEST") == "1",
+                                      reason="µs-scale shaping needs the host's high-resolution timers, not UML's 100 Hz")
 
 HEADER_BYTES = 14 + 20 + 8  # a frame's bytes besides the UDP payload: what shapers count too
 PORT = 5402
@@ -78,7 +82,7 @@ def test_htb_primer_delays_order_spikes(net, pair) -> None:
     assert sum(o == list(np.argsort(delays_us)) for o in orders) >= 4, orders
     assert all(-100 < e < 400 for e in errors), errors  # kernel-notes: timer-released packets ≈ +30 µs, rare +0.9 ms
 
-
+@host_timers_only
 def test_htb_delay_is_linear_in_primer_size(net, pair) -> None:
     """One class at 8 Mbit/s (1 B/µs): the delay grows by 1 µs per primer byte."""
     apply_tree(pair.tx_if, htb_tree([8e6]), pair.tx)
@@ -100,6 +104,7 @@ def test_htb_delay_is_linear_in_primer_size(net, pair) -> None:
     assert -50 < intercept < 300
 
 
+@host_timers_only
 def test_tbf_primer_then_signal_leaves_after_signal_over_rate(net, pair) -> None:
     """tbf, burst = one primer frame: after the primer empties the bucket, a signal of L bytes
     waits L/rate for its tokens."""

@@ -1,0 +1,98 @@
+"""`pi2 infer`: classify samples on a live kernel fabric and compare with the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from testbed.cli.output import emit_json, json_option
+from testbed.cli.params import DURATION
+from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
+from testbed.infer.report import InferenceReport
+
+
+@click.command("infer")
+@click.argument("source", metavar="NET|PLAN", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", default=None, help="Data set (default: the one the network was trained on).")
+@click.option("--limit", type=int, default=None, help="Classify only the first N test samples (default: all).")
+@click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True,
+              help="netns: plain namespaces and bridges; mininet: the same plan through Mininet's API.")
+@click.option("--profile", default="auto", show_default=True,
+              help="tc profile when compiling NET: auto (probe this kernel), netem, shaper, full, or a YAML path.")
+@click.option("--tau", "tau_us", type=DURATION, default="1ms", show_default=True,
+              help="Wall-clock length of one model time unit when compiling NET.")
+@click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
+              help="Time the relay gets to decode a layer before the next layer's injections.")
+@click.option("--inject-cpu", type=int, default=0, show_default=True,
+              help="CPU the injector busy-waits on (kernel packet work is steered to the others); -1: don't pin.")
+@click.option("--pcap", "pcap_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write injected.pcap and received.pcap (ns timestamps) here; read them with tcpdump -r or pi2 trace.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write a spike raster of sample 0 and the arrival-error histogram (PNG) here.")
+@json_option
+def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, profile: str,
+              tau_us: float, relay_us: float, inject_cpu: int, pcap_dir: Path | None, plots_dir: Path | None,
+              as_json: bool) -> None:
+    """Classify test samples with the Linux kernel doing the neural computation.
+
+    NET (a network .npz, default: the bundled digits network) is compiled for this kernel, or
+    PLAN (from `pi2 compile`) is used as is. The fabric is built from namespaces, veths, bridges
+    and qdiscs, samples stream through it several at a time, and everything is torn down at the
+    end, on errors and on Ctrl-C. Reports kernel, plan-simulation and golden-model accuracy, their
+    per-sample agreement, arrival-time errors per layer, throughput and why spikes were dropped.
+
+    \b
+    Examples:
+      sudo pi2 infer --limit 50
+      sudo pi2 infer net.npz --dataset digits --tau 2ms --pcap out/ --plots out/
+      sudo pi2 infer plan.json --backend mininet --json
+    """
+    options = InferOptions(dataset=dataset, limit=limit, backend=backend, profile=profile, tau_us=tau_us,
+                           relay_us=relay_us, inject_cpu=None if inject_cpu < 0 else inject_cpu,
+                           pcap_dir=pcap_dir, plots_dir=plots_dir)
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=as_json) as bar:
+        task = bar.add_task("building fabric", total=None)
+
+        def started(plan, samples):  # type: ignore[no-untyped-def]
+            bar.update(task, description=f"inference ({plan.profile}, τ {plan.timing.tau_us:g} µs)", total=samples)
+
+        report, _, files = infer(source or BUNDLED_NETWORK, options, lambda n: bar.advance(task, n), started)
+    if as_json:
+        emit_json({**report.to_dict(), "files": [str(f) for f in files]})
+        return
+    render(report)
+    for path in files:
+        click.echo(f"wrote {path}")
+
+
+def render(report: InferenceReport) -> None:
+    console = Console()
+    console.print(f"[bold]{report.samples}[/] {report.dataset} samples on the [bold]{report.backend}[/] fabric, "
+                  f"profile {report.profile}, τ = {report.tau_us:g} µs")
+    table = Table(title_justify="left")
+    for column in ("", "kernel", "plan simulation", "golden model"):
+        table.add_column(column, justify="right")
+    table.add_row("accuracy", f"{report.kernel_accuracy:.2%}", f"{report.sim_accuracy:.2%}", f"{report.golden_accuracy:.2%}")
+    table.add_row("agrees with kernel", "", f"{report.kernel_sim_agreement:.2%}", f"{report.kernel_golden_agreement:.2%}")
+    console.print(table)
+    console.print(f"throughput: {report.samples_per_s:.1f} samples/s, {report.synaptic_events_per_s:,.0f} synaptic "
+                  f"events/s; packets per sample {report.packets_per_sample}")
+    layers = Table(title="per layer: kernel − simulated arrival of gated spikes (µs)", title_justify="left")
+    for column in ("layer", "spikes", "short ports", "mean", "median", "sd", "p99 |err|", "inject late p99"):
+        layers.add_column(column, justify="right")
+    for row in report.layers:
+        layers.add_row(str(row.layer), f"{row.spikes_received}/{row.spikes_expected}", str(row.ports_short),
+                       f"{row.error_us_mean:.0f}", f"{row.error_us_median:.0f}", f"{row.error_us_sd:.0f}",
+                       f"{row.error_us_p99:.0f}", f"{row.inject_late_us_p99:.0f}")
+    console.print(layers)
+    for li, gates in enumerate(report.gates):
+        console.print(f"layer {li} gates: " + ", ".join(f"{k} {v}" for k, v in gates.items()))
+    if report.late_slots or report.receiver_drops:
+        console.print(f"[yellow]late slots {report.late_slots}, receiver drops {report.receiver_drops}[/]")

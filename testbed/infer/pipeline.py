@@ -1,0 +1,112 @@
+"""`pi2 infer` as one library call: compile, build, stream, decode, report, tear down."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from testbed.errors import NeedsRootError, PlanError
+from testbed.infer.inputs import network_inputs
+from testbed.infer.report import InferenceReport, build_report
+from testbed.infer.session import KernelRun, run_inference
+from testbed.model.netfile import load_network
+from testbed.model.network import Pi2Network
+from testbed.plan.compiler import compile_network
+from testbed.plan.fabric_plan import FabricPlan, load_plan
+from testbed.plan.select import realisation_for
+
+BUNDLED_NETWORK = Path(__file__).resolve().parents[1] / "networks" / "digits-mlp.npz"
+
+
+def probed_capabilities(purpose: str):  # type: ignore[no-untyped-def]
+    """The live kernel's capabilities when we may probe (root), else None."""
+    if os.geteuid() != 0:
+        return None
+    from testbed.kernel.probe import probe_capabilities
+
+    return probe_capabilities(purpose)
+
+
+def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
+                calibration: int) -> FabricPlan:
+    """Compile a network file, calibrating windows on its data set's training split."""
+    net = load_network(net_path)
+    caps = probed_capabilities(f"--profile {profile}") if profile == "auto" else None
+    real = realisation_for(profile, caps)
+    inputs = network_inputs(net, dataset, "train", calibration)
+    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us)
+
+
+def plan_and_network(source: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
+                     calibration: int) -> tuple[FabricPlan, Pi2Network]:
+    """A plan file (and the network it names, checked by hash), or a network file compiled now."""
+    if source.suffix == ".json":
+        plan = load_plan(source)
+        path = plan.network.get("path")
+        if not path or not Path(path).is_file():
+            raise PlanError(f"{source}: its network file {path!r} is missing; recompile with `pi2 compile NET`")
+        if hashlib.sha256(Path(path).read_bytes()).hexdigest() != plan.network.get("sha256"):
+            raise PlanError(f"{source}: network {path} changed since the plan was compiled; recompile it")
+        return plan, load_network(path)
+    return compile_for(source, profile, tau_us, relay_us, dataset, calibration), load_network(source)
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    dataset: str | None = None
+    limit: int | None = None
+    backend: str = "netns"
+    profile: str = "auto"
+    tau_us: float = 1000.0
+    relay_us: float = 3000.0
+    calibration: int = 500
+    inject_cpu: int | None = 0
+    pcap_dir: Path | None = None
+    plots_dir: Path | None = None
+
+
+def infer(source: Path, options: InferOptions, progress: Callable[[int], None] | None = None,
+          started: Callable[[FabricPlan, int], None] | None = None) -> tuple[InferenceReport, KernelRun, list[Path]]:
+    """Classify a data set's test samples on a live kernel fabric; returns the report, the raw run
+    and the files written (pcaps, plots). The fabric is torn down on return, error or Ctrl-C."""
+    if os.geteuid() != 0:
+        raise NeedsRootError("pi2 infer builds namespaces, veths, bridges and qdiscs: run it with sudo")
+    from testbed.fabric.live import build_fabric
+
+    plan, net = plan_and_network(source, options.profile, options.tau_us, options.relay_us, options.dataset,
+                                 options.calibration)
+    inputs = network_inputs(net, options.dataset, "test", options.limit)
+    x = inputs.x.reshape(len(inputs.x), -1)
+    if started is not None:
+        started(plan, len(x))
+    with build_fabric(plan, options.backend) as fabric:
+        run = run_inference(plan, fabric, x, inject_cpu=options.inject_cpu,
+                            keep_frames=options.pcap_dir is not None, progress=progress)
+        counters = fabric.gate_counters()
+    report = build_report(plan, net, run, x, inputs.y, inputs.dataset, options.backend, counters)
+    return report, run, write_outputs(plan, run, options)
+
+
+def write_outputs(plan: FabricPlan, run: KernelRun, options: InferOptions) -> list[Path]:
+    """Pcaps (received: what the gates passed, at kernel RX time; injected: at kernel TX time) and plots."""
+    written: list[Path] = []
+    if options.pcap_dir is not None:
+        from testbed.traffic.pcap import write_pcap
+
+        options.pcap_dir.mkdir(parents=True, exist_ok=True)
+        received = [(int(t), f) for capture in run.arrivals for t in capture["t_ns"].tolist()]
+        received = [(t, frame) for (t, _), frame in zip(received, run.frames)]
+        for name, stamped in (("received.pcap", received), ("injected.pcap", run.injected)):
+            stamped = sorted(stamped, key=lambda pair: pair[0])
+            write_pcap(options.pcap_dir / name, [t for t, _ in stamped], [f for _, f in stamped])
+            written.append(options.pcap_dir / name)
+    if options.plots_dir is not None:
+        from testbed.infer.plots import error_histogram, raster
+
+        options.plots_dir.mkdir(parents=True, exist_ok=True)
+        written.append(raster(plan, run, 0, options.plots_dir / "raster-sample0.png"))
+        written.append(error_histogram(plan, run, options.plots_dir / "arrival-error.png"))
+    return written

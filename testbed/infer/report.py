@@ -1,0 +1,113 @@
+"""What an inference run reports: accuracies, agreement, timing errors, throughput, drops.
+
+Three predictions are compared per sample: the kernel's (decoded from kernel RX timestamps),
+the plan simulator's (`testbed.sim`: the realised delays, flood order, gates, deadlines), and
+the golden model's (the network itself with its stored quantisation). Kernel vs simulation is
+the headline: it measures the kernel alone, since both execute the same plan.
+
+Arrival-time error per layer compares each gated spike's kernel arrival with the simulator's
+prediction *given the inputs the kernel relay actually injected into that layer*, so an error
+upstream does not count again downstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from testbed.infer.session import KernelRun
+from testbed.model.network import Pi2Network
+from testbed.plan.fabric_plan import FabricPlan
+from testbed.sim.executor import simulate, simulate_layer
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    layer: int
+    spikes_expected: int  # K per port per sample
+    spikes_received: int
+    ports_short: int  # (sample, port) pairs that got fewer than K spikes by the deadline
+    error_us_mean: float
+    error_us_median: float
+    error_us_sd: float
+    error_us_p99: float  # of |error|
+    inject_late_us_median: float
+    inject_late_us_p99: float
+
+
+@dataclass(frozen=True)
+class InferenceReport:
+    samples: int
+    dataset: str
+    backend: str
+    profile: str
+    tau_us: float
+    kernel_accuracy: float
+    sim_accuracy: float
+    golden_accuracy: float
+    kernel_sim_agreement: float
+    kernel_golden_agreement: float
+    sim_golden_agreement: float
+    samples_per_s: float
+    synaptic_events_per_s: float  # spike copies reaching neuron-port delay classes per second
+    packets_per_sample: dict[str, int]
+    wall_s: float
+    late_slots: int
+    receiver_drops: int
+    layers: tuple[LayerStats, ...]
+    gates: tuple[dict[str, int], ...]  # per layer, summed over ports: why spikes were dropped
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else float("nan")
+
+
+def layer_stats(plan: FabricPlan, run: KernelRun, li: int) -> LayerStats:
+    layer = plan.layers[li]
+    predicted = simulate_layer(plan, layer, run.inputs[li]).passed_us
+    kernel = run.passed_us[li]
+    both = np.isfinite(predicted) & np.isfinite(kernel)
+    error = (kernel - predicted)[both]
+    late = np.asarray(run.lateness_us[li])
+    return LayerStats(
+        layer=li, spikes_expected=int(run.samples * len(layer.ports) * layer.k),
+        spikes_received=int(np.isfinite(kernel).sum()),
+        ports_short=int((run.counts[li] < layer.k).sum()),
+        error_us_mean=float(error.mean()) if error.size else float("nan"),
+        error_us_median=_percentile(error, 50), error_us_sd=float(error.std()) if error.size else float("nan"),
+        error_us_p99=_percentile(np.abs(error), 99),
+        inject_late_us_median=_percentile(late, 50), inject_late_us_p99=_percentile(late, 99))
+
+
+def _sum_counters(per_port: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counters in per_port:
+        for key, value in counters.items():
+            total[key] = total.get(key, 0) + int(value)
+    return total
+
+
+def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarray, labels: np.ndarray,
+                 dataset: str, backend: str, gate_counters: list[list[dict[str, int]]]) -> InferenceReport:
+    s = plan.constants["s"]
+    kernel_pred = (-s * run.y[-1]).argmax(axis=1)
+    sim_pred = simulate(plan, x).predictions
+    golden_pred = net.with_bits(plan.network["bits"]).predict(x)
+    events = sum(2 * layer.n_inputs * len(layer.ports) for layer in plan.layers)
+    rate = run.samples / run.wall_s if run.wall_s > 0 else float("nan")
+    return InferenceReport(
+        samples=run.samples, dataset=dataset, backend=backend, profile=plan.profile, tau_us=plan.timing.tau_us,
+        kernel_accuracy=float(np.mean(kernel_pred == labels)), sim_accuracy=float(np.mean(sim_pred == labels)),
+        golden_accuracy=float(np.mean(golden_pred == labels)),
+        kernel_sim_agreement=float(np.mean(kernel_pred == sim_pred)),
+        kernel_golden_agreement=float(np.mean(kernel_pred == golden_pred)),
+        sim_golden_agreement=float(np.mean(sim_pred == golden_pred)),
+        samples_per_s=rate, synaptic_events_per_s=rate * events, packets_per_sample=plan.packets_per_sample,
+        wall_s=run.wall_s, late_slots=run.late_slots, receiver_drops=run.receiver_drops,
+        layers=tuple(layer_stats(plan, run, li) for li in range(len(plan.layers))),
+        gates=tuple(_sum_counters(per_port) for per_port in gate_counters))

@@ -1,0 +1,177 @@
+"""The live inference loop: inject, let the kernel compute, capture, decode, re-encode.
+
+Samples move through the layers in a pipeline of fixed slots. Slot q starts at
+``start + q·period``; in it, layer l works on sample q − l, so a network of L layers has L
+samples in flight. For every active layer the injector sends that sample's events (a primer
+and its spike where the delay realisation needs primers) at base + t·τ on the layer's injector
+link; the kernel floods, delays, gates and delivers them; the receiver reads what the gates
+passed with kernel RX timestamps until the layer's deadline. The relay then decodes T±, y and
+ReLU(−s·y) (`testbed.traffic.decode`) and the next layer's events for that sample are
+scheduled in the next slot. Nothing in user space delays, orders or drops a spike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from testbed.errors import PlanError
+from testbed.model.encoding import encode
+from testbed.plan.fabric_plan import FabricPlan
+from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
+from testbed.traffic.capture import ARRIVAL_DTYPE, Receiver
+from testbed.traffic.decode import PortRole, decode_layer
+from testbed.traffic.inject import Injector, Schedule
+from testbed.traffic.packets import spike_frame
+
+if TYPE_CHECKING:
+    from testbed.fabric.live import LiveFabric
+
+# Spikes are Ethernet broadcasts, so the layer's bridge floods them to every neuron port. The
+# addresses are RFC 2544's benchmarking range and never leave the run's own namespaces.
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+LEAD_NS = 30_000_000  # first slot starts this long after the loop is ready
+
+
+def injector_mac(layer: int) -> str:
+    return f"02:70:32:00:00:{layer:02x}"
+
+
+def injector_ip(layer: int) -> tuple[str, str]:
+    return f"198.18.{layer}.1", f"198.18.{layer}.255"
+
+
+@dataclass
+class KernelRun:
+    """What the kernel computed for a batch of samples, and how the run went."""
+
+    samples: int
+    layers: int
+    t_plus: list[np.ndarray]  # per layer (samples, neurons), model units
+    t_minus: list[np.ndarray]
+    inputs: list[np.ndarray]  # per layer, the values the relay injected (samples, n)
+    counts: list[np.ndarray]  # per layer (samples, ports): spikes the relay received by the deadline
+    passed_us: list[np.ndarray]  # per layer (samples, ports, K): arrival times after base (µs), nan: none
+    lateness_us: list[list[float]]  # per layer: kernel TX time − scheduled time of each injected frame
+    arrivals: list[np.ndarray] = field(default_factory=list)  # raw captures, ARRIVAL_DTYPE
+    frames: list[bytes] = field(default_factory=list)  # received frames when kept (pcap)
+    injected: list[tuple[int, bytes]] = field(default_factory=list)  # (TX ns, frame) when kept
+    wall_s: float = 0.0
+    late_slots: int = 0  # slots whose schedule started after their time (the loop fell behind)
+    receiver_drops: int = 0
+
+    @property
+    def y(self) -> list[np.ndarray]:
+        return [p - m for p, m in zip(self.t_plus, self.t_minus)]
+
+
+def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
+    return {port.ifindex: PortRole(layer, port.neuron, port.sign) for port in fabric.ports[layer]}
+
+
+def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str,
+                  keep: list[tuple[int, bytes, str]]) -> None:
+    """Append (offset ns from the slot base, frame, ifname) for one layer's events of one sample."""
+    tau_ns = plan.timing.tau_us * 1e3
+    src_mac, (src_ip, dst_ip) = injector_mac(layer), injector_ip(layer)
+    t_plus, t_minus = encode(x, plan.constants["t0"])
+    primer = plan.packets.primer_bytes
+    seq = 0
+    for sign, times in ((0, t_plus), (1, t_minus)):
+        for source, t in enumerate(times.tolist()):
+            offset = int(round(t * tau_ns))
+            if primer:
+                head = SpikeHeader(layer, source, sign, sample, seq, KIND_PRIMER)
+                keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head, primer), ifname))
+            head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE)
+            keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head), ifname))
+            seq += 1
+
+
+def _passed(arrivals: np.ndarray, fabric: LiveFabric, layer: int, sample: int, t0_ns: int, k: int) -> np.ndarray:
+    """(ports, K) arrival times (µs after the base) of the spikes the gates passed, nan where none."""
+    ports = fabric.ports[layer]
+    out = np.full((len(ports), k), np.nan)
+    mine = arrivals[(arrivals["layer"] == layer) & (arrivals["sample"] == sample) & (arrivals["kind"] == KIND_SPIKE)]
+    for q, port in enumerate(ports):
+        times = np.sort(mine["t_ns"][mine["ifindex"] == port.ifindex] - t0_ns)[:k] / 1e3
+        out[q, : len(times)] = times
+    return out
+
+
+def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject_cpu: int | None = None,
+                  keep_frames: bool = False, progress: Callable[[int], None] | None = None) -> KernelRun:
+    """Classify the batch `x` (samples, n_inputs) on the live fabric built from `plan`."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    if x.shape[1] != plan.layers[0].n_inputs:
+        raise PlanError(f"inputs have {x.shape[1]} values; the plan's first layer takes {plan.layers[0].n_inputs}")
+    n_samples, n_layers = len(x), len(plan.layers)
+    tau_ns = plan.timing.tau_us * 1e3
+    period_ns = int(round(plan.timing.period_us * 1e3))
+    run = KernelRun(
+        samples=n_samples, layers=n_layers,
+        t_plus=[np.full((n_samples, layer.n_neurons), np.nan) for layer in plan.layers],
+        t_minus=[np.full((n_samples, layer.n_neurons), np.nan) for layer in plan.layers],
+        inputs=[x] + [np.full((n_samples, layer.n_inputs), np.nan) for layer in plan.layers[1:]],
+        counts=[np.zeros((n_samples, len(layer.ports)), dtype=np.int64) for layer in plan.layers],
+        passed_us=[np.full((n_samples, len(layer.ports), layer.k), np.nan) for layer in plan.layers],
+        lateness_us=[[] for _ in plan.layers],
+    )
+    roles = [_port_roles(fabric, li) for li in range(n_layers)]
+    ports_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
+    with Injector.open(None, fabric.host_netns) as injector, Receiver.open(fabric.host_netns) as receiver:
+        receiver.discard()
+        start = time.monotonic_ns() + LEAD_NS
+        began = time.perf_counter()
+        for slot in range(n_samples + n_layers - 1):
+            base = start + slot * period_ns
+            active = [(li, slot - li) for li in range(n_layers) if 0 <= slot - li < n_samples]
+            pairs: list[tuple[int, bytes, str]] = []
+            owner: list[int] = []
+            for li, sample in active:
+                before = len(pairs)
+                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs)
+                owner += [li] * (len(pairs) - before)
+            if time.monotonic_ns() > base:
+                run.late_slots += 1
+            order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])  # stable: primer stays before its spike
+            schedule = Schedule.from_pairs([pairs[i] for i in order])
+            report = injector.send(schedule, start_mono_ns=base, cpu=inject_cpu)
+            base_real = base + report.realtime_minus_monotonic_ns
+            late = (report.send_real_ns - base_real - schedule.offsets_ns) / 1e3
+            for j, i in enumerate(order):
+                run.lateness_us[owner[i]].append(float(late[j]))
+            if keep_frames:
+                run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
+            deadline = base + int(max(plan.layers[li].window_us for li, _ in active) * 1e3)
+            capture = receiver.collect(deadline, keep_frames=keep_frames)
+            run.receiver_drops += capture.dropped
+            run.arrivals.append(capture.arrivals)
+            if keep_frames and capture.frames:
+                run.frames += list(capture.frames)
+            for li, sample in active:
+                layer = plan.layers[li]
+                decoded = decode_layer(capture.arrivals, roles[li], samples=np.array([sample]),
+                                       t0_ns=np.array([base_real]), tau_ns=tau_ns, k=layer.k,
+                                       deadline=layer.window_us / plan.timing.tau_us, s=plan.constants["s"])
+                run.t_plus[li][sample] = decoded.t_plus[0]
+                run.t_minus[li][sample] = decoded.t_minus[0]
+                mine = capture.arrivals[(capture.arrivals["layer"] == li) & (capture.arrivals["sample"] == sample)
+                                        & (capture.arrivals["kind"] == KIND_SPIKE)]
+                for ifindex in mine["ifindex"].tolist():
+                    if ifindex in ports_index[li]:
+                        run.counts[li][sample, ports_index[li][ifindex]] += 1
+                run.passed_us[li][sample] = _passed(capture.arrivals, fabric, li, sample, base_real, layer.k)
+                if li + 1 < n_layers:
+                    run.inputs[li + 1][sample] = decoded.x_next[0]
+                elif progress is not None:
+                    progress(1)
+        run.wall_s = time.perf_counter() - began
+    return run
+
+
+def empty_arrivals() -> np.ndarray:
+    return np.zeros(0, dtype=ARRIVAL_DTYPE)
