@@ -132,18 +132,26 @@ def remove(name: str) -> bool:
     return True
 
 
+def _target(name: str) -> Path:
+    """Where namespace `name` lives: a name under /run/netns, or an absolute path such as
+    ``/proc/PID/ns/net`` (the anonymous namespace of a process, e.g. a Mininet host)."""
+    return Path(name) if name.startswith("/") else path_of(name)
+
+
 @contextmanager
 def entered(name: str | None) -> Iterator[None]:
-    """Move the *calling thread* into namespace `name` (None: stay) and back on exit."""
+    """Move the *calling thread* into namespace `name` (None: stay; a name under /run/netns or
+    an absolute path like ``/proc/PID/ns/net``) and back on exit."""
     if name is None:
         yield
         return
     home = os.open(THREAD_NS, os.O_RDONLY)
     try:
         try:
-            target = os.open(path_of(name), os.O_RDONLY)
+            target = os.open(_target(name), os.O_RDONLY)
         except FileNotFoundError:
-            raise KernelError(f"namespace {name} does not exist (looked in {NETNS_DIR})") from None
+            where = "no such file" if name.startswith("/") else f"looked in {NETNS_DIR}"
+            raise KernelError(f"namespace {name} does not exist ({where})") from None
         try:
             _setns(target, f"namespace {name}")
         finally:
@@ -179,13 +187,13 @@ def run_in(name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
 
 
 def socket_in(name: str | None, family: int, type_: int, proto: int = 0) -> socket.socket:
-    """A socket living in namespace `name`, usable from any thread."""
+    """A socket living in namespace `name` (a name or a path, as for `entered`), usable from any thread."""
     return run_in(name, socket.socket, family, type_, proto)
 
 
 def iproute(name: str | None = None) -> IPRoute:
-    """An `IPRoute` talking to namespace `name` (None: this process's namespace), without the
-    fork pyroute2's ``IPRoute(netns=...)`` does. Close it (``with``) when done."""
+    """An `IPRoute` talking to namespace `name` (None: this process's namespace; a name or a path,
+    as for `entered`), without the fork pyroute2's ``IPRoute(netns=...)`` does. Close it when done."""
     if name is None:
         return IPRoute()
     sock = socket_in(name, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)

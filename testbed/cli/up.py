@@ -1,0 +1,69 @@
+"""`pi2 up PLAN`: build a compiled plan in the kernel and leave it running (`pi2 down RUN` removes it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+from testbed.cli.output import emit_json, json_option
+from testbed.fabric.live import BACKENDS, bring_up
+from testbed.kernel.names import RunRegistry
+from testbed.plan.fabric_plan import load_plan
+
+
+def _cpus(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected CPU numbers separated by commas, e.g. 1 or 1,2") from None
+
+
+@click.command("up")
+@click.argument("plan_file", metavar="PLAN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(BACKENDS), default="netns", show_default=True,
+              help="netns: two namespaces built with batched netlink; mininet: Mininet's API wires "
+                   "topologies/pi2_layers.py (Linux bridges), the testbed adds delays and gates.")
+@click.option("--fabric-cpus", metavar="CPUS", default=None,
+              help="Run the fabric's packet work (flooding, classification, htb) on these CPUs, e.g. 1, "
+                   "by RPS on the injector links; keep the injector's CPU out. Default: leave as is.")
+@json_option
+def up_cmd(plan_file: Path, backend: str, fabric_cpus: str | None, as_json: bool) -> None:
+    """Build PLAN (from `pi2 compile`) in the kernel and leave it up: namespaces, bridges, veths,
+    one htb class per synapse and an eBPF first-K gate per neuron port. Prints the run id; the gates
+    stay attached after pi2 exits. Remove it with `sudo pi2 down RUN`.
+
+    \b
+    Example:
+      pi2 compile net.npz --profile shaper -o plan.json
+      sudo pi2 up plan.json --fabric-cpus 1
+      sudo pi2 down k3x9
+    """
+    plan = load_plan(plan_file)
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=console, transient=True, disable=as_json) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        run_id = bring_up(plan, backend, progress=progress, fabric_cpus=_cpus(fabric_cpus))
+    entries = RunRegistry.load(run_id).entries
+    if as_json:
+        emit_json({"run_id": run_id, "backend": backend, "objects": entries})
+        return
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["kind"]] = counts.get(entry["kind"], 0) + 1
+    summary = plan.summary()
+    click.echo(f"run {run_id} up ({backend}): " + ", ".join(f"{n} {k}" for k, n in counts.items())
+               + f"; {sum(layer['classes'] for layer in summary['layers'])} delay classes, "
+               f"{sum(layer['gates'] for layer in summary['layers'])} gates")
+    click.echo(f"remove with: sudo pi2 down {run_id}")

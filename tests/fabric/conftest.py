@@ -1,0 +1,82 @@
+"""A tiny compiled plan and helpers that push real primer + spike frames through a built fabric."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from testbed.kernel import netns
+from testbed.kernel.names import REGISTRY_DIR
+from testbed.model.network import DenseLayer, Pi2Network
+from testbed.plan.compiler import Realisation, compile_network
+from testbed.plan.fabric_plan import FabricPlan
+from testbed.plan.profiles import load_profile
+from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
+from testbed.traffic.capture import Capture, Receiver
+from testbed.traffic.inject import Injector, Schedule, SendReport
+from testbed.traffic.packets import spike_frame
+
+TAU_US = 1000.0
+# 3 inputs × 2 neurons. Port delays are c ± w (c = 3): every port's six delays are 0.5, 1.5, ... 5.5 ms,
+# 1 ms apart, so the order of arrivals can be checked without any timing tolerance below 1 ms.
+WEIGHTS = np.array([[0.5, -1.5], [1.5, 2.5], [2.5, 0.5]])
+SRC_MAC, BROADCAST = "02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"
+
+
+@pytest.fixture(scope="session")
+def tiny_plan() -> FabricPlan:
+    net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
+    return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)))
+
+
+def event_frames(plan: FabricPlan, sample: int, events: list[tuple[int, int]], seq0: int = 0) -> list[bytes]:
+    """Primer then spike for each (source, sign) event of layer 0, in order."""
+    frames = []
+    for n, (source, sign) in enumerate(events):
+        for kind, size in ((KIND_PRIMER, plan.packets.primer_bytes), (KIND_SPIKE, plan.packets.spike_bytes)):
+            header = SpikeHeader(layer=0, source=source, sign=sign, sample=sample, seq=seq0 + n, kind=kind)
+            frames.append(spike_frame(SRC_MAC, BROADCAST, "10.0.0.1", "10.0.0.255", header, size))
+    return frames
+
+
+def inject(host_netns: str, inject_if: str, schedule: Schedule, expected_spikes: int,
+           wait_s: float = 1.0) -> tuple[SendReport, Capture]:
+    """Send `schedule` into `inject_if`; read what reaches the host namespace with kernel RX stamps."""
+    with Receiver.open(host_netns) as receiver, Injector.open(inject_if, host_netns) as injector:
+        receiver.discard()
+        report = injector.send(schedule)
+        capture = receiver.collect(time.monotonic_ns() + int(wait_s * 1e9), expected_spikes=expected_spikes)
+        # Whatever else arrives (it must not: K per port) shows up in a short second read.
+        extra = receiver.collect(time.monotonic_ns() + 50_000_000)
+    arrivals = np.concatenate([capture.arrivals, extra.arrivals])
+    return report, Capture(arrivals, None, capture.dropped + extra.dropped, capture.others + extra.others)
+
+
+def leftovers(run_id: str) -> list[str]:
+    """Every trace of run `run_id` still in the kernel or on disk."""
+    tag = f"p2{run_id}"
+    found = [n for n in netns.list_names() if n.startswith(tag)]
+    found += [name for _, name in socket.if_nameindex() if name.startswith(tag)]
+    if (REGISTRY_DIR / f"{run_id}.json").exists():
+        found.append(str(REGISTRY_DIR / f"{run_id}.json"))
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"mininet:{tag}".encode() in cmdline and int(proc.name) != os.getpid():
+                found.append(f"process {proc.name}")
+    return found
+
+
+@pytest.fixture
+def spikes() -> SimpleNamespace:
+    """The helpers above, for tests (a fixture: test modules cannot import a conftest by name)."""
+    return SimpleNamespace(event_frames=event_frames, inject=inject, leftovers=leftovers)

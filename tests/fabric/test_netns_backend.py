@@ -1,0 +1,134 @@
+"""The netns backend on a real kernel: objects, real primer + spike frames, gates, order, teardown.
+
+The plan is 3 inputs × 2 neurons, K = 1, shaper profile (htb-primer delays, eBPF first-K gates).
+Every port's six synapse delays are 0.5 … 5.5 ms, 1 ms apart (conftest.WEIGHTS), so the order
+checks hold with 1 ms of slack; precision belongs to bench/primitives.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from testbed.errors import KernelError
+from testbed.fabric.live import bring_up, build_fabric
+from testbed.kernel import cleanup, netns
+from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE
+from testbed.traffic.inject import Schedule
+
+EVENTS = [(i, s) for i in range(3) for s in (0, 1)]
+
+
+def _plan_delays(port) -> dict[tuple[int, int], float]:
+    return {(s.source, s.sign): s.delay_us for s in port.synapses}
+
+
+@pytest.mark.root
+def test_objects_exist_with_the_plans_class_counts(tiny_plan, spikes):
+    with build_fabric(tiny_plan) as fab:
+        run = fab.run_id
+        host, fabric_ns = f"p2{run}h", f"p2{run}f"
+        assert fab.backend == "netns" and fab.host_netns == host
+        assert set(netns.list_names()) >= {host, fabric_ns}
+        fab_links = {name for _, name in netns.run_in(fabric_ns, socket.if_nameindex)}
+        host_links = {name for _, name in netns.run_in(host, socket.if_nameindex)}
+        layer = tiny_plan.layers[0]
+        assert f"p2{run}{layer.switch}" in fab_links
+        assert {f"p2{run}{p.switch_if}" for p in layer.ports} <= fab_links
+        assert {f"p2{run}{p.host_if}" for p in layer.ports} | {fab.inject_ifs[0]} <= host_links
+        assert [p.ifname for p in fab.ports[0]] == [f"p2{run}{p.host_if}" for p in layer.ports]
+        with netns.iproute(fabric_ns) as ipr:
+            bridge = ipr.link_lookup(ifname=f"p2{run}{layer.switch}")[0]
+            for port in layer.ports:
+                index = ipr.link_lookup(ifname=f"p2{run}{port.switch_if}")[0]
+                assert ipr.get_links(index)[0].get_attr("IFLA_MASTER") == bridge
+                htb_classes = [c for c in ipr.get_classes(index) if c.get_attr("TCA_KIND") == "htb"]
+                assert len(htb_classes) == len(port.delay_tc.classes) == 6
+                assert len([f for f in ipr.get_filters(index, parent=0x10000) if f.get_attr("TCA_KIND") == "u32"]) >= 6
+            info = ipr.get_links(bridge)[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+            assert info.get_attr("IFLA_BR_STP_STATE") == 0 and info.get_attr("IFLA_BR_AGEING_TIME") == 0
+        assert all(c["spikes_passed"] == 0 for c in fab.gate_counters()[0])
+    assert spikes.leftovers(run) == []
+
+
+@pytest.mark.root
+def test_gate_passes_k_spikes_per_port_and_order_follows_the_delays(tiny_plan, spikes):
+    layer = tiny_plan.layers[0]
+    with build_fabric(tiny_plan, fabric_cpus=[max(os.sched_getaffinity(0))]) as fab:
+        run = fab.run_id
+        port_of = {p.ifindex: i for i, p in enumerate(fab.ports[0])}
+        # Sample 100: all six events at once. K = 1: each port passes exactly its earliest synapse.
+        # Samples 101..106: one event each, 10 ms apart, so every port sees every synapse's own delay
+        # (ids only grow: the gate treats an id older than one holding its slot as stale).
+        pairs = [(0, f) for f in spikes.event_frames(tiny_plan, 100, EVENTS)]
+        for n, event in enumerate(EVENTS):
+            t = 10_000_000 * (n + 1)
+            pairs += [(t, f) for f in spikes.event_frames(tiny_plan, 101 + n, [event], seq0=n)]
+        expected = len(fab.ports[0]) * (1 + len(EVENTS))
+        report, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs(pairs), expected)
+        got = capture.arrivals
+        assert capture.dropped == 0
+        assert not np.any(got["kind"] == KIND_PRIMER)  # primers never reach a neuron port
+        assert set(got["ifindex"].tolist()) == set(port_of)
+        for ifindex, i in port_of.items():
+            mine = got[got["ifindex"] == ifindex]
+            samples = mine["sample"].tolist()
+            assert sorted(samples) == [100, 101, 102, 103, 104, 105, 106]  # exactly K = 1 spike per sample
+            delays = _plan_delays(layer.ports[i])
+            first = mine[mine["sample"] == 100][0]
+            assert (int(first["source"]), int(first["sign"])) == min(delays, key=delays.get)
+            singles = mine[mine["sample"] != 100]
+            arrival_order = [(int(r["source"]), int(r["sign"])) for r in singles[np.argsort(singles["t_ns"])]]
+            # latency = RX stamp − the spike's TX stamp (frames sorted by time: sample 100's twelve
+            # first, then primer and spike of samples 101..106): its order is the plan's delay order
+            tx = {101 + n: int(report.tx_real_ns[2 * len(EVENTS) + 2 * n + 1]) for n in range(len(EVENTS))}
+            latency = {(int(r["source"]), int(r["sign"])): int(r["t_ns"]) - tx[int(r["sample"])] for r in singles}
+            assert sorted(latency, key=latency.get) == sorted(delays, key=delays.get)
+            assert arrival_order == [EVENTS[s - 101] for s in sorted(tx, key=lambda s: tx[s])]
+        counters = fab.gate_counters()[0]
+        for c in counters:
+            assert c["spikes_passed"] == 7 and c["spikes_dropped_after_k"] == len(EVENTS) - 1
+            assert c["primers_dropped"] == 2 * len(EVENTS)
+        fab.reset_gates()
+        assert all(c["spikes_passed"] == 0 for c in fab.gate_counters()[0])
+    assert got["kind"].tolist().count(KIND_SPIKE) == expected
+    assert spikes.leftovers(run) == []
+
+
+@pytest.mark.root
+def test_interrupt_while_running_tears_everything_down(tiny_plan, spikes):
+    run = None
+    with pytest.raises(KeyboardInterrupt):
+        with build_fabric(tiny_plan) as fab:
+            run = fab.run_id
+            raise KeyboardInterrupt
+    assert run is not None and spikes.leftovers(run) == []
+
+
+@pytest.mark.root
+def test_bring_up_leaves_it_up_until_down(tiny_plan, spikes):
+    run = bring_up(tiny_plan)
+    try:
+        assert {f"p2{run}h", f"p2{run}f"} <= set(netns.list_names())
+        # the gate stays attached with no fd of ours open
+        with netns.iproute(f"p2{run}h") as ipr:
+            index = ipr.link_lookup(ifname=f"p2{run}{tiny_plan.layers[0].ports[0].host_if}")[0]
+            assert any(f.get_attr("TCA_KIND") == "bpf" for f in ipr.get_filters(index, parent=0xFFFFFFF2))
+    finally:
+        cleanup.down(run)
+    assert spikes.leftovers(run) == []
+
+
+@pytest.mark.root
+def test_bad_backend_and_cpus_are_one_line_errors_leaving_nothing(tiny_plan):
+    with pytest.raises(KernelError, match="backend 'ovs'"):
+        with build_fabric(tiny_plan, backend="ovs"):
+            pass
+    before = set(netns.list_names())
+    with pytest.raises(KernelError, match="fabric_cpus"):
+        with build_fabric(tiny_plan, fabric_cpus=[4096]):
+            pass
+    assert set(netns.list_names()) == before
