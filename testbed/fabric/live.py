@@ -26,13 +26,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 from testbed.errors import KernelError
 from testbed.kernel import cleanup, netns
+from testbed.kernel.classifier import load_synapse_classifier
 from testbed.kernel.gate import GateProgram, load_first_k_gate
 from testbed.kernel.names import RunRegistry, object_name
 from testbed.plan.fabric_plan import FabricPlan, NeuronPort
 from testbed.plan.tc import FilterSpec
 
 BACKENDS = ("netns", "mininet")
-GATE_PROGRAM = "first_k_gate"  # the only bpf program a plan's gate_tc names (testbed.plan.compiler)
+GATE_PROGRAM = "first_k_gate"  # the bpf program a plan's gate_tc names (testbed.plan.compiler)
+CLASSIFIER_PROGRAM = "synapse_classifier"  # the bpf program a plan's delay_tc names
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as a build advances (stages: namespaces, links, tc, ...)."""
@@ -86,6 +88,33 @@ class Built:
     fabric: LiveFabric
     stop: Callable[[], None]
     detach: Callable[[], None]  # leave the fabric up after this process exits (pi2 up)
+
+
+class ClassifierCache:
+    """Synapse classifier programs (testbed.kernel.classifier), one per layer, shared by the
+    layer's ports: a program fd may back any number of filters, each holding its own reference,
+    so the cache closes its fds once the build has committed."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.fds: dict[int, int] = {}
+
+    def loader(self, port: NeuronPort) -> Callable[[FilterSpec], int]:
+        def load(spec: FilterSpec) -> int:
+            if spec.params.get("program") != CLASSIFIER_PROGRAM or spec.params.get("layer") != port.layer:
+                raise KernelError(f"port {port.switch_if}: delay tree names bpf program {spec.params.get('program')!r} "
+                                  f"for layer {spec.params.get('layer')!r}; expected {CLASSIFIER_PROGRAM!r} for layer "
+                                  f"{port.layer}; recompile the plan with `pi2 compile`")
+            if port.layer not in self.fds:
+                self.fds[port.layer] = load_synapse_classifier(port.layer, object_name(self.run_id, f"c{port.layer}"))
+            return self.fds[port.layer]
+
+        return load
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Callable[[FilterSpec], int]:

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from testbed.errors import KernelError
-from testbed.fabric.live import Built, LiveFabric, LivePort, Progress, cpu_mask, gate_loader, wait_until_up
+from testbed.fabric.live import (Built, ClassifierCache, LiveFabric, LivePort, Progress, cpu_mask, gate_loader,
+                                 wait_until_up)
 from testbed.fabric.netns_backend import rps_path
 from testbed.kernel import netns
 from testbed.kernel.gate import GateProgram
@@ -147,14 +148,18 @@ def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = N
         host_index = {name: index for index, name in netns.run_in(host_ns, socket.if_nameindex)}
         if progress is not None:
             progress("tc", 0, 2)
+        classifiers = ClassifierCache(run)
         with NetlinkBatch(None) as nl:
             for spec, layer in zip(layers, plan.layers):
                 nl.link_up(root_index[spec["switch"]], f"bridge {spec['switch']} up")
                 for (_, name), port in zip(spec["links"], (None,) + layer.ports):
                     nl.link_up(root_index[name], f"link {name} up")
                     if port is not None:
-                        queue_tree(nl, root_index[name], port.delay_tc, name)
-            nl.commit()
+                        queue_tree(nl, root_index[name], port.delay_tc, name, classifiers.loader(port))
+            try:
+                nl.commit()
+            finally:
+                classifiers.close()
         with NetlinkBatch(host_ns) as nl:
             for spec, layer in zip(layers, plan.layers):
                 for (name, _), port in zip(spec["links"], (None,) + layer.ports):

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 from testbed.errors import KernelError
-from testbed.fabric.live import Built, LiveFabric, LivePort, Progress, cpu_mask, gate_loader, wait_until_up
+from testbed.fabric.live import (Built, ClassifierCache, LiveFabric, LivePort, Progress, cpu_mask, gate_loader,
+                                 wait_until_up)
 from testbed.kernel import netns
 from testbed.kernel.gate import GateProgram
 from testbed.kernel.links import LinkBuilder
@@ -130,6 +131,7 @@ def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = N
         host_index, fab_index = _indexes(host), _indexes(fab)
 
         _step(progress, "tc", 0, 2)
+        classifiers = ClassifierCache(registry.run_id)
         with NetlinkBatch(fab) as nl:
             for layer in plan.layers:
                 nl.link_up(fab_index[lb.name(layer.switch)], f"bridge {lb.name(layer.switch)} up")
@@ -138,8 +140,12 @@ def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = N
                 for port in layer.ports:
                     name = lb.name(port.switch_if)
                     nl.link_up(fab_index[name], f"link {name} up")
-                    queue_tree(nl, fab_index[name], port.delay_tc, f"{name} (namespace {fab})")
-            nl.commit()
+                    queue_tree(nl, fab_index[name], port.delay_tc, f"{name} (namespace {fab})",
+                               classifiers.loader(port))
+            try:
+                nl.commit()
+            finally:
+                classifiers.close()
         _step(progress, "tc", 1, 2)
         with NetlinkBatch(host) as nl:
             for layer in plan.layers:

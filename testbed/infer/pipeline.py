@@ -82,12 +82,22 @@ def infer(source: Path, options: InferOptions, progress: Callable[[int], None] |
     x = inputs.x.reshape(len(inputs.x), -1)
     if started is not None:
         started(plan, len(x))
-    with build_fabric(plan, options.backend) as fabric:
+    with build_fabric(plan, options.backend, fabric_cpus=fabric_cpus(options.inject_cpu)) as fabric:
         run = run_inference(plan, fabric, x, inject_cpu=options.inject_cpu,
                             keep_frames=options.pcap_dir is not None, progress=progress)
         counters = fabric.gate_counters()
     report = build_report(plan, net, run, x, inputs.y, inputs.dataset, options.backend, counters)
     return report, run, write_outputs(plan, run, options)
+
+
+def fabric_cpus(inject_cpu: int | None) -> list[int] | None:
+    """Steer the fabric's packet work (flooding, classification, shaping) away from the injector's
+    CPU: a send() would otherwise run every flooded copy's work before it returns, delaying the
+    next injection (measured: 0.26 ms per spike into 32 ports; 0.03 ms with RPS to the other CPU)."""
+    if inject_cpu is None:
+        return None
+    others = sorted(os.sched_getaffinity(0) - {inject_cpu})
+    return others or None
 
 
 def write_outputs(plan: FabricPlan, run: KernelRun, options: InferOptions) -> list[Path]:
@@ -97,8 +107,8 @@ def write_outputs(plan: FabricPlan, run: KernelRun, options: InferOptions) -> li
         from testbed.traffic.pcap import write_pcap
 
         options.pcap_dir.mkdir(parents=True, exist_ok=True)
-        received = [(int(t), f) for capture in run.arrivals for t in capture["t_ns"].tolist()]
-        received = [(t, frame) for (t, _), frame in zip(received, run.frames)]
+        stamps = [t for capture in run.arrivals for t in capture["t_ns"].tolist()]
+        received = list(zip(stamps, run.frames))
         for name, stamped in (("received.pcap", received), ("injected.pcap", run.injected)):
             stamped = sorted(stamped, key=lambda pair: pair[0])
             write_pcap(options.pcap_dir / name, [t for t, _ in stamped], [f for _, f in stamped])

@@ -88,7 +88,8 @@ def _sum_counters(per_port: list[dict[str, int]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for counters in per_port:
         for key, value in counters.items():
-            total[key] = total.get(key, 0) + int(value)
+            if key not in ("ifname", "neuron", "sign"):
+                total[key] = total.get(key, 0) + int(value)
     return total
 
 

@@ -183,12 +183,14 @@ def u32_body(ifindex: int, spec: FilterSpec, what: str) -> bytes:
     return body + attr_str(TCA_KIND, "u32") + attr(TCA_OPTIONS, options)
 
 
-def attach_bpf(nl: NetlinkBatch, ifindex: int, parent: str, prio: int, fd: int, name: str) -> None:
-    """Queue a direct-action bpf filter running program `fd` on every packet at `parent`
-    (e.g. "ffff:fff2", clsact ingress). The kernel takes its own reference to the program
+def attach_bpf(nl: NetlinkBatch, ifindex: int, parent: str, prio: int, fd: int, name: str,
+               direct_action: bool = True) -> None:
+    """Queue a bpf filter running program `fd` on every packet at `parent` (e.g. "ffff:fff2",
+    clsact ingress). Direct-action programs return a tc verdict; classic ones return the
+    classid to enqueue into (0: no match). The kernel takes its own reference to the program
     when `nl.commit()` runs, so the caller may close `fd` afterwards."""
     what = f"filter bpf {name} at {parent} prio {prio} on ifindex {ifindex}"
-    options = attr_u32(6, fd) + attr_str(7, name) + attr_u32(8, TCA_BPF_FLAG_ACT_DIRECT)
+    options = attr_u32(6, fd) + attr_str(7, name) + attr_u32(8, TCA_BPF_FLAG_ACT_DIRECT if direct_action else 0)
     info = (prio << 16) | socket.htons(ETH_P_ALL)
     body = _tcmsg(ifindex, 0, parse_handle(parent, what), info) + attr_str(TCA_KIND, "bpf") + attr(TCA_OPTIONS, options)
     nl.add(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, body, what, "cls_bpf")
@@ -211,7 +213,8 @@ def queue_tree(nl: NetlinkBatch, ifindex: int, tree: TcTree, where: str, bpf_loa
             _require(what, "filter", f.kind, f.params)
             if bpf_loader is None:
                 raise KernelError(f"{what}: a bpf filter needs a program loader (testbed.kernel.bpf); none given")
-            attach_bpf(nl, ifindex, f.parent, f.prio, bpf_loader(f), str(f.params["program"]))
+            attach_bpf(nl, ifindex, f.parent, f.prio, bpf_loader(f), str(f.params["program"]),
+                       bool(f.params.get("direct_action", 1)))
 
 
 def apply_tree(ifname: str, tree: TcTree, netns_name: str | None = None, bpf_loader: BpfLoader | None = None) -> int:

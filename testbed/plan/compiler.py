@@ -32,7 +32,7 @@ from testbed.plan.fabric_plan import (SIGN_MINUS, SIGN_PLUS, FabricPlan, LayerPl
                                       Timing)
 from testbed.plan.profiles import Profile
 from testbed.plan.tc import CLSACT_INGRESS, ClassSpec, FilterSpec, QdiscSpec, TcTree
-from testbed.plan.wire import KEY_IP_OFFSET, SPIKE_FRAME_BYTES, synapse_key
+from testbed.plan.wire import SPIKE_FRAME_BYTES
 
 MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
 MAX_CLASS_MINOR = 0xFFFF
@@ -114,15 +114,22 @@ def calibrate(net: Pi2Network, x: np.ndarray) -> Calibration:
     return Calibration(tuple(kth), tuple(last), tuple(offs))
 
 
+def synapse_classid(source: int, sign: int) -> str:
+    """A port's class for event (source, sign): what the synapse classifier program computes."""
+    return f"1:{2 * source + sign + 1:x}"
+
+
 def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Realisation,
              target_us: list[float]) -> TcTree:
-    """The switch-side egress tree of one port: htb, a class per shaped synapse, u32 → class."""
+    """The switch-side egress tree of one port: htb, a class per shaped synapse, and one eBPF
+    classifier mapping a spike's key to its class (testbed.kernel.classifier)."""
     qdiscs = [QdiscSpec("htb", "1:", "root", {"default_class": 0})]
-    classes, filters = [], []
-    for (source, sign, rate), target, minor in zip(synapses, target_us, range(1, len(synapses) + 1)):
+    classes = []
+    for (source, sign, rate), target in zip(synapses, target_us):
         if target < real.min_delay_us:
             continue
-        classid = f"1:{minor:x}"
+        classid = synapse_classid(source, sign)
+        minor = 2 * source + sign + 1
         if real.delay_kind == "htb-primer":
             classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": rate, "ceil_bps": rate,
                                                               "burst_bytes": real.burst_bytes,
@@ -131,16 +138,16 @@ def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Real
             # Unshaped htb class (10 Gbit/s) whose leaf netem holds each packet delay_us.
             classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": 10**10, "ceil_bps": 10**10}))
             qdiscs.append(QdiscSpec("netem", f"{minor:x}:", classid, {"delay_us": int(round(target))}))
-        filters.append(FilterSpec("u32", "1:", 1, {"key": synapse_key(layer, source, sign), "mask": 0xFFFFFFFF,
-                                                   "offset_bytes": KEY_IP_OFFSET, "flowid": classid}))
-    return TcTree(tuple(qdiscs), tuple(classes), tuple(filters))
+    classify = FilterSpec("bpf", "1:", 1, {"program": "synapse_classifier", "layer": layer, "direct_action": 0})
+    return TcTree(tuple(qdiscs), tuple(classes), (classify,))
 
 
 def _gate_tc(k: int, window_us: float, drop_primers: bool) -> TcTree:
     return TcTree((QdiscSpec("clsact", "ffff:", "root"),), (),
                   (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "first_k_gate", "k": k,
                                                          "drop_primers": int(drop_primers),
-                                                         "window_us": int(round(window_us))}),))
+                                                         "window_us": int(round(window_us)),
+                                                         "direct_action": 1}),))
 
 
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
@@ -187,7 +194,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                         events.append((i, ev_sign, rate))
                         targets.append(target)
                         synapses.append(Synapse(i, ev_sign, target, realised,
-                                                None if target < real.min_delay_us else f"1:{len(events):x}"))
+                                                None if target < real.min_delay_us else synapse_classid(i, ev_sign)))
                 tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
                 ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
                                         _port_tc(li, events, real, targets),

@@ -86,10 +86,10 @@ MARGIN = Param("number", 0)
 KINDS: dict[str, dict[str, KindSpec]] = {
     "delay": {
         # htb class (unshaped) per synapse with a netem leaf holding each packet delay_us.
-        "netem": KindSpec(frozenset({"htb", "netem", "u32"}),
+        "netem": KindSpec(frozenset({"htb", "netem", "bpf"}),
                           {"class_rate_bps": POSITIVE_INT, "limit_packets": POSITIVE_INT}),
         # htb class per synapse, rate = (primer − burst)·8/delay: the spike waits behind a primer.
-        "htb-primer": KindSpec(frozenset({"htb", "u32"}),
+        "htb-primer": KindSpec(frozenset({"htb", "bpf"}),
                                {"primer_bytes": POSITIVE_INT, "burst_bytes": POSITIVE_INT,
                                 "max_frame_bytes": POSITIVE_INT, "rate_quantum_bps": POSITIVE_INT}),
     },

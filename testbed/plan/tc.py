@@ -14,8 +14,8 @@ Accepted parameters per kind (anything else is an error, never silently dropped)
 - qdisc ``clsact``: (none)
 - class ``htb``: rate_bps, ceil_bps, burst_bytes, cburst_bytes (rates in bits per second)
 - filter ``u32``: key (int, 32-bit word), mask (int), offset_bytes (from the network header), flowid (handle)
-- filter ``bpf``: program (name of a testbed program, e.g. "first_k_gate"), k (int), and program-specific
-  integer parameters
+- filter ``bpf``: program (a testbed program: "first_k_gate" or "synapse_classifier"), direct_action
+  (1: the program returns a tc verdict; 0: it returns a classid), and program parameters (k, layer, ...)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ CLASS_PARAMS: dict[str, frozenset[str]] = {
 }
 FILTER_PARAMS: dict[str, frozenset[str]] = {
     "u32": frozenset({"key", "mask", "offset_bytes", "flowid"}),
-    "bpf": frozenset({"program", "k", "drop_primers", "window_us"}),
+    "bpf": frozenset({"program", "k", "drop_primers", "window_us", "layer", "direct_action"}),
 }
 CLSACT_INGRESS = "ffff:fff2"
 CLSACT_EGRESS = "ffff:fff3"

@@ -4,9 +4,8 @@ import pytest
 from testbed.errors import PlanError
 from testbed.model.encoding import delays
 from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
-from testbed.plan.compiler import Realisation, compile_network, primer_delay_us, realise_delay
+from testbed.plan.compiler import Realisation, compile_network, primer_delay_us, realise_delay, synapse_classid
 from testbed.plan.fabric_plan import SIGN_MINUS, SIGN_PLUS, load_plan
-from testbed.plan.wire import KEY_IP_OFFSET, synapse_key
 
 SHAPER = Realisation("shaper", "htb-primer", primer_bytes=1514, burst_bytes=1, min_delay_us=20.0)
 NETEM = Realisation("netem", "netem", min_delay_us=0.0)
@@ -27,7 +26,9 @@ def test_counts_of_ports_classes_filters_and_gates():
         for port in layer.ports:
             assert len(port.synapses) == 2 * layer.n_inputs
             shaped = [s for s in port.synapses if s.classid is not None]
-            assert len(port.delay_tc.classes) == len(shaped) == len(port.delay_tc.filters)
+            assert len(port.delay_tc.classes) == len(shaped)
+            assert [(f.kind, f.params["program"], f.params["direct_action"]) for f in port.delay_tc.filters] == [
+                ("bpf", "synapse_classifier", 0)]
             assert [f.kind for f in port.gate_tc.filters] == ["bpf"]
             assert port.gate_tc.filters[0].params["k"] == layer.k
     # w = -3 = -c gives d⁺ = 0: unshaped on z⁺ for t⁺, and d⁻ = 2c on the same port for t⁻.
@@ -50,16 +51,14 @@ def test_port_delays_mirror_the_model():
             assert s.delay_us == round(expected)
 
 
-def test_u32_filters_name_the_synapse_key_and_its_class():
+def test_classes_are_numbered_as_the_classifier_computes_them():
     plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)))
     port = plan.layers[1].ports[3]
-    classes = {c.classid: c for c in port.delay_tc.classes}
-    for f in port.delay_tc.filters:
-        assert f.params["offset_bytes"] == KEY_IP_OFFSET
-        assert f.params["flowid"] in classes
-    keys = {f.params["key"] for f in port.delay_tc.filters}
-    shaped = {synapse_key(1, s.source, s.sign) for s in port.synapses if s.classid is not None}
-    assert keys == shaped
+    assert port.delay_tc.filters[0].params["layer"] == 1
+    shaped = {s.classid for s in port.synapses if s.classid is not None}
+    assert shaped == {c.classid for c in port.delay_tc.classes}
+    for s in port.synapses:
+        assert s.classid in (None, synapse_classid(s.source, s.sign))
 
 
 def test_primer_rates_realise_the_target_delay():

@@ -77,7 +77,7 @@ def test_kinds_declare_their_minimum_needs() -> None:
         (lambda r: r["primitives"]["delay"].update(primer_bytes="1.5KB"), "primer_bytes: '1.5KB' is not an integer of bytes"),
         (lambda r: r["primitives"]["broadcast"].update(stp="no"), "stp: 'no' is not true or false"),
         (lambda r: r["primitives"]["delay"].update(kind="wormhole"), "'wormhole' is not a known realisation"),
-        (lambda r: r["primitives"]["delay"].update(needs=["htb"]), "omits ['u32']"),
+        (lambda r: r["primitives"]["delay"].update(needs=["htb"]), "omits ['bpf']"),
         (lambda r: r["needs"].append("warp"), "unknown capability name(s) ['warp']"),
         (lambda r: r["primitives"]["gate"].update(drop_primers=False), "primers that must not reach a neuron"),
         (lambda r: r["primitives"]["delay"].update(primer_bytes=9000), "burst_bytes < primer_bytes ≤ max_frame_bytes"),
