@@ -85,12 +85,14 @@ def render(report: InferenceReport) -> None:
     console.print(f"throughput: {report.samples_per_s:.1f} samples/s, {report.synaptic_events_per_s:,.0f} synaptic "
                   f"events/s; packets per sample {report.packets_per_sample}")
     layers = Table(title="per layer: kernel − simulated arrival of gated spikes (µs)", title_justify="left")
-    for column in ("layer", "spikes", "short ports", "mean", "median", "sd", "p99 |err|", "inject late p99"):
+    for column in ("layer", "spikes", "short ports", "mean", "median", "sd", "p99 |err|", "inject late p99",
+                   "delay err median", "delay err p99"):
         layers.add_column(column, justify="right")
     for row in report.layers:
         layers.add_row(str(row.layer), f"{row.spikes_received}/{row.spikes_expected}", str(row.ports_short),
                        f"{row.error_us_mean:.0f}", f"{row.error_us_median:.0f}", f"{row.error_us_sd:.0f}",
-                       f"{row.error_us_p99:.0f}", f"{row.inject_late_us_p99:.0f}")
+                       f"{row.error_us_p99:.0f}", f"{row.inject_late_us_p99:.0f}", f"{row.delay_error_us_median:.0f}",
+                       f"{row.delay_error_us_p99:.0f}")
     console.print(layers)
     for li, gates in enumerate(report.gates):
         console.print(f"layer {li} gates: " + ", ".join(f"{k} {v}" for k, v in gates.items()))

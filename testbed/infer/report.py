@@ -35,6 +35,8 @@ class LayerStats:
     error_us_p99: float  # of |error|
     inject_late_us_median: float
     inject_late_us_p99: float
+    delay_error_us_median: float  # (RX − TX of the same spike) − the plan's delay: the fabric alone
+    delay_error_us_p99: float  # of |delay error|
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ def layer_stats(plan: FabricPlan, run: KernelRun, li: int) -> LayerStats:
         error_us_mean=float(error.mean()) if error.size else float("nan"),
         error_us_median=_percentile(error, 50), error_us_sd=float(error.std()) if error.size else float("nan"),
         error_us_p99=_percentile(np.abs(error), 99),
-        inject_late_us_median=_percentile(late, 50), inject_late_us_p99=_percentile(late, 99))
+        inject_late_us_median=_percentile(late, 50), inject_late_us_p99=_percentile(late, 99),
+        delay_error_us_median=_percentile(np.asarray(run.delay_error_us[li]), 50),
+        delay_error_us_p99=_percentile(np.abs(np.asarray(run.delay_error_us[li])), 99))
 
 
 def _sum_counters(per_port: list[dict[str, int]]) -> dict[str, int]:

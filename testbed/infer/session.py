@@ -22,6 +22,7 @@ from testbed.errors import PlanError
 from testbed.model.encoding import encode
 from testbed.plan.fabric_plan import FabricPlan
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
+from testbed.sim.executor import port_delays_us
 from testbed.traffic.capture import ARRIVAL_DTYPE, Receiver
 from testbed.traffic.decode import PortRole, decode_layer
 from testbed.traffic.inject import Injector, Schedule
@@ -57,6 +58,7 @@ class KernelRun:
     counts: list[np.ndarray]  # per layer (samples, ports): spikes the relay received by the deadline
     passed_us: list[np.ndarray]  # per layer (samples, ports, K): arrival times after base (µs), nan: none
     lateness_us: list[list[float]]  # per layer: kernel TX time − scheduled time of each injected frame
+    delay_error_us: list[list[float]]  # per layer: (RX − TX of the same spike) − the plan's delay, per gated spike
     arrivals: list[np.ndarray] = field(default_factory=list)  # raw captures, ARRIVAL_DTYPE
     frames: list[bytes] = field(default_factory=list)  # received frames when kept (pcap)
     injected: list[tuple[int, bytes]] = field(default_factory=list)  # (TX ns, frame) when kept
@@ -74,8 +76,9 @@ def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
 
 
 def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str,
-                  keep: list[tuple[int, bytes, str]]) -> None:
-    """Append (offset ns from the slot base, frame, ifname) for one layer's events of one sample."""
+                  keep: list[tuple[int, bytes, str]], spikes: list[tuple[int, int, int, int] | None]) -> None:
+    """Append (offset ns from the slot base, frame, ifname) for one layer's events of one sample,
+    and to `spikes` each frame's (layer, sample, source, sign), None for primers."""
     tau_ns = plan.timing.tau_us * 1e3
     src_mac, (src_ip, dst_ip) = injector_mac(layer), injector_ip(layer)
     t_plus, t_minus = encode(x, plan.constants["t0"])
@@ -87,8 +90,10 @@ def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifna
             if primer:
                 head = SpikeHeader(layer, source, sign, sample, seq, KIND_PRIMER)
                 keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head, primer), ifname))
+                spikes.append(None)
             head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE)
             keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head), ifname))
+            spikes.append((layer, sample, source, sign))
             seq += 1
 
 
@@ -120,7 +125,11 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
         counts=[np.zeros((n_samples, len(layer.ports)), dtype=np.int64) for layer in plan.layers],
         passed_us=[np.full((n_samples, len(layer.ports), layer.k), np.nan) for layer in plan.layers],
         lateness_us=[[] for _ in plan.layers],
+        delay_error_us=[[] for _ in plan.layers],
     )
+    # The plan's delay of event (source, sign) on each port, plus the port's place in the flood order.
+    expected_us = [port_delays_us(layer) + (np.arange(len(layer.ports)) * plan.timing.flood_copy_us)[:, None, None]
+                   for layer in plan.layers]
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
     ports_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
     with Injector.open(None, fabric.host_netns) as injector, Receiver.open(fabric.host_netns) as receiver:
@@ -131,9 +140,10 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
             active = [(li, slot - li) for li in range(n_layers) if 0 <= slot - li < n_samples]
             pairs: list[tuple[int, bytes, str]] = []
             owner: list[int] = []
+            spikes: list[tuple[int, int, int, int] | None] = []
             for li, sample in active:
                 before = len(pairs)
-                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs)
+                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs, spikes)
                 owner += [li] * (len(pairs) - before)
             # Slots start a period apart, or later when the loop falls behind: a slot never starts
             # before the previous one's classes drained, so only throughput suffers, not timing.
@@ -145,8 +155,12 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
             report = injector.send(schedule, start_mono_ns=base, cpu=inject_cpu)
             base_real = base + report.realtime_minus_monotonic_ns
             late = (report.send_real_ns - base_real - schedule.offsets_ns) / 1e3
+            sent_at = report.send_real_ns
+            tx_of = {}
             for j, i in enumerate(order):
                 run.lateness_us[owner[i]].append(float(late[j]))
+                if spikes[i] is not None:
+                    tx_of[spikes[i]] = int(sent_at[j])
             if keep_frames:
                 run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
             deadline = base + int(max(plan.layers[li].window_us for li, _ in active) * 1e3)
@@ -168,6 +182,12 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                     if ifindex in ports_index[li]:
                         run.counts[li][sample, ports_index[li][ifindex]] += 1
                 run.passed_us[li][sample] = _passed(capture.arrivals, fabric, li, sample, base_real, layer.k)
+                for row in mine[mine["t_ns"] - base_real <= layer.window_us * 1e3]:
+                    q = ports_index[li].get(int(row["ifindex"]))
+                    tx = tx_of.get((li, sample, int(row["source"]), int(row["sign"])))
+                    if q is not None and tx is not None:
+                        measured = (int(row["t_ns"]) - tx) / 1e3
+                        run.delay_error_us[li].append(measured - expected_us[li][q, row["source"], row["sign"]])
                 if li + 1 < n_layers:
                     run.inputs[li + 1][sample] = decoded.x_next[0]
                 elif progress is not None:

@@ -1,0 +1,75 @@
+"""End to end on the real kernel: a tiny π² network classifies a few samples in a live fabric.
+
+The kernel's decisions must equal the plan simulator's wherever the simulated top-two margin
+is clear of timing noise; every gated spike must arrive; the pcaps must be readable by tcpdump
+and `pi2 trace`. Profile: $PI2_PROFILE (the netem guest sets it), else shaper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from testbed.cli import pi2
+from testbed.fabric.live import build_fabric
+from testbed.infer.pipeline import InferOptions, fabric_cpus, write_outputs
+from testbed.infer.session import run_inference
+from testbed.kernel import netns
+from testbed.model.network import DenseLayer, Pi2Network
+from testbed.plan.compiler import Realisation, compile_network
+from testbed.plan.profiles import load_profile
+from testbed.sim.executor import simulate
+
+pytestmark = pytest.mark.root
+
+PROFILE = os.environ.get("PI2_PROFILE", "shaper")
+# The guest's 100 Hz timers need long time units; the host's are exact to tens of µs.
+TAU_US = 20_000.0 if os.environ.get("PI2_IN_GUEST") == "1" else 4_000.0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(3)
+    net = Pi2Network((DenseLayer(rng.normal(0, 1.2, size=(6, 4)), 1), DenseLayer(rng.normal(0, 1.2, size=(4, 3)), 2)),
+                     (6,), bits=4)
+    x = rng.uniform(0, 1.5, size=(40, 6))
+    plan = compile_network(net, Realisation.from_profile(load_profile(PROFILE)), TAU_US, x)
+    return net, plan, x[:8]
+
+
+def test_kernel_decisions_equal_the_simulation(tiny, tmp_path):
+    net, plan, x = tiny
+    with build_fabric(plan, "netns", fabric_cpus=fabric_cpus(0)) as fabric:
+        run = run_inference(plan, fabric, x, inject_cpu=0, keep_frames=True)
+        counters = fabric.gate_counters()
+        host = fabric.host_netns
+    assert host not in netns.list_names()  # torn down
+    sim = simulate(plan, x)
+    kernel = (-plan.constants["s"] * run.y[-1]).argmax(axis=1)
+    top2 = np.sort(sim.scores, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2.0  # score units: −s·y, i.e. > 0.2 model time units apart
+    assert clear.sum() >= 3, "the fixture should give some clear decisions"
+    assert (kernel == sim.predictions)[clear].all(), (kernel, sim.predictions, top2)
+    # Every port passed exactly its K spikes per sample, and the gates dropped every primer.
+    for li, layer in enumerate(plan.layers):
+        assert (run.counts[li] == layer.k).all()
+        passed = sum(c["spikes_passed"] for c in counters[li])
+        assert passed == len(x) * len(layer.ports) * layer.k
+        if plan.packets.primer_bytes:
+            assert sum(c["primers_dropped"] for c in counters[li]) == len(x) * 2 * layer.n_inputs * len(layer.ports)
+
+    files = write_outputs(plan, run, InferOptions(pcap_dir=tmp_path, plots_dir=tmp_path))
+    names = {f.name for f in files}
+    assert {"received.pcap", "injected.pcap", "raster-sample0.png", "arrival-error.png"} <= names
+    traced = CliRunner().invoke(pi2, ["trace", str(tmp_path / "received.pcap"), "--json"])
+    assert traced.exit_code == 0, traced.output
+    assert len(json.loads(traced.output)) == sum(c["spikes_passed"] for layer in counters for c in layer)
+    if shutil.which("tcpdump"):
+        out = subprocess.run(["tcpdump", "-nr", str(tmp_path / "injected.pcap")], capture_output=True, text=True)
+        assert out.returncode == 0 and "UDP" in out.stdout and ".5402" in out.stdout
