@@ -1,0 +1,107 @@
+"""Inference on the kernel fabric, side by side in one run (needs root): issue 4's figures.
+
+For each backend (netns, mininet) the bundled network (or --net) classifies the whole test
+split through the `--profile` fabric; reported per run: kernel / plan-simulation / golden
+accuracy, per-sample kernel-vs-simulation agreement, arrival and fabric delay errors per layer,
+samples/s, synaptic events/s, kernel CPU time per synaptic event (system + softirq ticks from
+/proc/stat over the run, divided by the spike copies that reached neuron ports), and the gate
+counters. Beside them, in the same run, the machine's raw veth rate: 53-byte frames sent back to
+back through one veth pair, counted at the receiver.
+
+    sudo python bench/infer.py [--net NET] [--limit N] [--tau 1ms] [--backends netns,mininet] [-o out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from testbed.cli.params import DURATION
+from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
+from testbed.kernel import cleanup
+from testbed.kernel.links import LinkBuilder
+from testbed.kernel.names import RunRegistry
+from testbed.plan.wire import SpikeHeader
+from testbed.traffic.capture import Receiver
+from testbed.traffic.inject import Injector, Schedule
+from testbed.traffic.packets import spike_frame
+
+
+def cpu_ticks() -> dict[str, int]:
+    """Aggregate CPU time (USER_HZ ticks) by kind since boot, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:8]
+    return dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq"), map(int, fields)))
+
+
+def raw_veth_rate(frames: int = 200_000) -> dict[str, float]:
+    """Frames per second through one plain veth pair (no bridge, no qdisc), sender pinned to CPU 0."""
+    registry = RunRegistry.create()
+    try:
+        with LinkBuilder(registry) as lb:
+            a, b = lb.namespace("ra"), lb.namespace("rb")
+            tx_if, rx_if = lb.veth("rt", "rr", a, b)
+            lb.up(tx_if, a)
+            lb.up(rx_if, b)
+        frame = spike_frame("02:70:32:00:00:01", "ff:ff:ff:ff:ff:ff", "198.18.0.1", "198.18.0.255",
+                            SpikeHeader(0, 0, 0, 0))
+        with Injector.open(tx_if, a, tx_timestamps=False) as inj, Receiver.open(b, rx_if) as rx:
+            time.sleep(0.2)
+            rx.discard()
+            schedule = Schedule(np.zeros(frames, dtype=np.int64), (frame,) * frames)
+            began = time.perf_counter()
+            inj.send(schedule, cpu=0)
+            sent_s = time.perf_counter() - began
+            got = rx.collect(time.monotonic_ns() + 2_000_000_000, expected_spikes=frames)
+        received = len(got.arrivals)
+        span_s = (got.arrivals["t_ns"].max() - got.arrivals["t_ns"].min()) / 1e9 if received > 1 else float("nan")
+        return {"frames_sent": frames, "frames_received": received, "send_pps": frames / sent_s,
+                "receive_pps": received / span_s if span_s == span_s and span_s > 0 else float("nan"),
+                "receiver_drops": got.dropped}
+    finally:
+        cleanup.down(registry.run_id)
+
+
+def one_run(net: Path, backend: str, args: argparse.Namespace) -> dict:
+    options = InferOptions(limit=args.limit, backend=backend, profile=args.profile, tau_us=args.tau)
+    before, began = cpu_ticks(), time.perf_counter()
+    report, run, _ = infer(net, options)
+    wall, after = time.perf_counter() - began, cpu_ticks()
+    ticks = {k: after[k] - before[k] for k in before}
+    hz = os.sysconf("SC_CLK_TCK")
+    events = report.synaptic_events_per_s * report.wall_s
+    kernel_s = (ticks["system"] + ticks["softirq"] + ticks["irq"]) / hz
+    out = report.to_dict()
+    out.update(command_wall_s=wall, cpu_seconds={k: v / hz for k, v in ticks.items()},
+               kernel_cpu_us_per_synaptic_event=kernel_s / events * 1e6 if events else float("nan"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", type=Path, default=BUNDLED_NETWORK)
+    parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
+    parser.add_argument("--profile", default="shaper")
+    parser.add_argument("--tau", type=lambda text: DURATION.convert(text, None, None), default=1000.0, help="e.g. 1ms")
+    parser.add_argument("--backends", default="netns,mininet")
+    parser.add_argument("-o", "--out", type=Path)
+    args = parser.parse_args()
+    result = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                          "load_before": os.getloadavg()},
+              "raw_veth": raw_veth_rate(),
+              "runs": {backend: one_run(args.net, backend, args) for backend in args.backends.split(",")}}
+    result["machine"]["load_after"] = os.getloadavg()
+    text = json.dumps(result, indent=2, default=float)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
