@@ -199,12 +199,18 @@ def attach_bpf(nl: NetlinkBatch, ifindex: int, parent: str, prio: int, fd: int, 
 def queue_tree(nl: NetlinkBatch, ifindex: int, tree: TcTree, where: str, bpf_loader: BpfLoader | None = None) -> None:
     """Queue every object of `tree` on interface `ifindex` (named `where` in errors) into `nl`."""
     create = NLM_F_CREATE | NLM_F_EXCL
-    for q in tree.qdiscs:
+    # Root qdiscs, then classes, then the leaf qdiscs that hang below those classes.
+    roots = [q for q in tree.qdiscs if q.parent == "root"]
+    leaves = [q for q in tree.qdiscs if q.parent != "root"]
+    for q in roots:
         what = f"qdisc {q.kind} {q.handle} (parent {q.parent}) on {where}"
         nl.add(RTM_NEWQDISC, create, qdisc_body(ifindex, q, what), what, f"sch_{q.kind}")
     for c in tree.classes:
         what = f"class {c.kind} {c.classid} on {where}"
         nl.add(RTM_NEWTCLASS, create, class_body(ifindex, c, what), what, f"sch_{c.kind}")
+    for q in leaves:
+        what = f"qdisc {q.kind} {q.handle} (parent {q.parent}) on {where}"
+        nl.add(RTM_NEWQDISC, create, qdisc_body(ifindex, q, what), what, f"sch_{q.kind}")
     for f in tree.filters:
         what = f"filter {f.kind} at {f.parent} prio {f.prio} on {where}"
         if f.kind == "u32":

@@ -35,7 +35,7 @@ from testbed.plan.tc import CLSACT_INGRESS, ClassSpec, FilterSpec, QdiscSpec, Tc
 from testbed.plan.wire import SPIKE_FRAME_BYTES
 
 MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
-MAX_CLASS_MINOR = 0xFFFF
+MAX_CLASS_MINOR = 0xFFFE  # minors 2i + sign + 1; netem leaves take handle minor + 1
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Real
         else:
             # Unshaped htb class (10 Gbit/s) whose leaf netem holds each packet delay_us.
             classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": 10**10, "ceil_bps": 10**10}))
-            qdiscs.append(QdiscSpec("netem", f"{minor:x}:", classid, {"delay_us": int(round(target))}))
+            # Leaf handles must differ from the htb root's 1:, hence minor + 1.
+            qdiscs.append(QdiscSpec("netem", f"{minor + 1:x}:", classid, {"delay_us": int(round(target))}))
     classify = FilterSpec("bpf", "1:", 1, {"program": "synapse_classifier", "layer": layer, "direct_action": 0})
     return TcTree(tuple(qdiscs), tuple(classes), (classify,))
 

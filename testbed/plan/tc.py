@@ -87,7 +87,8 @@ class FilterSpec:
 
 @dataclass(frozen=True)
 class TcTree:
-    """All traffic control on one interface, in build order (qdiscs, then classes, then filters)."""
+    """All traffic control on one interface. The kernel builds root qdiscs, then classes, then the
+    leaf qdiscs below classes, then filters."""
 
     qdiscs: tuple[QdiscSpec, ...] = ()
     classes: tuple[ClassSpec, ...] = ()

@@ -1,8 +1,8 @@
 """The kernel test-suite once more, inside a user-mode-linux guest whose kernel has netem.
 
 The host kernel lacks sch_netem, so the `netem` profile's realisations (netem delay classes,
-netem loss) are exercised only here (issue 6). PI2_PROFILE tells profile-aware tests which
-profile to build with.
+netem loss) are exercised only here (issue 6): the kernel tests and the
+end-to-end inference test, which compiles its plan for $PI2_PROFILE = netem.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ pytestmark = [
 
 
 def test_kernel_suite_passes_in_a_netem_guest():
-    spec = GuestSpec(command=(sys.executable, "-m", "pytest", "tests/kernel", "-m", "root and not slow", "-q",
+    spec = GuestSpec(command=(sys.executable, "-m", "pytest", "tests/kernel",
+                              "tests/infer", "-m", "root and not slow", "-q",
                               "-p", "no:cacheprovider"),
                      cwd=str(REPO), env=(("PI2_PROFILE", "netem"),), timeout_s=1200)
     result = run_in_guest(spec)

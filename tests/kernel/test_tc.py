@@ -53,6 +53,7 @@ def test_parse_handle() -> None:
             parse_handle(bad, "qdisc q")
 
 
+@host_timers_only
 def test_htb_primer_delays_order_spikes(net, pair) -> None:
     """Per class a primer of P bytes then a spike: the spike leaves ≈ P/rate after the primer, so
     classes with slower rates release their spikes later, in delay order."""
@@ -127,6 +128,7 @@ def test_tbf_primer_then_signal_leaves_after_signal_over_rate(net, pair) -> None
     assert -50 < intercept < 300
 
 
+@host_timers_only
 def test_tbf_byte_limit_bounds_waiting(net, pair) -> None:
     """tbf (burst = one packet) with a byte limit B drops what would wait longer than B/rate:
     of a back-to-back burst, 1 + ⌊B/L⌋ packets of L bytes pass (kernel-notes.md)."""
