@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed.cli.output import emit_json, json_option
-from testbed.cli.params import DURATION
+from testbed.cli.params import compile_options
 from testbed.infer.inputs import network_inputs
 from testbed.infer.pipeline import compile_for
 from testbed.model.netfile import load_network
@@ -40,12 +40,7 @@ def show_plan(plan: FabricPlan) -> None:
 
 @click.command("compile")
 @click.argument("net_path", metavar="NET", type=NET)
-@click.option("--profile", default="auto", show_default=True,
-              help="tc profile: auto (probe this kernel; needs root), netem, shaper, full, or a YAML path.")
-@click.option("--tau", "tau_us", type=DURATION, default="1ms", show_default=True,
-              help="Wall-clock length of one model time unit (e.g. 500us, 2ms).")
-@click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
-              help="Time the relay gets between a layer's deadline and the next layer's injections.")
+@compile_options
 @click.option("--dataset", default=None, help="Calibration data set (default: the one the network was trained on).")
 @click.option("--calibration", default=500, show_default=True, help="Training samples that fix each layer's window.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan JSON here.")

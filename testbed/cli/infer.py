@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from testbed.cli.output import emit_json, json_option
-from testbed.cli.params import DURATION
+from testbed.cli.params import compile_options
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.infer.report import InferenceReport
 
@@ -22,12 +22,7 @@ from testbed.infer.report import InferenceReport
 @click.option("--limit", type=int, default=None, help="Classify only the first N test samples (default: all).")
 @click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True,
               help="netns: plain namespaces and bridges; mininet: the same plan through Mininet's API.")
-@click.option("--profile", default="auto", show_default=True,
-              help="tc profile when compiling NET: auto (probe this kernel), netem, shaper, full, or a YAML path.")
-@click.option("--tau", "tau_us", type=DURATION, default="1ms", show_default=True,
-              help="Wall-clock length of one model time unit when compiling NET.")
-@click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
-              help="Time the relay gets to decode a layer before the next layer's injections.")
+@compile_options
 @click.option("--inject-cpu", type=int, default=0, show_default=True,
               help="CPU the injector busy-waits on (kernel packet work is steered to the others); -1: don't pin.")
 @click.option("--pcap", "pcap_dir", type=click.Path(file_okay=False, path_type=Path),

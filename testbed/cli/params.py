@@ -25,3 +25,17 @@ class Duration(click.ParamType):
 
 
 DURATION = Duration()
+
+
+def compile_options(command):  # type: ignore[no-untyped-def]
+    """--profile, --tau and --relay: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
+    for option in reversed((
+        click.option("--profile", default="auto", show_default=True,
+                     help="tc profile: auto (probe this kernel; needs root), netem, shaper, full, or a YAML path."),
+        click.option("--tau", "tau_us", type=DURATION, default="1ms", show_default=True,
+                     help="Wall-clock length of one model time unit (e.g. 500us, 2ms)."),
+        click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
+                     help="Time the relay gets to decode a layer before the next layer's injections."),
+    )):
+        command = option(command)
+    return command
