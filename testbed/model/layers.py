@@ -19,7 +19,7 @@ import numpy as np
 
 from testbed.errors import ModelError
 
-# Arrival tensors are (batch, 2n, m) float64: bound one chunk's size to keep memory flat.
+# TEMP's arrival tensors are (batch, 2n, m) float64: bound one chunk's size to keep memory flat.
 _CHUNK_BYTES = 64 * 2**20
 
 
@@ -75,7 +75,24 @@ def dense_times(t_plus: np.ndarray, t_minus: np.ndarray, d_plus: np.ndarray, d_m
 
     With `with_offset`, also returns the per-sample causal offset max_j (z_[K] − T) over both
     sets, of shape (batch,): the layer's M_K is its maximum over data.
+
+    π²_K runs the compiled kernel of `fast_kernel`, which never builds the arrival tensor; TEMP
+    builds it chunk by chunk and solves each set with `temp_solve`.
     """
+    n = t_plus.shape[1]
+    if not 1 <= k <= 2 * n:
+        raise ModelError(f"K must be in 1..{2 * n} (the number of arrivals per neuron), got {k}")
+    if gamma is None:
+        from testbed.model.fast_kernel import earliest_times  # numba's import costs ~0.2 s: pay it on first use
+
+        out_p, out_m, offset = earliest_times(t_plus, t_minus, d_plus, d_minus, k, timeout)
+    else:
+        out_p, out_m, offset = _temp_times(t_plus, t_minus, d_plus, d_minus, k, gamma, with_offset)
+    return (out_p, out_m, offset) if with_offset else (out_p, out_m)
+
+
+def _temp_times(t_plus: np.ndarray, t_minus: np.ndarray, d_plus: np.ndarray, d_minus: np.ndarray,
+                k: int, gamma: float, with_offset: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     batch, n = t_plus.shape
     m = d_plus.shape[1]
     rows = max(1, _CHUNK_BYTES // (2 * n * m * 8 * 2))
@@ -86,11 +103,11 @@ def dense_times(t_plus: np.ndarray, t_minus: np.ndarray, d_plus: np.ndarray, d_m
         hi = min(batch, lo + rows)
         zp, zm = arrivals(t_plus[lo:hi], t_minus[lo:hi], d_plus, d_minus)
         for z, out in ((zp, out_p), (zm, out_m)):
-            out[lo:hi] = temp_solve(z, gamma) if gamma is not None else mean_k_earliest(z, k, timeout)
+            out[lo:hi] = temp_solve(z, gamma)
             if with_offset:
                 late = np.nan_to_num(kth_earliest(z, k) - out[lo:hi], nan=0.0, posinf=0.0, neginf=0.0)
                 offset[lo:hi] = np.maximum(offset[lo:hi], late.max(axis=1))
-    return (out_p, out_m, offset) if with_offset else (out_p, out_m)
+    return out_p, out_m, offset
 
 
 def im2col(x: np.ndarray, kernel: tuple[int, int], stride: int, padding: int, pad_value: float) -> np.ndarray:
