@@ -42,8 +42,11 @@ UML_MODULES_ROOT = Path("/usr/lib/uml/modules")
 DEFAULT_MODULES: tuple[str, ...] = ("sch_netem", "sch_cbs", "act_police", "act_gact", "cls_flower", "openvswitch",
                                     "veth", "ipv6")
 
-# Guest paths the init script covers with fresh filesystems: a host working directory below them is invisible inside.
-_GUEST_OVERLAID = ("/tmp", "/run", "/proc", "/sys", "/dev")
+# Guest paths the init script covers with fresh filesystems: a host working directory below them would be invisible
+# inside. Below the tmpfs ones the init script mounts the working directory again from the host (hostfs, read-only),
+# so a checkout in /tmp works; below the others it cannot.
+_GUEST_OVERLAID = ("/proc", "/sys", "/dev")
+_GUEST_TMPFS = ("/tmp", "/run")
 _SHARE = "/run/pi2-guest/share"  # guest mount point of the host's shared directory
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -179,7 +182,7 @@ echo /run/pi2-guest/modprobe > /proc/sys/kernel/modprobe
 for m in {modules}; do
   /sbin/modprobe -d /run/pi2-guest/mods "$m" 2>>"$S/modprobe.err" || echo "$m" >> "$S/modprobe.failed"
 done
-ip link set lo up
+{_remount_cwd(spec.cwd)}ip link set lo up
 cut -d' ' -f1 /proc/uptime > "$S/boot_s"
 cd {q(spec.cwd)} && env -i {env} {shlex.join(spec.command)} < /dev/null > "$S/stdout" 2> "$S/stderr"
 echo $? > "$S/status.tmp" && mv "$S/status.tmp" "$S/status"
@@ -187,6 +190,14 @@ sync
 umount "$S"
 poweroff -f
 """
+
+
+def _remount_cwd(cwd: str) -> str:
+    """Init-script lines that bring a host working directory below a guest tmpfs back, read-only."""
+    if not any(cwd == top or cwd.startswith(top + "/") for top in _GUEST_TMPFS):
+        return ""
+    q = shlex.quote
+    return f"mkdir -p {q(cwd)}\nmount -r -t hostfs -o {q(cwd)} hostfs {q(cwd)}\n"
 
 
 def _uml_argv(binary: Path, spec: GuestSpec, init: Path, uml_dir: Path, umid: str) -> list[str]:

@@ -147,10 +147,19 @@ def test_a_module_the_guest_kernel_lacks_fails_loudly() -> None:
         run_in_guest(GuestSpec(command=("true",), modules=("sch_p2nosuch",), timeout_s=120))
 
 
-@pytest.mark.parametrize("cwd", ["/tmp/somewhere", "/run", "relative/dir"])
+@pytest.mark.parametrize("cwd", ["/proc/self", "/sys", "/dev/shm", "relative/dir"])
 def test_working_directories_the_guest_cannot_see_are_refused(cwd: str) -> None:
     with pytest.raises(GuestError, match="guest: "):
         GuestSpec(command=("true",), cwd=cwd)
+
+
+def test_a_working_directory_below_a_guest_tmpfs_is_mounted_again_from_the_host() -> None:
+    from testbed.kernel.guest import _init_script
+
+    script = _init_script(GuestSpec(command=("true",), cwd="/tmp/ci/checkout"), Path("/tmp/share"), "6.1.0")
+    assert "mount -r -t hostfs -o /tmp/ci/checkout hostfs /tmp/ci/checkout" in script
+    assert "hostfs -o /srv/x hostfs /srv/x" not in _init_script(GuestSpec(command=("true",), cwd="/srv/x"),
+                                                                 Path("/tmp/share"), "6.1.0")
 
 
 def test_an_empty_command_is_refused() -> None:
