@@ -47,10 +47,14 @@ from testbed.cli.compile import compile_cmd, simulate_cmd  # noqa: E402
 from testbed.cli.convert import export_cmd, import_cmd  # noqa: E402
 from testbed.cli.doctor import doctor  # noqa: E402
 from testbed.cli.energy import energy  # noqa: E402
+from testbed.cli.eval import eval_command  # noqa: E402
 from testbed.cli.fabric import clean_cmd, down_cmd, status_cmd  # noqa: E402
 from testbed.cli.guest import guest  # noqa: E402
 from testbed.cli.infer import infer_cmd  # noqa: E402
+from testbed.cli.show import show  # noqa: E402
 from testbed.cli.trace import trace  # noqa: E402
+from testbed.cli.train import train  # noqa: E402
+from testbed.cli.up import up_cmd  # noqa: E402
 
 pi2.add_command(compile_cmd)
 pi2.add_command(simulate_cmd, "simulate")
@@ -61,6 +65,10 @@ pi2.add_command(energy)
 pi2.add_command(guest)
 pi2.add_command(infer_cmd)
 pi2.add_command(trace)
+pi2.add_command(up_cmd)
 pi2.add_command(status_cmd)
 pi2.add_command(down_cmd)
 pi2.add_command(clean_cmd)
+pi2.add_command(train)
+pi2.add_command(eval_command)
+pi2.add_command(show)

@@ -1,0 +1,79 @@
+"""Knowledge distillation of a MAC teacher into a π² student, and hardware-aware fine-tuning.
+
+Loss (pi2-model.md, training step 3), with z the logits and the student's logits its scores −s·y::
+
+    L = α·T²·KL(softmax(z_teacher/T) ‖ softmax(z_student/T)) + (1 − α)·CE(z_student, y),  T = 5, α = 0.5
+
+Fine-tuning reuses the loop with the student's perturbations switched on (n-bit delays with a
+straight-through gradient, output-time jitter σ, input-event loss), so it learns weights that
+survive them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from testbed.errors import TrainingError
+from testbed.train.pi2_torch import Pi2TorchNetwork
+
+EpochHook = Callable[[int, float], None]  # (epoch index from 0, mean training loss)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Hyper-parameters of one distillation run (temperature T, mix α, Adam with a cosine schedule)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    temperature: float = 5.0
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise TrainingError(f"distillation needs epochs ≥ 0, batch size ≥ 1, lr > 0; got "
+                                f"{self.epochs}, {self.batch_size}, {self.lr}")
+        if not (self.temperature > 0 and 0 <= self.alpha <= 1):
+            raise TrainingError(f"distillation needs T > 0 and α in [0, 1]; got T={self.temperature}, α={self.alpha}")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """α·T²·KL(p_teacher ‖ p_student) at temperature T plus (1 − α)·CE(student, labels), batch means."""
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                    F.log_softmax(teacher_logits / temperature, dim=1), reduction="batchmean", log_target=True)
+    return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The teacher's logits on every sample (computed once: the teacher is frozen)."""
+    teacher.eval()
+    return torch.cat([teacher(chunk) for chunk in x.split(batch_size)]).to(torch.float32)
+
+
+def distill(student: Pi2TorchNetwork, targets: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+            config: DistillConfig, generator: torch.Generator, on_epoch: EpochHook | None = None) -> None:
+    """Train `student` towards the teacher logits `targets` (and the labels) with its current perturbations."""
+    if config.epochs == 0:
+        return
+    optimiser = torch.optim.Adam(student.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.epochs)
+    student.train()
+    for epoch in range(config.epochs):
+        total = 0.0
+        for batch in torch.randperm(len(x), generator=generator).split(config.batch_size):
+            loss = distillation_loss(student(x[batch]), targets[batch], y[batch], config.temperature, config.alpha)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(batch)
+        schedule.step()
+        if on_epoch is not None:
+            on_epoch(epoch, total / len(x))
+    student.eval()

@@ -1,0 +1,172 @@
+"""The whole training recipe behind `pi2 train`: teacher → π² student → hardware fine-tuning.
+
+1. Train a bias-free MAC teacher (cross-entropy, Adam, cosine schedule).
+2. Copy its weights into a π² student of the same topology (testbed.train.teacher.student_template).
+3. Distil (testbed.train.distill): KL to the teacher at T = 5 plus cross-entropy, α = 0.5.
+4. If asked for n-bit delays, jitter σ or loss, fine-tune with those switched on.
+
+Every π² accuracy is measured with the numpy model (Pi2Network.predict), so what training reports
+is what `pi2 eval` and the fabric compute. Runs are deterministic for a given seed and thread count:
+seeded torch, deterministic algorithms, a fixed number of CPU threads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+
+from testbed.errors import TrainingError
+from testbed.model.encoding import quantise_weight
+from testbed.model.network import Perturbation, Pi2Network
+from testbed.train import require_torch
+from testbed.train.arch import Arch, parse_arch, parse_k
+from testbed.train.datasets import Dataset, Normalisation, load_dataset
+from testbed.train.evaluate import numpy_accuracy
+
+# (stage, epoch index from 0, epochs in the stage, mean training loss); stages: teacher, distil, fine-tune
+ProgressHook = Callable[[str, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; with `seed` and `threads` fixed the result is reproducible."""
+
+    dataset: str
+    arch: str
+    k: str
+    bits: int | None = None
+    jitter: float = 0.0      # σ of the Gaussian output-time jitter in fine-tuning (model units)
+    loss: float = 0.0        # fraction of input events lost in fine-tuning (keep = 1 − loss)
+    teacher_epochs: int = 100
+    epochs: int = 100        # distillation epochs
+    finetune_epochs: int = 40
+    teacher_lr: float = 3e-3
+    lr: float = 1e-2
+    finetune_lr: float = 3e-3
+    batch_size: int = 32
+    seed: int = 0
+    threads: int = 1
+    command: str | None = None  # the command line that ran this, stored in provenance
+
+    def __post_init__(self) -> None:
+        if self.bits is not None and not 1 <= self.bits <= 16:
+            raise TrainingError(f"--bits must be in 1..16, got {self.bits}")
+        if not self.jitter >= 0:
+            raise TrainingError(f"--jitter σ must be ≥ 0 model units, got {self.jitter}")
+        if not 0 <= self.loss < 1:
+            raise TrainingError(f"--loss must be a fraction in [0, 1), got {self.loss}")
+        if min(self.teacher_epochs, self.epochs, self.finetune_epochs) < 0 or self.batch_size < 1 or self.threads < 1:
+            raise TrainingError("epochs must be ≥ 0, and batch size and threads ≥ 1")
+
+    @property
+    def perturbed(self) -> bool:
+        return self.bits is not None or self.jitter > 0 or self.loss > 0
+
+
+def _inputs(dataset: Dataset, arch: Arch) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised train and test inputs shaped for `arch`."""
+    size = int(np.prod(arch.input_shape))
+    if int(np.prod(dataset.sample_shape)) != size:
+        raise TrainingError(f"{arch} takes {arch.input_shape} inputs but data set {dataset.name} has samples "
+                            f"of shape {dataset.sample_shape}")
+    if arch.n_classes != dataset.n_classes:
+        raise TrainingError(f"{arch} has {arch.n_classes} outputs but data set {dataset.name} has {dataset.n_classes} classes")
+    norm = dataset.normalisation
+    return (norm.apply(dataset.x_train).reshape(-1, *arch.input_shape),
+            norm.apply(dataset.x_test).reshape(-1, *arch.input_shape))
+
+
+def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> tuple[Pi2Network, dict[str, Any]]:
+    """Train a teacher and distil it into a π² network; returns the network and a report.
+
+    The network carries provenance (data set and normalisation, accuracies, seed, command,
+    torch version, date) ready for testbed.model.netfile.save_network.
+    """
+    arch = parse_arch(config.arch)
+    k = parse_k(config.k, arch)
+    dataset = load_dataset(config.dataset)
+    x_train, x_test = _inputs(dataset, arch)
+    torch = require_torch()
+    from testbed.train.distill import DistillConfig, distill, teacher_logits
+    from testbed.train.pi2_torch import Pi2TorchNetwork
+    from testbed.train.teacher import build_teacher, student_template, teacher_accuracy, train_teacher
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        xt = torch.as_tensor(x_train, dtype=torch.float32)
+        yt = torch.as_tensor(dataset.y_train, dtype=torch.long)
+
+        def hook(stage: str, epochs: int) -> Callable[[int, float], None] | None:
+            return None if progress is None else lambda epoch, loss: progress(stage, epoch, epochs, loss)
+
+        started = time.perf_counter()
+        teacher = build_teacher(arch)
+        train_teacher(teacher, xt, yt, config.teacher_epochs, config.teacher_lr, config.batch_size, generator,
+                      hook("teacher", config.teacher_epochs))
+        teacher_s = time.perf_counter() - started
+        accuracy: dict[str, float | None] = {
+            "teacher": teacher_accuracy(teacher, torch.as_tensor(x_test, dtype=torch.float32), dataset.y_test)}
+
+        template = student_template(teacher, arch, k)
+        student = Pi2TorchNetwork(template)
+        targets = teacher_logits(teacher, xt)
+        distill(student, targets, xt, yt, DistillConfig(config.epochs, config.lr, config.batch_size), generator,
+                hook("distil", config.epochs))
+        accuracy["student"] = numpy_accuracy(student.to_numpy(template), x_test, dataset.y_test)
+        distil_s = time.perf_counter() - started - teacher_s
+
+        if config.perturbed:
+            student.bits, student.jitter, student.keep = config.bits, config.jitter, 1.0 - config.loss
+            distill(student, targets, xt, yt, DistillConfig(config.finetune_epochs, config.finetune_lr,
+                                                            config.batch_size), generator,
+                    hook("fine-tune", config.finetune_epochs))
+            student.jitter, student.keep = 0.0, 1.0
+        net = student.to_numpy(template)
+        if config.bits is not None:  # store the delays themselves on the n-bit grid
+            net = replace(net, layers=tuple(replace(layer, weight=quantise_weight(layer.weight, net.constants.c,
+                                                                                  config.bits))
+                                            for layer in net.layers))
+        accuracy["quantised"] = None if config.bits is None else numpy_accuracy(net, x_test, dataset.y_test)
+        if config.jitter > 0 or config.loss > 0:
+            if config.bits is None:  # the fine-tuned weights, clean
+                accuracy["fine_tuned"] = numpy_accuracy(net, x_test, dataset.y_test)
+            perturb = Perturbation(config.jitter, 1.0 - config.loss, config.seed)
+            accuracy["perturbed"] = numpy_accuracy(net, x_test, dataset.y_test, perturb)
+        total_s = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+    provenance = _provenance(config, arch, k, dataset.name, dataset.normalisation, accuracy, torch.__version__)
+    report = {
+        "dataset": dataset.name, "arch": str(arch), "k": list(k), "bits": config.bits, "jitter": config.jitter,
+        "loss": config.loss, "seed": config.seed, "threads": config.threads, "accuracy": accuracy,
+        "train_samples": len(x_train), "test_samples": len(x_test),
+        "seconds": {"teacher": teacher_s, "distil": distil_s, "total": total_s},
+    }
+    return Pi2Network(net.layers, net.input_shape, net.constants, net.bits, None, provenance), report
+
+
+def _provenance(config: TrainConfig, arch: Arch, k: tuple[int, ...], name: str, norm: Normalisation,
+                accuracy: dict[str, float | None], torch_version: str) -> dict[str, Any]:
+    training = {key: value for key, value in asdict(config).items() if key not in ("command", "dataset", "arch", "k")}
+    return {
+        "dataset": {"name": name, "scale": norm.scale, "offset": norm.offset},
+        "split": "test",
+        "arch": str(arch),
+        "k": list(k),
+        "accuracy": {key: None if value is None else round(value, 4) for key, value in accuracy.items()},
+        "seed": config.seed,
+        "command": config.command,
+        "training": training,
+        "torch": torch_version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

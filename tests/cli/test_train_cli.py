@@ -1,0 +1,73 @@
+"""`pi2 train`, `pi2 eval` and `pi2 show` through click, and the bundled digits network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import testbed
+from testbed.cli import pi2
+from testbed.errors import DatasetError, TrainingError
+
+BUNDLED = Path(testbed.__file__).parent / "networks" / "digits-mlp.npz"
+
+
+def test_bundled_network_evaluates_to_its_recorded_accuracy():
+    result = CliRunner().invoke(pi2, ["eval", str(BUNDLED), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    recorded = report["recorded_accuracy"]
+    assert report["dataset"] == "digits" and report["samples"] == 360 and report["bits"] == 4
+    assert report["accuracy"] == pytest.approx(recorded["quantised"], abs=1e-3)
+    assert recorded["student"] >= recorded["teacher"] - 0.5  # the acceptance bounds of the bundled network
+    assert recorded["quantised"] >= recorded["teacher"] - 1.5
+    float_delays = json.loads(CliRunner().invoke(pi2, ["eval", str(BUNDLED), "--bits", "0", "--json"]).output)
+    assert float_delays["bits"] is None
+    assert float_delays["accuracy"] == report["accuracy"]  # the stored weights already sit on the 4-bit grid
+
+
+def test_eval_with_perturbations_and_limit():
+    result = CliRunner().invoke(pi2, ["eval", str(BUNDLED), "--dataset", "digits", "--limit", "50", "--jitter",
+                                      "0.1", "--loss", "0.1", "--bits", "3"])
+    assert result.exit_code == 0, result.output
+    assert "on digits test (50 samples" in result.output and "3-bit delays" in result.output
+
+
+def test_show_describes_the_bundled_network():
+    result = CliRunner().invoke(pi2, ["show", str(BUNDLED), "--json"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.output)
+    assert [layer["weight_shape"] for layer in meta["topology"]] == [[64, 16], [16, 10]]
+    assert meta["quantisation"] == {"bits": 4}
+    assert meta["provenance"]["command"].startswith("pi2 train --dataset digits --arch mlp:64-16-10")
+    text = CliRunner().invoke(pi2, ["show", str(BUNDLED)])
+    assert text.exit_code == 0 and "4-bit" in text.output and "teacher" in text.output
+
+
+def test_eval_unknown_split_and_missing_dataset_are_errors(tmp_path, monkeypatch):
+    from testbed.train import datasets
+
+    monkeypatch.setattr(datasets, "FASHION_DIR", tmp_path)
+    result = CliRunner().invoke(pi2, ["eval", str(BUNDLED), "--dataset", "fashion"])
+    assert isinstance(result.exception, DatasetError) and "apt-get install" in str(result.exception)
+
+
+def test_train_rejects_a_bad_k_before_training(tmp_path):
+    result = CliRunner().invoke(pi2, ["train", "--k", "1", "-o", str(tmp_path / "n.npz")])
+    assert isinstance(result.exception, TrainingError) and "2 positive integers" in str(result.exception)
+    assert not (tmp_path / "n.npz").exists()
+
+
+@pytest.mark.torch
+def test_train_writes_a_network_and_reports_json(tmp_path):
+    out = tmp_path / "n.npz"
+    result = CliRunner().invoke(pi2, ["train", "--dataset", "digits", "--arch", "mlp:64-8-10", "--k", "4,2",
+                                      "--teacher-epochs", "5", "--epochs", "2", "--seed", "1", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["k"] == [4, 2] and report["accuracy"]["quantised"] is None and out.is_file()
+    shown = json.loads(CliRunner().invoke(pi2, ["show", str(out), "--json"]).output)
+    assert shown["provenance"]["accuracy"]["student"] == pytest.approx(report["accuracy"]["student"], abs=1e-3)

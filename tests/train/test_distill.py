@@ -1,0 +1,87 @@
+"""Distillation: the loss, teacher → student weight copy, and a short real digits run."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from testbed.model.netfile import load_network, save_network
+from testbed.train.arch import parse_arch
+from testbed.train.datasets import load_dataset
+from testbed.train.evaluate import EvalConfig, evaluate_network
+from testbed.train.recipe import TrainConfig, train_network
+
+torch = pytest.importorskip("torch")
+from testbed.train.distill import distillation_loss  # noqa: E402
+from testbed.train.teacher import build_teacher, student_template  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def test_distillation_loss_is_the_spec_formula():
+    torch.manual_seed(0)
+    zs, zt = torch.randn(6, 10, dtype=torch.float64), torch.randn(6, 10, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,))
+    p_t, p_s = torch.softmax(zt / 5, 1), torch.softmax(zs / 5, 1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+    ce = -torch.log_softmax(zs, 1)[torch.arange(6), y].mean()
+    expected = 0.5 * 25 * kl + 0.5 * ce
+    assert torch.allclose(distillation_loss(zs, zt, y, 5.0, 0.5), expected, atol=1e-12)
+    assert torch.allclose(distillation_loss(zt, zt, y, 5.0, 0.3), 0.7 * torch.nn.functional.cross_entropy(zt, y))
+
+
+def test_student_copies_teacher_weights_in_pi2_orientation():
+    teacher = build_teacher(parse_arch("mlp:64-16-10"))
+    net = student_template(teacher, parse_arch("mlp:64-16-10"), (2, 3))
+    assert net.k == (2, 3) and net.input_shape == (64,)
+    np.testing.assert_array_equal(net.layers[0].weight, teacher[1].weight.detach().numpy().T)  # out×in → in×out
+    np.testing.assert_array_equal(net.layers[1].weight, teacher[3].weight.detach().numpy().T)
+
+
+def test_lenet5_student_topology():
+    teacher = build_teacher(parse_arch("lenet5"))
+    net = student_template(teacher, parse_arch("lenet5"), (12, 50, 85, 25, 75))
+    assert [layer.out_shape for layer in net.layers] == [(6, 14, 14), (16, 5, 5), (120,), (84,), (10,)]
+    assert [getattr(layer, "pool", None) for layer in net.layers[:2]] == [2, 2]
+    assert net.layers[0].padding == 2
+    x = torch.rand(2, 1, 28, 28)
+    assert teacher(x).shape == (2, 10) and net.scores(x.numpy()).shape == (2, 10)
+
+
+def test_short_digits_run_distils_and_quantises(tmp_path):
+    config = TrainConfig("digits", "mlp:64-16-10", "16,8", bits=4, teacher_epochs=40, epochs=12,
+                         finetune_epochs=4, seed=0, command="pi2 train (test)")
+    started = time.perf_counter()
+    net, report = train_network(config)
+    assert time.perf_counter() - started < 90
+    acc = report["accuracy"]
+    assert acc["teacher"] > 90
+    assert acc["student"] > 80 and acc["student"] > acc["teacher"] - 5  # chance is 10 %
+    assert acc["quantised"] > acc["teacher"] - 6
+    # the file holds 4-bit delays, and numpy evaluation of the saved file gives the reported accuracy
+    assert net.bits == 4
+    steps = (net.layers[0].weight + 3) / (6 / 15)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-9)
+    path = save_network(net, tmp_path / "n.npz")
+    result = evaluate_network(load_network(path), EvalConfig())
+    assert result["accuracy"] == pytest.approx(acc["quantised"])
+    prov = load_network(path).provenance
+    assert prov["dataset"] == {"name": "digits", "scale": 1 / 16, "offset": 0.0}
+    assert prov["command"] == "pi2 train (test)" and prov["seed"] == 0 and prov["torch"] == torch.__version__
+    assert set(prov["accuracy"]) == {"teacher", "student", "quantised"}
+
+
+def test_same_seed_same_network():
+    config = TrainConfig("digits", "mlp:64-8-10", "4,2", teacher_epochs=3, epochs=2, seed=3)
+    a, ra = train_network(config)
+    b, rb = train_network(config)
+    assert ra["accuracy"] == rb["accuracy"]
+    for la, lb in zip(a.layers, b.layers):
+        np.testing.assert_array_equal(la.weight, lb.weight)
+
+
+def test_digits_data_feeds_the_mlp_shape():
+    data = load_dataset("digits")
+    assert data.sample_shape == (64,) and data.n_classes == 10
