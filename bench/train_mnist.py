@@ -5,7 +5,10 @@ This run trains the teacher and the student with `testbed.train.recipe.train_net
 recipe of `pi2 train`), measures every π² accuracy with the numpy model on the 10 000 test
 images, and records wall-clock seconds per stage on this machine with `--threads` torch threads.
 
-    python bench/train_mnist.py [--epochs 8] [--teacher-epochs 15] [--bits 4] [--threads 2] [-o out.json] [--net out.npz]
+    python bench/train_mnist.py [--epochs 16] [--teacher-epochs 30] [--bits 4] [--threads 2] [-o out.json] [--net out.npz]
+
+One run with the defaults took ≈26 min on this 2-core machine (2 torch threads, cores shared):
+teacher 97.33 %, π² student 96.41 %, 4-bit 96.04 %.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="mlp:784-50-10")
     parser.add_argument("--k", default="140,16")
-    parser.add_argument("--teacher-epochs", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=8, help="distillation epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=16, help="distillation epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--bits", type=int, default=None, help="also fine-tune and measure n-bit delays")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bits", type=int, default=4, help="fine-tune and measure n-bit delays (0: skip)")
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -40,7 +43,7 @@ def main() -> None:
     parser.add_argument("--net", type=Path, default=None, help="also save the trained network here")
     args = parser.parse_args()
 
-    config = TrainConfig("mnist", args.arch, args.k, args.bits, teacher_epochs=args.teacher_epochs,
+    config = TrainConfig("mnist", args.arch, args.k, args.bits or None, teacher_epochs=args.teacher_epochs,
                          epochs=args.epochs, finetune_epochs=args.finetune_epochs, teacher_lr=args.teacher_lr,
                          lr=args.lr, finetune_lr=args.finetune_lr, batch_size=args.batch_size, seed=args.seed,
                          threads=args.threads, command=shlex.join(["python", *sys.argv]))
