@@ -12,7 +12,8 @@ realisations' semantics:
 - gate: the first K spikes of a sample on a port pass; later ones, and any arriving after the
   layer's deadline (window), are dropped;
 - relay: T± = mean of the passed arrival times (model units from the layer's base time), with
-  the time-out rule of `readout`; y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
+  the model's time-out rule (`testbed.model.layers.mean_k_earliest`, as `testbed.traffic.decode`
+  uses it); y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
 
 With no quantisation and zero flood cost the simulation equals the golden model.
 """
@@ -25,8 +26,8 @@ import numpy as np
 
 from testbed.errors import PlanError
 from testbed.model.encoding import encode
+from testbed.model.layers import mean_k_earliest
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan, LayerPlan
-from testbed.sim.readout import readout
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray) -> LayerRe
     earliest = np.sort(arrive, axis=2)[:, :, :k]
     late = earliest > layer.window_us
     passed = np.where(late, np.nan, earliest)
-    times = readout(passed / tau, layer.window_us / tau)
+    # The relay's rule (the model's): average the spikes that made the deadline; none → the deadline.
+    times = mean_k_earliest(np.where(late, np.inf, earliest / tau).swapaxes(1, 2), k, timeout=layer.window_us / tau)
     signs = np.array([p.sign for p in layer.ports])
     neurons = np.array([p.neuron for p in layer.ports])
     t_p = np.empty((len(x), layer.n_neurons))
