@@ -263,23 +263,3 @@ class GateProgram:
 def load_first_k_gate(k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME) -> GateProgram:
     """Load the gate passing the first `k` spikes per sample id, with a window of `slots` samples."""
     return GateProgram(k, slots=slots, counters=counters, name=name)
-
-
-def attach_gate(ipr: Any, ifindex: int, program: GateProgram, prio: int = 1) -> None:
-    """Attach `program` as a direct-action cls_bpf filter on the clsact ingress of `ifindex`.
-
-    `ipr` is a pyroute2 IPRoute opened in the port's namespace; the clsact qdisc must exist
-    (``ipr.tc("add", "clsact", ifindex)``). The filter holds its own reference to the program.
-    """
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        ipr.tc(
-            "add-filter", "bpf", ifindex,
-            parent=0xFFFFFFF2,  # clsact ingress (ffff:fff2)
-            prio=prio, protocol=0x0003,  # ETH_P_ALL: see every frame, ARP included
-            fd=program.fd, name=program.name, direct_action=True,
-        )
-    except NetlinkError as exc:
-        hint = "; add a clsact qdisc to the device first" if exc.code in (2, 22) else ""
-        raise KernelError(f"first-K gate {program.name!r}: attaching to ifindex {ifindex} failed: {exc.args[-1]}{hint}") from None

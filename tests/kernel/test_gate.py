@@ -14,9 +14,12 @@ import pytest
 from testbed.errors import KernelError
 from testbed.kernel import bpf, names, netns
 from testbed.kernel.gate import (
-    KIND_OFFSET, SAMPLE_OFFSET, GateCounters, GateProgram, attach_gate, load_first_k_gate,
+    KIND_OFFSET, SAMPLE_OFFSET, GateCounters, GateProgram, load_first_k_gate,
 )
+from testbed.kernel.netlink import NetlinkBatch
+from testbed.kernel.tc import queue_tree
 from testbed.plan import wire
+from testbed.plan.tc import CLSACT_INGRESS, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SPIKE_PORT, SpikeHeader
 
 PASS, DROP = bpf.TC_ACT_UNSPEC, bpf.TC_ACT_SHOT
@@ -195,9 +198,12 @@ def gated_port(veth_pair: tuple[str, str, int]) -> Iterator[tuple[GateProgram, s
     """
     ns_a, ns_b, index_b = veth_pair
     with load_first_k_gate(3, slots=4, name="p2_gate_test") as gate:
-        with netns.iproute(ns_b) as ipr:
-            ipr.tc("add", "clsact", index_b)
-            attach_gate(ipr, index_b, gate)
+        # The builders' path: a clsact qdisc and the gate's bpf filter from a TcTree, one netlink batch.
+        tree = TcTree((QdiscSpec("clsact", "ffff:", "root"),), (),
+                      (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "first_k_gate", "k": 3, "direct_action": 1}),))
+        with NetlinkBatch(ns_b) as nl:
+            queue_tree(nl, index_b, tree, "port B", lambda spec: gate.fd)
+            nl.commit()
         tx, rx, rx_other = _udp(ns_a), _udp(ns_b, SPIKE_PORT), _udp(ns_b, OTHER_PORT)
         affinity = os.sched_getaffinity(0)
         try:
