@@ -12,16 +12,14 @@ survive them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from testbed.errors import TrainingError
 from testbed.train.pi2_torch import Pi2TorchNetwork
+from testbed.train.loop import EpochHook, fit
 
-EpochHook = Callable[[int, float], None]  # (epoch index from 0, mean training loss)
 
 
 @dataclass(frozen=True)
@@ -62,18 +60,8 @@ def distill(student: Pi2TorchNetwork, targets: torch.Tensor, x: torch.Tensor, y:
     """Train `student` towards the teacher logits `targets` (and the labels) with its current perturbations."""
     if config.epochs == 0:
         return
-    optimiser = torch.optim.Adam(student.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.epochs)
-    student.train()
-    for epoch in range(config.epochs):
-        total = 0.0
-        for batch in torch.randperm(len(x), generator=generator).split(config.batch_size):
-            loss = distillation_loss(student(x[batch]), targets[batch], y[batch], config.temperature, config.alpha)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(batch)
-        schedule.step()
-        if on_epoch is not None:
-            on_epoch(epoch, total / len(x))
-    student.eval()
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        return distillation_loss(student(x[batch]), targets[batch], y[batch], config.temperature, config.alpha)
+
+    fit(student, len(x), batch_loss, config.epochs, config.lr, config.batch_size, generator, on_epoch)

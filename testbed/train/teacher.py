@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,8 +9,8 @@ from torch import nn
 
 from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
 from testbed.train.arch import Arch
+from testbed.train.loop import EpochHook, fit
 
-EpochHook = Callable[[int, float], None]  # (epoch index from 0, mean training loss)
 
 
 def build_teacher(arch: Arch) -> nn.Sequential:
@@ -59,21 +57,8 @@ def student_template(teacher: nn.Sequential, arch: Arch, k: tuple[int, ...]) -> 
 def train_teacher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int,
                   generator: torch.Generator, on_epoch: EpochHook | None = None) -> None:
     """Cross-entropy training with Adam on shuffled mini-batches (order from `generator`)."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(epochs, 1))
-    model.train()
-    for epoch in range(epochs):
-        total = 0.0
-        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(batch)
-        schedule.step()
-        if on_epoch is not None:
-            on_epoch(epoch, total / len(x))
-    model.eval()
+    fit(model, len(x), lambda batch: F.cross_entropy(model(x[batch]), y[batch]), epochs, lr, batch_size, generator,
+        on_epoch)
 
 
 @torch.no_grad()
