@@ -20,7 +20,7 @@ import numpy as np
 
 from testbed.errors import PlanError
 from testbed.model.encoding import encode
-from testbed.plan.fabric_plan import FabricPlan
+from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
 from testbed.sim.executor import port_delays_us
 from testbed.traffic.capture import ARRIVAL_DTYPE, Receiver
@@ -97,11 +97,10 @@ def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifna
             seq += 1
 
 
-def _passed(arrivals: np.ndarray, fabric: LiveFabric, layer: int, sample: int, t0_ns: int, k: int) -> np.ndarray:
-    """(ports, K) arrival times (µs after the base) of the spikes the gates passed, nan where none."""
+def _passed(mine: np.ndarray, fabric: LiveFabric, layer: int, t0_ns: int, k: int) -> np.ndarray:
+    """(ports, K) arrival times (µs after the base) of one sample's spikes the gates passed, nan where none."""
     ports = fabric.ports[layer]
     out = np.full((len(ports), k), np.nan)
-    mine = arrivals[(arrivals["layer"] == layer) & (arrivals["sample"] == sample) & (arrivals["kind"] == KIND_SPIKE)]
     for q, port in enumerate(ports):
         times = np.sort(mine["t_ns"][mine["ifindex"] == port.ifindex] - t0_ns)[:k] / 1e3
         out[q, : len(times)] = times
@@ -132,6 +131,8 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                    for layer in plan.layers]
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
     ports_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
+    port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]
+    port_sign = [np.array([port.sign for port in fabric.ports[li]]) for li in range(n_layers)]
     with Injector.open(None, fabric.host_netns) as injector, Receiver.open(fabric.host_netns) as receiver:
         receiver.discard()
         next_base = time.monotonic_ns() + LEAD_NS
@@ -178,10 +179,9 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 run.t_minus[li][sample] = decoded.t_minus[0]
                 mine = capture.arrivals[(capture.arrivals["layer"] == li) & (capture.arrivals["sample"] == sample)
                                         & (capture.arrivals["kind"] == KIND_SPIKE)]
-                for ifindex in mine["ifindex"].tolist():
-                    if ifindex in ports_index[li]:
-                        run.counts[li][sample, ports_index[li][ifindex]] += 1
-                run.passed_us[li][sample] = _passed(capture.arrivals, fabric, li, sample, base_real, layer.k)
+                run.counts[li][sample] = np.where(port_sign[li] == SIGN_PLUS, decoded.count_plus[0][port_neuron[li]],
+                                                  decoded.count_minus[0][port_neuron[li]])
+                run.passed_us[li][sample] = _passed(mine, fabric, li, base_real, layer.k)
                 for row in mine[mine["t_ns"] - base_real <= layer.window_us * 1e3]:
                     q = ports_index[li].get(int(row["ifindex"]))
                     tx = tx_of.get((li, sample, int(row["source"]), int(row["sign"])))
