@@ -12,8 +12,7 @@ from rich.table import Table
 from testbed.cli.output import emit_json, json_option
 from testbed.cli.params import compile_options
 from testbed.infer.inputs import network_inputs
-from testbed.infer.pipeline import compile_for
-from testbed.model.netfile import load_network
+from testbed.infer.pipeline import compile_for, network_of
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.sim.executor import simulate
 
@@ -80,7 +79,7 @@ def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, as_jso
     the golden model is the network itself (pi2 eval). Their gap is the cost of the realisation.
     """
     plan = load_plan(plan_path)
-    net = load_network(plan.network["path"]).with_bits(plan.network["bits"])
+    net = network_of(plan, plan_path).with_bits(plan.network["bits"])
     inputs = network_inputs(net, dataset, "test", limit)
     sim = simulate(plan, inputs.x)
     golden = net.predict(inputs.x)

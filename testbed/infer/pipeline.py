@@ -40,17 +40,22 @@ def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, da
     return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us)
 
 
+def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
+    """The network a plan was compiled from, checked by hash against the plan."""
+    path = plan.network.get("path")
+    if not path or not Path(path).is_file():
+        raise PlanError(f"{source}: its network file {path!r} is missing; recompile with `pi2 compile NET`")
+    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != plan.network.get("sha256"):
+        raise PlanError(f"{source}: network {path} changed since the plan was compiled; recompile it")
+    return load_network(path)
+
+
 def plan_and_network(source: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
                      calibration: int) -> tuple[FabricPlan, Pi2Network]:
     """A plan file (and the network it names, checked by hash), or a network file compiled now."""
     if source.suffix == ".json":
         plan = load_plan(source)
-        path = plan.network.get("path")
-        if not path or not Path(path).is_file():
-            raise PlanError(f"{source}: its network file {path!r} is missing; recompile with `pi2 compile NET`")
-        if hashlib.sha256(Path(path).read_bytes()).hexdigest() != plan.network.get("sha256"):
-            raise PlanError(f"{source}: network {path} changed since the plan was compiled; recompile it")
-        return plan, load_network(path)
+        return plan, network_of(plan, source)
     return compile_for(source, profile, tau_us, relay_us, dataset, calibration), load_network(source)
 
 
