@@ -28,7 +28,7 @@ import numpy as np
 from testbed.errors import KernelError, PlanError
 from testbed.traffic.clock import realtime_minus_monotonic_ns
 from testbed.traffic.packets import MAX_FRAME_BYTES
-from testbed.traffic.sockets import grow_receive_buffer, packet_socket
+from testbed.traffic.sockets import grow_receive_buffer, grow_send_buffer, packet_socket
 
 # <linux/net_tstamp.h>, <asm-generic/socket.h>, <linux/if_packet.h>, <linux/errqueue.h>
 SO_TIMESTAMPING = 37  # SO_TIMESTAMPING_OLD: struct timespec with 64-bit fields on 64-bit ABIs
@@ -49,6 +49,7 @@ SLEEP_MARGIN_NS = 1_000_000  # ...waking this early, then busy-waiting
 DRAIN_SLACK_NS = 200_000  # with this much slack left, empty the TX-timestamp queue while waiting
 DEFAULT_LEAD_NS = 2_000_000  # default start: this long after send() is called
 ERRQUEUE_BYTES = 8 << 20  # TX stamps queue on the socket's receive buffer until read
+SEND_BUFFER_BYTES = 64 << 20  # frames in flight (queued in shapers) stay charged here; see grow_send_buffer
 TX_GRACE_NS = 100_000_000  # after the last frame, wait this long for outstanding TX stamps
 
 
@@ -147,6 +148,7 @@ class Injector:
         self.tx_timestamps = tx_timestamps
         self._owned = False
         self._sent_total = 0  # frames sent since TX timestamping was enabled: the next OPT_ID key
+        grow_send_buffer(sock, SEND_BUFFER_BYTES)
         if tx_timestamps:
             flags = (SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
                      | SOF_TIMESTAMPING_OPT_ID | SOF_TIMESTAMPING_OPT_TSONLY)

@@ -11,6 +11,7 @@ import socket
 from testbed.errors import NeedsRootError
 from testbed.kernel.netns import socket_in
 
+SO_SNDBUFFORCE = 32  # like SO_SNDBUF but may exceed net.core.wmem_max (needs CAP_NET_ADMIN)
 SO_RCVBUFFORCE = 33  # like SO_RCVBUF but may exceed net.core.rmem_max (needs CAP_NET_ADMIN)
 
 
@@ -29,3 +30,16 @@ def grow_receive_buffer(sock: socket.socket, size_bytes: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size_bytes)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size_bytes)
+
+
+def grow_send_buffer(sock: socket.socket, size_bytes: int) -> None:
+    """Raise the socket's send buffer past net.core.wmem_max when allowed (SO_SNDBUFFORCE).
+
+    A sent frame stays charged to its socket until the kernel frees its last copy: for a
+    flooded spike that is when the delayed copy leaves the last port's shaper, milliseconds
+    later. With the default 208 KiB a few hundred 1514-byte primers in flight block send().
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size_bytes)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size_bytes)
