@@ -28,11 +28,11 @@ def show_plan(plan: FabricPlan) -> None:
     console.print(f"objects: {info['namespaces']} namespaces, {info['bridges']} bridges, {info['veth_pairs']} veth pairs; "
                   f"packets per sample: {info['packets_per_sample']}")
     table = Table(title_justify="left")
-    for column in ("layer", "inputs", "neurons", "K", "ports", "classes", "u32 filters", "gates", "window ms", "M_K"):
+    for column in ("layer", "inputs", "neurons", "K", "ports", "pruned", "classes", "filters", "gates", "window ms", "M_K"):
         table.add_column(column, justify="right")
     for row in info["layers"]:
         table.add_row(str(row["layer"]), str(row["inputs"]), str(row["neurons"]), str(row["k"]), str(row["ports"]),
-                      str(row["classes"]), str(row["filters"]), str(row["gates"]), f"{row['window_us'] / 1e3:.2f}",
+                      str(row["pruned"]), str(row["classes"]), str(row["filters"]), str(row["gates"]), f"{row['window_us'] / 1e3:.2f}",
                       f"{row['offset_mk']:.3f}")
     console.print(table)
 
@@ -45,8 +45,8 @@ def show_plan(plan: FabricPlan) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan JSON here.")
 @click.option("--show", is_flag=True, help="Print a readable summary of the plan.")
 @json_option
-def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                calibration: int, output: Path | None, show: bool, as_json: bool) -> None:
+def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None,
+                dataset: str | None, calibration: int, output: Path | None, show: bool, as_json: bool) -> None:
     """Compile the π² network NET into a FabricPlan (plan.json).
 
     Every synapse becomes a delay class on its neuron port, every neuron two gated ports behind
@@ -56,7 +56,7 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, da
     Example:
       pi2 compile testbed/networks/digits-mlp.npz --profile shaper --tau 1ms -o plan.json --show
     """
-    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration)
+    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin)
     if output is not None:
         plan.save(output)
     if as_json:

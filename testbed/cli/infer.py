@@ -31,8 +31,8 @@ from testbed.infer.report import InferenceReport
               help="Write a spike raster of sample 0 and the arrival-error histogram (PNG) here.")
 @json_option
 def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, profile: str,
-              tau_us: float, relay_us: float, inject_cpu: int, pcap_dir: Path | None, plots_dir: Path | None,
-              as_json: bool) -> None:
+              tau_us: float, relay_us: float, prune_margin: float | None, inject_cpu: int, pcap_dir: Path | None,
+              plots_dir: Path | None, as_json: bool) -> None:
     """Classify test samples with the Linux kernel doing the neural computation.
 
     NET (a network .npz, default: the bundled digits network) is compiled for this kernel, or
@@ -48,7 +48,7 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
       sudo pi2 infer plan.json --backend mininet --json
     """
     options = InferOptions(dataset=dataset, limit=limit, backend=backend, profile=profile, tau_us=tau_us,
-                           relay_us=relay_us, inject_cpu=None if inject_cpu < 0 else inject_cpu,
+                           relay_us=relay_us, prune_margin=prune_margin, inject_cpu=None if inject_cpu < 0 else inject_cpu,
                            pcap_dir=pcap_dir, plots_dir=plots_dir)
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -91,5 +91,6 @@ def render(report: InferenceReport) -> None:
     console.print(layers)
     for li, gates in enumerate(report.gates):
         console.print(f"layer {li} gates: " + ", ".join(f"{k} {v}" for k, v in gates.items()))
-    if report.late_slots or report.receiver_drops:
-        console.print(f"[yellow]late slots {report.late_slots}, receiver drops {report.receiver_drops}[/]")
+    if report.late_slots or report.receiver_drops or report.injector_refused:
+        console.print(f"[yellow]late slots {report.late_slots}, receiver drops {report.receiver_drops}, "
+                      f"injected frames refused by the kernel {report.injector_refused}[/]")

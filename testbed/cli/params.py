@@ -6,6 +6,8 @@ import re
 
 import click
 
+from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN
+
 _UNITS_US = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(us|µs|ms|s)\s*$")
 
@@ -27,8 +29,28 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 
+class PruneMargin(click.ParamType):
+    """A margin in model units (≥ 0), or "off"."""
+
+    name = "margin|off"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "off":
+            return None
+        try:
+            margin = float(value)
+        except ValueError:
+            margin = -1.0
+        if not margin >= 0:
+            self.fail(f"{value!r} is neither a margin ≥ 0 (model units) nor 'off'", param, ctx)
+        return margin
+
+
 def compile_options(command):  # type: ignore[no-untyped-def]
-    """--profile, --tau and --relay: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
+    """--profile, --tau, --relay and --prune: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
+
     for option in reversed((
         click.option("--profile", default="auto", show_default=True,
                      help="tc profile: auto (probe this kernel; needs root), netem, shaper, full, or a YAML path."),
@@ -36,6 +58,10 @@ def compile_options(command):  # type: ignore[no-untyped-def]
                      help="Wall-clock length of one model time unit (e.g. 500us, 2ms)."),
         click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
                      help="Time the relay gets to decode a layer before the next layer's injections."),
+        click.option("--prune", "prune_margin", type=PruneMargin(), default=str(DEFAULT_PRUNE_MARGIN), show_default=True,
+                     help="Leave out synapses whose arrival never came within this many model units of their "
+                          "port's K-th earliest on the calibration data (they cannot change the port's output "
+                          "there, yet cost the kernel two shaped packets per sample); 'off' keeps every synapse."),
     )):
         command = option(command)
     return command

@@ -26,15 +26,16 @@ from typing import Any, Callable, Iterator, Sequence
 
 from testbed.errors import KernelError
 from testbed.kernel import cleanup, netns
-from testbed.kernel.classifier import load_synapse_classifier
+from testbed.kernel.classifier import SynapseFilter, load_synapse_classifier
 from testbed.kernel.gate import GateProgram, load_first_k_gate
-from testbed.kernel.names import RunRegistry, object_name
+from testbed.kernel.names import SUFFIX_MAX, RunRegistry, object_name
 from testbed.plan.fabric_plan import FabricPlan, NeuronPort
 from testbed.plan.tc import FilterSpec
 
 BACKENDS = ("netns", "mininet")
 GATE_PROGRAM = "first_k_gate"  # the bpf program a plan's gate_tc names (testbed.plan.compiler)
-CLASSIFIER_PROGRAM = "synapse_classifier"  # the bpf program a plan's delay_tc names
+CLASSIFIER_PROGRAM = "synapse_classifier"  # the bpf programs a plan's delay_tc names
+FILTER_PROGRAM = "synapse_filter"
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as a build advances (stages: namespaces, links, tc, ...)."""
@@ -91,20 +92,30 @@ class Built:
 
 
 class ClassifierCache:
-    """Synapse classifier programs (testbed.kernel.classifier), one per layer, shared by the
-    layer's ports: a program fd may back any number of filters, each holding its own reference,
-    so the cache closes its fds once the build has committed."""
+    """The programs of the ports' delay trees (testbed.kernel.classifier): synapse classifiers,
+    one per layer shared by the layer's ports (a program fd may back any number of filters, each
+    holding its own reference), and a synapse filter per port that drops pruned events. The cache
+    closes its fds once the build has committed; attached filters keep what they use."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.fds: dict[int, int] = {}
+        self.filters: list[SynapseFilter] = []
 
     def loader(self, port: NeuronPort) -> Callable[[FilterSpec], int]:
         def load(spec: FilterSpec) -> int:
-            if spec.params.get("program") != CLASSIFIER_PROGRAM or spec.params.get("layer") != port.layer:
-                raise KernelError(f"port {port.switch_if}: delay tree names bpf program {spec.params.get('program')!r} "
-                                  f"for layer {spec.params.get('layer')!r}; expected {CLASSIFIER_PROGRAM!r} for layer "
-                                  f"{port.layer}; recompile the plan with `pi2 compile`")
+            program = spec.params.get("program")
+            if program not in (CLASSIFIER_PROGRAM, FILTER_PROGRAM) or spec.params.get("layer") != port.layer:
+                raise KernelError(f"port {port.switch_if}: delay tree names bpf program {program!r} for layer "
+                                  f"{spec.params.get('layer')!r}; expected {CLASSIFIER_PROGRAM!r} or {FILTER_PROGRAM!r} "
+                                  f"for layer {port.layer}; recompile the plan with `pi2 compile`")
+            if program == FILTER_PROGRAM:
+                events = int(spec.params.get("events", 0))
+                kept = {2 * syn.source + syn.sign for syn in port.synapses}
+                dropped = set(range(events)) - kept
+                self.filters.append(SynapseFilter(port.layer, events, dropped,
+                                                  object_name(self.run_id, ("f" + port.switch_if[1:])[:SUFFIX_MAX])))
+                return self.filters[-1].fd
             if port.layer not in self.fds:
                 self.fds[port.layer] = load_synapse_classifier(port.layer, object_name(self.run_id, f"c{port.layer}"))
             return self.fds[port.layer]
@@ -115,6 +126,9 @@ class ClassifierCache:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+        for program in self.filters:
+            program.close()
+        self.filters.clear()
 
 
 def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Callable[[FilterSpec], int]:

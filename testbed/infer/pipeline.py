@@ -14,7 +14,7 @@ from testbed.infer.report import InferenceReport, build_report
 from testbed.infer.session import KernelRun, run_inference
 from testbed.model.netfile import load_network
 from testbed.model.network import Pi2Network
-from testbed.plan.compiler import compile_network
+from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN, compile_network
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.plan.select import realisation_for
 
@@ -31,13 +31,13 @@ def probed_capabilities(purpose: str):  # type: ignore[no-untyped-def]
 
 
 def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                calibration: int) -> FabricPlan:
-    """Compile a network file, calibrating windows on its data set's training split."""
+                calibration: int, prune_margin: float | None = None) -> FabricPlan:
+    """Compile a network file, calibrating windows (and pruning) on its data set's training split."""
     net = load_network(net_path)
     caps = probed_capabilities(f"--profile {profile}") if profile == "auto" else None
     real = realisation_for(profile, caps)
     inputs = network_inputs(net, dataset, "train", calibration)
-    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us)
+    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us, prune_margin=prune_margin)
 
 
 def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
@@ -51,12 +51,12 @@ def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
 
 
 def plan_and_network(source: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                     calibration: int) -> tuple[FabricPlan, Pi2Network]:
+                     calibration: int, prune_margin: float | None) -> tuple[FabricPlan, Pi2Network]:
     """A plan file (and the network it names, checked by hash), or a network file compiled now."""
     if source.suffix == ".json":
         plan = load_plan(source)
         return plan, network_of(plan, source)
-    return compile_for(source, profile, tau_us, relay_us, dataset, calibration), load_network(source)
+    return compile_for(source, profile, tau_us, relay_us, dataset, calibration, prune_margin), load_network(source)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class InferOptions:
     profile: str = "auto"
     tau_us: float = 1000.0
     relay_us: float = 3000.0
+    prune_margin: float | None = DEFAULT_PRUNE_MARGIN
     calibration: int = 500
     inject_cpu: int | None = 0
     pcap_dir: Path | None = None
@@ -82,7 +83,7 @@ def infer(source: Path, options: InferOptions, progress: Callable[[int], None] |
     from testbed.fabric.live import build_fabric
 
     plan, net = plan_and_network(source, options.profile, options.tau_us, options.relay_us, options.dataset,
-                                 options.calibration)
+                                 options.calibration, options.prune_margin)
     inputs = network_inputs(net, options.dataset, "test", options.limit)
     x = inputs.x.reshape(len(inputs.x), -1)
     if started is not None:

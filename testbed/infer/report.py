@@ -58,6 +58,7 @@ class InferenceReport:
     wall_s: float
     late_slots: int
     receiver_drops: int
+    injector_refused: int
     layers: tuple[LayerStats, ...]
     gates: tuple[dict[str, int], ...]  # per layer, summed over ports: why spikes were dropped
 
@@ -114,5 +115,6 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
         sim_golden_agreement=float(np.mean(sim_pred == golden_pred)),
         samples_per_s=rate, synaptic_events_per_s=rate * events, packets_per_sample=plan.packets_per_sample,
         wall_s=run.wall_s, late_slots=run.late_slots, receiver_drops=run.receiver_drops,
+        injector_refused=run.injector_refused,
         layers=tuple(layer_stats(plan, run, li) for li in range(len(plan.layers))),
         gates=tuple(_sum_counters(per_port) for per_port in gate_counters))

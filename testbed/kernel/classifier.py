@@ -13,13 +13,23 @@ Attached in classic (not direct-action) mode at the htb root, the program's retu
 the classid (cls_bpf). A classid the port has no class for (a synapse too short to shape) makes
 htb fall back to its default class, which is 0: the packet is sent directly, undelayed. So the
 program needs no table; the plan's classes alone decide which synapses are shaped.
+
+A port may also *drop* events before its shaper: the compiler prunes synapses that calibration
+shows never reach the port's first K (testbed.plan.compiler). Their copies would cost the
+kernel a shaped primer and spike each, only to be dropped by the gate. The *synapse filter*, one
+per port at clsact egress (before the qdisc lock and htb), drops them: it computes the same
+event index and looks it up in the port's array map (1 = drop), so a pruned copy costs a map
+lookup instead of an htb enqueue, a timer and a veth crossing.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+
 from testbed.errors import KernelError
 from testbed.kernel import bpf
-from testbed.kernel.bpf import ADD, AND, B, H, JEQ, JGT, JLT, JNE, LSH, OR, R0, R1, R2, R6, R7, R8, W
+from testbed.kernel.bpf import ADD, AND, B, FP, H, JEQ, JGE, JGT, JLT, JNE, LSH, OR, R0, R1, R2, R6, R7, R8, W
 from testbed.plan import wire
 
 _IP = wire.ETH_HEADER_BYTES
@@ -28,6 +38,7 @@ _KEY = _UDP + wire.UDP_HEADER_BYTES  # the synapse key word: layer, source (u16)
 FRAME_MIN_BYTES = _KEY + 4
 HTB_MAJOR = 0x10000  # classes live under the htb root 1:
 PROGRAM_NAME = "p2_synapse"
+FILTER_PROGRAM_NAME = "p2_prune"
 
 
 def _host16(value: int) -> int:
@@ -35,11 +46,10 @@ def _host16(value: int) -> int:
     return int.from_bytes(value.to_bytes(2, "big"), "little")
 
 
-def build_synapse_classifier(layer: int) -> bytes:
-    """Bytecode returning the classid 1:(2·source + sign + 1) for spikes of `layer`."""
+def _emit_event_index(a: bpf.Assembler, layer: int) -> None:
+    """R0 = 2·source + sign for a spike or primer of `layer` in the skb at R1; else jump to "none"."""
     if not 0 <= layer < 256:
         raise KernelError(f"synapse classifier: layer {layer} is not in 0..255")
-    a = bpf.Assembler()
     a.emit(
         bpf.ldx(W, R2, R1, bpf.SKB_LEN), bpf.jmp(JLT, R2, FRAME_MIN_BYTES, "none"),
         bpf.ldx(W, R7, R1, bpf.SKB_DATA), bpf.ldx(W, R8, R1, bpf.SKB_DATA_END),
@@ -49,16 +59,81 @@ def build_synapse_classifier(layer: int) -> bytes:
         bpf.ldx(B, R2, R7, _IP + 9), bpf.jmp(JNE, R2, 17, "none"),
         bpf.ldx(H, R2, R7, _UDP + 2), bpf.jmp(JNE, R2, _host16(wire.SPIKE_PORT), "none"),
         bpf.ldx(B, R2, R7, _KEY), bpf.jmp(JNE, R2, layer, "none"),
-        # R0 = 2·source + sign + 1, source big-endian at key+1, sign at key+3.
+        # R0 = 2·source + sign, source big-endian at key+1, sign at key+3.
         bpf.ldx(B, R0, R7, _KEY + 1), bpf.alu64(LSH, R0, 8),
         bpf.ldx(B, R6, R7, _KEY + 2), bpf.alu64(OR, R0, R6),
         bpf.alu64(LSH, R0, 1), bpf.ldx(B, R6, R7, _KEY + 3), bpf.alu64(AND, R6, 1), bpf.alu64(OR, R0, R6),
-        bpf.alu64(ADD, R0, 1), bpf.alu64(OR, R0, HTB_MAJOR),
-        bpf.exit_insn(),
     )
+
+
+def build_synapse_classifier(layer: int) -> bytes:
+    """Bytecode returning the classid 1:(2·source + sign + 1) for spikes of `layer`."""
+    a = bpf.Assembler()
+    _emit_event_index(a, layer)
+    a.emit(bpf.alu64(ADD, R0, 1), bpf.alu64(OR, R0, HTB_MAJOR), bpf.exit_insn())
     a.label("none")
     a.emit(bpf.mov64(R0, 0), bpf.exit_insn())
     return a.assemble()
+
+
+def build_synapse_filter(layer: int, events: int, drop_fd: int) -> bytes:
+    """Bytecode (direct action) dropping spikes and primers of `layer` whose event index has a
+    non-zero word in the array map `drop_fd` (`events` entries); everything else passes."""
+    a = bpf.Assembler()
+    _emit_event_index(a, layer)
+    a.emit(
+        bpf.jmp(JGE, R0, events, "none"),
+        bpf.stx(W, FP, R0, -4), bpf.ld_map_fd(R1, drop_fd), bpf.mov64(R2, FP), bpf.alu64(ADD, R2, -4),
+        bpf.call(bpf.HELPER_MAP_LOOKUP_ELEM), bpf.jmp(JEQ, R0, 0, "none"),
+        bpf.ldx(W, R1, R0, 0), bpf.jmp(JEQ, R1, 0, "none"),
+        bpf.mov64(R0, bpf.TC_ACT_SHOT), bpf.exit_insn(),
+    )
+    a.label("none")
+    a.emit(bpf.mov64(R0, bpf.TC_ACT_OK), bpf.exit_insn())
+    return a.assemble()
+
+
+class SynapseFilter:
+    """A loaded synapse filter for one port: its program fd and drop map, until `close()`.
+
+    Closing drops only our references; an attached filter keeps program and map alive.
+    """
+
+    def __init__(self, layer: int, events: int, dropped: set[int], name: str = FILTER_PROGRAM_NAME) -> None:
+        if events < 1 or any(not 0 <= e < events for e in dropped):
+            raise KernelError(f"synapse filter {name!r}: dropped events must lie in 0..{events - 1}")
+        bpf.check_name(name)
+        self.name = name
+        self._map: bpf.BpfMap | None = None
+        self._fd: int | None = None
+        try:
+            self._map = bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4, events, name[:13] + ".d")
+            for event in sorted(dropped):
+                self._map.update(event, struct.pack("=I", 1))
+            self._fd = bpf.load_program(build_synapse_filter(layer, events, self._map.fd), name)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise KernelError(f"synapse filter {self.name!r} is closed")
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> "SynapseFilter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def load_synapse_classifier(layer: int, name: str = PROGRAM_NAME) -> int:

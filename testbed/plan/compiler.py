@@ -15,6 +15,13 @@ Delays are realised as the profile's `delay` primitive can:
 
 Time windows come from calibration data: a layer's deadline is the latest K-th arrival seen on
 that data plus a margin; arrivals after it are timed out, in the simulator and the kernel alike.
+
+Pruning (optional, `prune_margin`): a synapse whose arrival was never within `prune_margin`
+model units of its port's K-th earliest arrival on the calibration data cannot change that
+port's output on similar data, yet costs the kernel a shaped primer and spike per sample. The
+compiler leaves such synapses out of the port; the port's synapse filter drops their events
+before the shaper (testbed.kernel.classifier) and the simulator never delivers them. What this
+costs in accuracy shows as simulation-vs-golden agreement.
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.fabric_plan import (SIGN_MINUS, SIGN_PLUS, FabricPlan, LayerPlan, NeuronPort, Packets, Synapse,
                                       Timing)
 from testbed.plan.profiles import Profile
-from testbed.plan.tc import CLSACT_INGRESS, ClassSpec, FilterSpec, QdiscSpec, TcTree
+from testbed.plan.tc import CLSACT_EGRESS, CLSACT_INGRESS, ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import SPIKE_FRAME_BYTES
 
 MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
 MAX_CLASS_MINOR = 0xFFFE  # minors 2i + sign + 1; netem leaves take handle minor + 1
+# What `pi2 compile`/`pi2 infer` prune by default (model units; see the module docstring).
+DEFAULT_PRUNE_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,23 +104,30 @@ class Calibration:
     kth_arrival: tuple[float, ...]  # latest K-th earliest arrival of any port
     last_event: tuple[float, ...]  # latest injected event time
     offset_mk: tuple[float, ...]
+    slack: tuple[np.ndarray, ...]  # per layer (neurons, port sign, 2n events): min over samples of
+    #                                 arrival − the port's K-th earliest (events: t⁺ of 0..n−1, then t⁻)
 
 
 def calibrate(net: Pi2Network, x: np.ndarray) -> Calibration:
     """Measure each layer's time extents by running the golden model on `x`."""
     from testbed.model.layers import arrivals, kth_earliest
 
-    kth, last, offs = [], [], []
+    kth, last, offs, slack = [], [], [], []
     for layer, trace in zip(net.layers, net.trace(x)):
         d_plus, d_minus = delays(layer.weight, net.constants.c, net.bits)
         worst = 0.0
+        least = np.full((layer.n_neurons, 2, 2 * layer.n_inputs), np.inf)
         for lo in range(0, len(x), 256):
             zp, zm = arrivals(trace.t_plus[lo:lo + 256], trace.t_minus[lo:lo + 256], d_plus, d_minus)
-            worst = max(worst, float(kth_earliest(zp, layer.k).max()), float(kth_earliest(zm, layer.k).max()))
+            for sign, z in ((SIGN_PLUS, zp), (SIGN_MINUS, zm)):
+                kz = kth_earliest(z, layer.k)  # (batch, m)
+                worst = max(worst, float(kz.max()))
+                least[:, sign] = np.minimum(least[:, sign], (z - kz[:, None, :]).min(axis=0).T)
         kth.append(worst)
         last.append(float(max(trace.t_plus.max(), trace.t_minus.max())))
         offs.append(float(trace.offset.max()))
-    return Calibration(tuple(kth), tuple(last), tuple(offs))
+        slack.append(least)
+    return Calibration(tuple(kth), tuple(last), tuple(offs), tuple(slack))
 
 
 def synapse_classid(source: int, sign: int) -> str:
@@ -120,10 +136,16 @@ def synapse_classid(source: int, sign: int) -> str:
 
 
 def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Realisation,
-             target_us: list[float]) -> TcTree:
-    """The switch-side egress tree of one port: htb, a class per shaped synapse, and one eBPF
-    classifier mapping a spike's key to its class (testbed.kernel.classifier)."""
+             target_us: list[float], events: int, pruned: bool) -> TcTree:
+    """The switch-side egress tree of one port: htb, a class per shaped synapse, one eBPF
+    classifier mapping a spike's key to its class, and, if the port drops pruned events, the
+    synapse filter at clsact egress (testbed.kernel.classifier)."""
     qdiscs = [QdiscSpec("htb", "1:", "root", {"default_class": 0})]
+    filters = [FilterSpec("bpf", "1:", 1, {"program": "synapse_classifier", "layer": layer, "direct_action": 0})]
+    if pruned:
+        qdiscs.append(QdiscSpec("clsact", "ffff:", "root"))
+        filters.append(FilterSpec("bpf", CLSACT_EGRESS, 1, {"program": "synapse_filter", "layer": layer,
+                                                             "events": events, "direct_action": 1}))
     classes = []
     for (source, sign, rate), target in zip(synapses, target_us):
         if target < real.min_delay_us:
@@ -139,8 +161,7 @@ def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Real
             classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": 10**10, "ceil_bps": 10**10}))
             # Leaf handles must differ from the htb root's 1:, hence minor + 1.
             qdiscs.append(QdiscSpec("netem", f"{minor + 1:x}:", classid, {"delay_us": int(round(target))}))
-    classify = FilterSpec("bpf", "1:", 1, {"program": "synapse_classifier", "layer": layer, "direct_action": 0})
-    return TcTree(tuple(qdiscs), tuple(classes), (classify,))
+    return TcTree(tuple(qdiscs), tuple(classes), tuple(filters))
 
 
 def _gate_tc(k: int, window_us: float, drop_primers: bool) -> TcTree:
@@ -153,15 +174,18 @@ def _gate_tc(k: int, window_us: float, drop_primers: bool) -> TcTree:
 
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
                     network_path: str | Path | None = None, margin: float | None = None,
-                    relay_us: float = 3000.0) -> FabricPlan:
+                    relay_us: float = 3000.0, prune_margin: float | None = None) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
-    arrival plus `margin` model units (default: the profile's timeout margin). The sample period leaves room for every class to drain
+    arrival plus `margin` model units (default: the profile's timeout margin), and with
+    `prune_margin` (model units; None: keep every synapse) which synapses are pruned. The sample period leaves room for every class to drain
     (latest event + 2c), and the relay time to decode a layer, before the next sample reuses it.
     """
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")
+    if prune_margin is not None and not prune_margin >= 0:
+        raise PlanError(f"prune margin must be ≥ 0 model units, got {prune_margin}")
     if any(not isinstance(layer, DenseLayer) for layer in net.layers):
         raise PlanError("the kernel fabric compiles dense π² layers only; this network has convolutions "
                         "(evaluate it with `pi2 eval`, or flatten it into dense layers)")
@@ -188,8 +212,11 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                 # z⁺: t⁺ through d⁺, t⁻ through d⁻;  z⁻: t⁺ through d⁻, t⁻ through d⁺.
                 via_plus, via_minus = (d_plus, d_minus) if sign == SIGN_PLUS else (d_minus, d_plus)
                 events, targets, synapses = [], [], []
+                slack = cal.slack[li][j, sign]
                 for i in range(layer.n_inputs):
                     for ev_sign, d in ((SIGN_PLUS, via_plus[i, j]), (SIGN_MINUS, via_minus[i, j])):
+                        if prune_margin is not None and slack[ev_sign * layer.n_inputs + i] > prune_margin:
+                            continue
                         target = float(d) * tau_us
                         realised, rate = realise_delay(target, real)
                         events.append((i, ev_sign, rate))
@@ -198,7 +225,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                                                 None if target < real.min_delay_us else synapse_classid(i, ev_sign)))
                 tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
                 ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
-                                        _port_tc(li, events, real, targets),
+                                        _port_tc(li, events, real, targets, 2 * layer.n_inputs,
+                                                 len(synapses) < 2 * layer.n_inputs),
                                         _gate_tc(layer.k, window_us, real.delay_kind == "htb-primer")))
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", window_us,
                                 cal.offset_mk[li], tuple(ports)))

@@ -146,12 +146,15 @@ class FabricPlan:
 
     @property
     def packets_per_sample(self) -> dict[str, int]:
-        """Frames one sample puts through the fabric: injected, flooded to ports, shaped."""
+        """Frames one sample puts through the fabric: injected, flooded to ports, dropped by the
+        ports' synapse filters (pruned synapses), and shaped."""
         per_event = 2 if self.packets.primer_bytes else 1
         injected = sum(2 * layer.n_inputs * per_event for layer in self.layers)
         port_copies = sum(2 * layer.n_inputs * per_event * len(layer.ports) for layer in self.layers)
+        kept = sum(len(p.synapses) for layer in self.layers for p in layer.ports)
         shaped = sum(per_event * sum(s.classid is not None for p in layer.ports for s in p.synapses) for layer in self.layers)
-        return {"injected": injected, "port_copies": port_copies, "shaped": shaped}
+        return {"injected": injected, "port_copies": port_copies, "pruned": port_copies - per_event * kept,
+                "shaped": shaped}
 
     def summary(self) -> dict[str, Any]:
         """What `pi2 compile --show` prints: objects, packets and time windows."""
@@ -160,6 +163,7 @@ class FabricPlan:
             classes = sum(len(p.delay_tc.classes) for p in layer.ports)
             layers.append({"layer": layer.index, "inputs": layer.n_inputs, "neurons": layer.n_neurons, "k": layer.k,
                            "ports": len(layer.ports), "classes": classes,
+                           "pruned": 2 * layer.n_inputs * len(layer.ports) - sum(len(p.synapses) for p in layer.ports),
                            "filters": sum(len(p.delay_tc.filters) for p in layer.ports),
                            "gates": sum(len(p.gate_tc.filters) for p in layer.ports),
                            "window_us": layer.window_us, "offset_mk": layer.offset_mk})

@@ -38,7 +38,7 @@ CLASS_PARAMS: dict[str, frozenset[str]] = {
 }
 FILTER_PARAMS: dict[str, frozenset[str]] = {
     "u32": frozenset({"key", "mask", "offset_bytes", "flowid"}),
-    "bpf": frozenset({"program", "k", "drop_primers", "window_us", "layer", "direct_action"}),
+    "bpf": frozenset({"program", "k", "drop_primers", "window_us", "layer", "events", "direct_action"}),
 }
 CLSACT_INGRESS = "ffff:fff2"
 CLSACT_EGRESS = "ffff:fff3"

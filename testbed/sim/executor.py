@@ -7,8 +7,7 @@ realisations' semantics:
 - broadcast: the bridge floods port q's copy q·flood_copy_us after the first;
 - delay: each port's class for (i, sign) holds the event its realised `delay_us` (primer
   arithmetic and rate granularity already folded in by the compiler); unshaped events pass at
-  once; a class still paying off the previous sample's spike (token debt L·8/r) delays the
-  next primer;
+  once; an event the port has no synapse for (pruned by the compiler) never arrives;
 - gate: the first K spikes of a sample on a port pass; later ones, and any arriving after the
   layer's deadline (window), are dropped;
 - relay: T± = mean of the passed arrival times (model units from the layer's base time), with
@@ -50,13 +49,14 @@ class SimResult:
 
 
 def port_delays_us(layer: LayerPlan) -> np.ndarray:
-    """(ports, n, 2) realised delay of event (i, sign) on each port."""
-    out = np.full((len(layer.ports), layer.n_inputs, 2), np.nan)
+    """(ports, n, 2) realised delay of event (i, sign) on each port; inf where the port drops it."""
+    out = np.full((len(layer.ports), layer.n_inputs, 2), np.inf)
     for q, port in enumerate(layer.ports):
         for syn in port.synapses:
+            if syn.source >= layer.n_inputs:
+                raise PlanError(f"layer {layer.index}: a synapse of port {port.switch_if} names source {syn.source}; "
+                                f"the layer has {layer.n_inputs} inputs")
             out[q, syn.source, syn.sign] = syn.delay_us
-    if np.isnan(out).any():
-        raise PlanError(f"layer {layer.index}: some port lacks a synapse for an input event")
     return out
 
 

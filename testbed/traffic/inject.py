@@ -14,14 +14,16 @@ clock read right before each send() is reported too, to measure the pacing loop 
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import select
 import socket
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -107,6 +109,7 @@ class SendReport:
     sent_mono_ns: np.ndarray
     tx_real_ns: np.ndarray | None
     realtime_minus_monotonic_ns: int
+    refused: int = 0  # frames the kernel refused (ENOBUFS: the receiving CPU's backlog was full)
 
     @property
     def start_real_ns(self) -> int:
@@ -203,38 +206,43 @@ class Injector:
         key_base = self._sent_total
         offset_real = realtime_minus_monotonic_ns()
         start = time.monotonic_ns() + DEFAULT_LEAD_NS if start_mono_ns is None else start_mono_ns
-        old_affinity = _pin(cpu)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a collection pause mid-schedule would delay the frames behind it
         mono = time.monotonic_ns
         send = self.sock.send
         sendto = self.sock.sendto
         ifnames = schedule.ifnames
-        i = 0
+        i = refused = 0
         try:
-            for i in range(n):
-                target = start + offsets[i]
-                now = mono()
-                if target - now > DRAIN_SLACK_NS and tx is not None:
-                    self._drain(tx, key_base, n)
+            with pinned(cpu):
+                for i in range(n):
+                    target = start + offsets[i]
                     now = mono()
-                if target - now > SLEEP_ABOVE_NS:
-                    time.sleep((target - now - SLEEP_MARGIN_NS) / 1e9)
-                while now < target:
-                    now = mono()
-                sent[i] = now  # the last clock read before this send()
-                if ifnames is None:
-                    send(frames[i])
-                else:
-                    sendto(frames[i], (ifnames[i], 0))
+                    if target - now > DRAIN_SLACK_NS and tx is not None:
+                        self._drain(tx, key_base, n)
+                        now = mono()
+                    if target - now > SLEEP_ABOVE_NS:
+                        time.sleep((target - now - SLEEP_MARGIN_NS) / 1e9)
+                    while now < target:
+                        now = mono()
+                    sent[i] = now  # the last clock read before this send()
+                    try:
+                        if ifnames is None:
+                            send(frames[i])
+                        else:
+                            sendto(frames[i], (ifnames[i], 0))
+                    except OSError as exc:
+                        if exc.errno != errno.ENOBUFS:
+                            raise
+                        # The frame is lost, as a full switch queue would lose it; the run goes on
+                        # and reports it (its TX stamp never comes).
+                        refused += 1
         except OSError as exc:
             raise KernelError(f"injector: send of frame {i} of {n} failed: {exc.strerror}") from None
         finally:
             self._sent_total = key_base + n
             if gc_was_enabled:
                 gc.enable()
-            if old_affinity is not None:
-                os.sched_setaffinity(0, old_affinity)
         if tx is not None:
             self._collect_remaining(tx, key_base, n)
         return SendReport(
@@ -243,6 +251,7 @@ class Injector:
             sent_mono_ns=np.array(sent, dtype=np.int64),
             tx_real_ns=None if tx is None else np.array(tx, dtype=np.int64),
             realtime_minus_monotonic_ns=offset_real,
+            refused=refused,
         )
 
     def _drain(self, tx: list[int], key_base: int, n: int) -> int:
@@ -279,12 +288,21 @@ class Injector:
             missing -= self._drain(tx, key_base, n)
 
 
-def _pin(cpu: int | None) -> set[int] | None:
-    """Pin the calling thread to `cpu`; return the affinity to restore (None: nothing changed)."""
+@contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """Run the calling thread on `cpu` alone inside the block (None: leave it where it is).
+
+    Kernel packet work steered to the other CPUs (RPS) then never competes with the pacing
+    loop, nor the pacing loop and the relay's decoding with the kernel.
+    """
     if cpu is None:
-        return None
+        yield
+        return
     allowed = os.sched_getaffinity(0)
     if cpu not in allowed:
         raise KernelError(f"injector: cpu {cpu} is not available to this process; choose one of {sorted(allowed)}")
     os.sched_setaffinity(0, {cpu})
-    return allowed
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)

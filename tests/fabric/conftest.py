@@ -35,6 +35,15 @@ def tiny_plan() -> FabricPlan:
     return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)))
 
 
+@pytest.fixture(scope="session")
+def pruned_tiny_plan() -> FabricPlan:
+    """The tiny plan pruned on all-zero calibration inputs with margin 0: each port keeps only its
+    earliest synapse, the synapse filter drops the other five events."""
+    net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
+    return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
+                           prune_margin=0.0)
+
+
 def event_frames(plan: FabricPlan, sample: int, events: list[tuple[int, int]], seq0: int = 0) -> list[bytes]:
     """Primer then spike for each (source, sign) event of layer 0, in order."""
     frames = []

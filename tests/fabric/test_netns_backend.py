@@ -100,6 +100,30 @@ def test_gate_passes_k_spikes_per_port_and_order_follows_the_delays(tiny_plan, s
 
 
 @pytest.mark.root
+def test_pruned_synapses_are_dropped_before_the_shaper(pruned_tiny_plan, spikes):
+    plan = pruned_tiny_plan
+    layer = plan.layers[0]
+    assert all(len(port.synapses) == 1 for port in layer.ports)
+    with build_fabric(plan, fabric_cpus=[max(os.sched_getaffinity(0))]) as fab:
+        run = fab.run_id
+        with netns.iproute(f"p2{run}f") as ipr:
+            index = ipr.link_lookup(ifname=f"p2{run}{layer.ports[0].switch_if}")[0]
+            egress = {f.get_attr("TCA_KIND") for f in ipr.get_filters(index, parent=0xFFFFFFF3)} - {None}
+            assert egress == {"bpf"}
+        pairs = [(0, f) for f in spikes.event_frames(plan, 100, EVENTS)]
+        _, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs(pairs), len(layer.ports))
+        got = capture.arrivals
+        for port, live in zip(layer.ports, fab.ports[0]):
+            mine = got[got["ifindex"] == live.ifindex]
+            kept = port.synapses[0]
+            assert [(int(r["source"]), int(r["sign"])) for r in mine] == [(kept.source, kept.sign)]
+        # Only the kept synapse's primer and spike reached each gate: the filter dropped the rest.
+        for c in fab.gate_counters()[0]:
+            assert c["spikes_passed"] == 1 and c["spikes_dropped_after_k"] == 0 and c["primers_dropped"] == 1
+    assert spikes.leftovers(run) == []
+
+
+@pytest.mark.root
 def test_interrupt_while_running_tears_everything_down(tiny_plan, spikes):
     run = None
     with pytest.raises(KeyboardInterrupt):

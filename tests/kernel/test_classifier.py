@@ -8,7 +8,7 @@ import pytest
 
 from testbed.errors import KernelError
 from testbed.kernel import bpf
-from testbed.kernel.classifier import build_synapse_classifier, load_synapse_classifier
+from testbed.kernel.classifier import SynapseFilter, build_synapse_classifier, load_synapse_classifier
 from testbed.plan.compiler import synapse_classid
 from testbed.plan.wire import KIND_PRIMER, SpikeHeader
 from testbed.traffic.packets import spike_frame
@@ -46,3 +46,24 @@ def test_other_layers_and_non_spikes_match_nothing():
         assert bpf.prog_test_run(fd, arp).retval == 0
     finally:
         os.close(fd)
+
+
+def test_filter_refuses_events_outside_the_port():
+    with pytest.raises(KernelError, match="0..7"):
+        SynapseFilter(0, 8, {8}, "p2_test_flt")
+
+
+@pytest.mark.root
+def test_filter_drops_exactly_the_pruned_events():
+    dropped = {1, 4, 6}  # events 2·source + sign: (0, −), (2, +), (3, +)
+    with SynapseFilter(3, 8, dropped, "p2_test_flt") as program:
+        for source in range(4):
+            for sign in (0, 1):
+                for kind, size in ((0, 53), (KIND_PRIMER, 1514)):
+                    verdict = bpf.prog_test_run(program.fd, frame(3, source, sign, kind, size)).retval
+                    assert verdict == (bpf.TC_ACT_SHOT if 2 * source + sign in dropped else bpf.TC_ACT_OK)
+        # Other layers, events beyond the port's and non-spikes pass untouched.
+        assert bpf.prog_test_run(program.fd, frame(2, 0, 1)).retval == bpf.TC_ACT_OK
+        assert bpf.prog_test_run(program.fd, frame(3, 40, 0)).retval == bpf.TC_ACT_OK
+        arp = bytes.fromhex("ffffffffffff027032000001" "0806") + bytes(46)
+        assert bpf.prog_test_run(program.fd, arp).retval == bpf.TC_ACT_OK

@@ -91,3 +91,37 @@ def test_convolutions_are_refused_with_a_reason():
 def test_bad_tau_is_refused():
     with pytest.raises(PlanError, match="tau"):
         compile_network(tiny(), SHAPER, 0.0, np.zeros((1, 3)))
+
+
+def test_pruning_leaves_out_synapses_that_never_reach_the_first_k():
+    rng = np.random.default_rng(3)
+    net = Pi2Network((DenseLayer(rng.normal(size=(10, 4)), 2), DenseLayer(rng.normal(size=(4, 3)), 1)), (10,))
+    x = rng.random((50, 10))
+    full = compile_network(net, SHAPER, 1000.0, x)
+    pruned = compile_network(net, SHAPER, 1000.0, x, prune_margin=0.0)
+    for layer_full, layer in zip(full.layers, pruned.layers):
+        for port_full, port in zip(layer_full.ports, layer.ports):
+            kept = {(s.source, s.sign) for s in port.synapses}
+            assert layer.k <= len(kept) <= len(port_full.synapses)
+            assert kept <= {(s.source, s.sign) for s in port_full.synapses}
+            programs = [f.params["program"] for f in port.delay_tc.filters]
+            if len(kept) < 2 * layer.n_inputs:
+                assert programs == ["synapse_classifier", "synapse_filter"]
+                assert port.delay_tc.filters[1].parent == "ffff:fff3"
+                assert port.delay_tc.filters[1].params["events"] == 2 * layer.n_inputs
+                assert [q.kind for q in port.delay_tc.qdiscs] == ["htb", "clsact"]
+            else:
+                assert programs == ["synapse_classifier"]
+            assert len(port.delay_tc.classes) == sum(s.classid is not None for s in port.synapses)
+    counts = pruned.packets_per_sample
+    assert counts["pruned"] > 0
+    assert counts["port_copies"] == full.packets_per_sample["port_copies"]
+    assert counts["shaped"] < full.packets_per_sample["shaped"]
+    # A larger margin keeps at least as much.
+    wider = compile_network(net, SHAPER, 1000.0, x, prune_margin=1.0)
+    assert wider.packets_per_sample["pruned"] <= counts["pruned"]
+
+
+def test_negative_prune_margin_is_refused():
+    with pytest.raises(PlanError, match="prune margin"):
+        compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=-0.1)

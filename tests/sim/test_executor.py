@@ -49,3 +49,17 @@ def test_flood_copy_order_shifts_later_ports():
     b = simulate(slow, x).layers[0].passed_us
     shift = np.nanmean(b - a, axis=(0, 2))
     np.testing.assert_allclose(shift, np.arange(len(shift)) * 10.0, atol=1e-6)
+
+
+def test_pruned_synapses_change_nothing_on_the_calibration_data():
+    # A pruned synapse never was among its port's K earliest on the calibration data (margin 0),
+    # so leaving it out cannot change any T± there; on other data it may.
+    rng = np.random.default_rng(4)
+    net = random_net(rng, (4, 3))
+    x = rng.random((40, 12)) * 2
+    full = compile_network(net, IDEAL, 1e6, x, margin=1.0)
+    pruned = compile_network(net, IDEAL, 1e6, x, margin=1.0, prune_margin=0.0)
+    assert pruned.packets_per_sample["pruned"] > 0
+    for a, b in zip(simulate(full, x).layers, simulate(pruned, x).layers):
+        np.testing.assert_array_equal(a.t_plus, b.t_plus)
+        np.testing.assert_array_equal(a.t_minus, b.t_minus)
