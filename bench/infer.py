@@ -8,7 +8,7 @@ samples/s, synaptic events/s, kernel CPU time per synaptic event (system + softi
 counters. Beside them, in the same run, the machine's raw veth rate: 53-byte frames sent back to
 back through one veth pair, counted at the receiver.
 
-    sudo python bench/infer.py [--net NET] [--limit N] [--tau 1ms] [--backends netns,mininet] [-o out.json]
+    sudo python bench/infer.py [--net NET] [--limit N] [--tau 1ms] [--prune 0.5|off] [--backends netns,mininet] [-o out.json]
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.cli.params import DURATION
+from testbed.cli.params import DURATION, PruneMargin
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.kernel import cleanup
+from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN
 from testbed.kernel.links import LinkBuilder
 from testbed.kernel.names import RunRegistry
 from testbed.plan.wire import SpikeHeader
@@ -68,7 +69,8 @@ def raw_veth_rate(frames: int = 200_000) -> dict[str, float]:
 
 
 def one_run(net: Path, backend: str, args: argparse.Namespace) -> dict:
-    options = InferOptions(limit=args.limit, backend=backend, profile=args.profile, tau_us=args.tau)
+    options = InferOptions(limit=args.limit, backend=backend, profile=args.profile, tau_us=args.tau,
+                           prune_margin=args.prune)
     before, began = cpu_ticks(), time.perf_counter()
     report, run, _ = infer(net, options)
     wall, after = time.perf_counter() - began, cpu_ticks()
@@ -78,7 +80,9 @@ def one_run(net: Path, backend: str, args: argparse.Namespace) -> dict:
     kernel_s = (ticks["system"] + ticks["softirq"] + ticks["irq"]) / hz
     out = report.to_dict()
     out.update(command_wall_s=wall, cpu_seconds={k: v / hz for k, v in ticks.items()},
-               kernel_cpu_us_per_synaptic_event=kernel_s / events * 1e6 if events else float("nan"))
+               kernel_cpu_us_per_synaptic_event=kernel_s / events * 1e6 if events else float("nan"),
+               kernel_cpu_us_per_shaped_packet=kernel_s / (report.packets_per_sample["shaped"] * report.samples) * 1e6,
+               kernel_cpu_ms_per_sample=kernel_s / report.samples * 1e3)
     return out
 
 
@@ -88,6 +92,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
     parser.add_argument("--profile", default="shaper")
     parser.add_argument("--tau", type=lambda text: DURATION.convert(text, None, None), default=1000.0, help="e.g. 1ms")
+    parser.add_argument("--prune", type=lambda text: PruneMargin().convert(text, None, None),
+                        default=DEFAULT_PRUNE_MARGIN, help="prune margin (model units) or 'off'")
     parser.add_argument("--backends", default="netns,mininet")
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()

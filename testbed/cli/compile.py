@@ -44,9 +44,14 @@ def show_plan(plan: FabricPlan) -> None:
 @click.option("--calibration", default=500, show_default=True, help="Training samples that fix each layer's window.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan JSON here.")
 @click.option("--show", is_flag=True, help="Print a readable summary of the plan.")
+@click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Drop each spike at each neuron port with this probability, 1/N for an integer N (e.g. 0.1); "
+                   "needs a profile whose loss kind is gact-random (--profile full). `pi2 infer PLAN` and "
+                   "`pi2 simulate PLAN` then both drop spikes.")
 @json_option
 def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None,
-                dataset: str | None, calibration: int, output: Path | None, show: bool, as_json: bool) -> None:
+                dataset: str | None, calibration: int, output: Path | None, show: bool, loss: float,
+                as_json: bool) -> None:
     """Compile the π² network NET into a FabricPlan (plan.json).
 
     Every synapse becomes a delay class on its neuron port, every neuron two gated ports behind
@@ -56,7 +61,7 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
     Example:
       pi2 compile testbed/networks/digits-mlp.npz --profile shaper --tau 1ms -o plan.json --show
     """
-    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin)
+    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss)
     if output is not None:
         plan.save(output)
     if as_json:

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN
+from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
 
 _UNITS_US = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(us|µs|ms|s)\s*$")
@@ -54,8 +54,9 @@ def compile_options(command):  # type: ignore[no-untyped-def]
     for option in reversed((
         click.option("--profile", default="auto", show_default=True,
                      help="tc profile: auto (probe this kernel; needs root), netem, shaper, full, or a YAML path."),
-        click.option("--tau", "tau_us", type=DURATION, default="1ms", show_default=True,
-                     help="Wall-clock length of one model time unit (e.g. 500us, 2ms)."),
+        click.option("--tau", "tau_us", type=DURATION, default=f"{DEFAULT_TAU_US / 1e3:g}ms", show_default=True,
+                     help="Wall-clock length of one model time unit (e.g. 500us, 2ms). Larger τ gives the kernel "
+                          "more time per burst of spikes (more precise), smaller τ more samples/s."),
         click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
                      help="Time the relay gets to decode a layer before the next layer's injections."),
         click.option("--prune", "prune_margin", type=PruneMargin(), default=str(DEFAULT_PRUNE_MARGIN), show_default=True,

@@ -14,7 +14,7 @@ from testbed.infer.report import InferenceReport, build_report
 from testbed.infer.session import KernelRun, run_inference
 from testbed.model.netfile import load_network
 from testbed.model.network import Pi2Network
-from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN, compile_network
+from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US, compile_network
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.plan.select import realisation_for
 
@@ -31,13 +31,15 @@ def probed_capabilities(purpose: str):  # type: ignore[no-untyped-def]
 
 
 def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                calibration: int, prune_margin: float | None = None) -> FabricPlan:
-    """Compile a network file, calibrating windows (and pruning) on its data set's training split."""
+                calibration: int, prune_margin: float | None = None, loss: float = 0.0) -> FabricPlan:
+    """Compile a network file, calibrating windows (and pruning) on its data set's training split;
+    `loss`: drop probability per spike at each neuron port (profiles with gact-random loss)."""
     net = load_network(net_path)
     caps = probed_capabilities(f"--profile {profile}") if profile == "auto" else None
     real = realisation_for(profile, caps)
     inputs = network_inputs(net, dataset, "train", calibration)
-    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us, prune_margin=prune_margin)
+    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us, prune_margin=prune_margin,
+                           loss=loss)
 
 
 def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
@@ -65,7 +67,7 @@ class InferOptions:
     limit: int | None = None
     backend: str = "netns"
     profile: str = "auto"
-    tau_us: float = 1000.0
+    tau_us: float = DEFAULT_TAU_US
     relay_us: float = 3000.0
     prune_margin: float | None = DEFAULT_PRUNE_MARGIN
     calibration: int = 500

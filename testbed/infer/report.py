@@ -53,7 +53,7 @@ class InferenceReport:
     kernel_golden_agreement: float
     sim_golden_agreement: float
     samples_per_s: float
-    synaptic_events_per_s: float  # spike copies reaching neuron-port delay classes per second
+    synaptic_events_per_s: float  # spike copies reaching neuron ports per second (each delayed, or dropped if pruned)
     packets_per_sample: dict[str, int]
     wall_s: float
     late_slots: int

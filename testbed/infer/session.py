@@ -77,9 +77,11 @@ def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
 
 
 def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str,
-                  keep: list[tuple[int, bytes, str]], spikes: list[tuple[int, int, int, int] | None]) -> None:
+                  keep: list[tuple[int, bytes, str]], spikes: list[tuple[int, int, int, int] | None],
+                  ranks: list[float], earliest_us: np.ndarray) -> None:
     """Append (offset ns from the slot base, frame, ifname) for one layer's events of one sample,
-    and to `spikes` each frame's (layer, sample, source, sign), None for primers."""
+    to `spikes` each frame's (layer, sample, source, sign), None for primers, and to `ranks` the
+    event's shortest delay on any port (`earliest_us`, (n, 2)), which orders simultaneous events."""
     tau_ns = plan.timing.tau_us * 1e3
     src_mac, (src_ip, dst_ip) = injector_mac(layer), injector_ip(layer)
     t_plus, t_minus = encode(x, plan.constants["t0"])
@@ -92,9 +94,11 @@ def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifna
                 head = SpikeHeader(layer, source, sign, sample, seq, KIND_PRIMER)
                 keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head, primer), ifname))
                 spikes.append(None)
+                ranks.append(earliest_us[source, sign])
             head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE)
             keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head), ifname))
             spikes.append((layer, sample, source, sign))
+            ranks.append(earliest_us[source, sign])
             seq += 1
 
 
@@ -130,6 +134,10 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     # The plan's delay of event (source, sign) on each port, plus the port's place in the flood order.
     expected_us = [port_delays_us(layer) + (np.arange(len(layer.ports)) * plan.timing.flood_copy_us)[:, None, None]
                    for layer in plan.layers]
+    # Events injected at the same instant reach the kernel one after another, and the kernel works
+    # through a burst (e.g. every zero input at T0) in that order: the ones that can arrive first
+    # (shortest delay on some port) go first, so queueing lateness falls on the least urgent.
+    earliest_us = [port_delays_us(layer).min(axis=0) for layer in plan.layers]
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
     ports_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]
@@ -146,16 +154,19 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
             pairs: list[tuple[int, bytes, str]] = []
             owner: list[int] = []
             spikes: list[tuple[int, int, int, int] | None] = []
+            ranks: list[float] = []
             for li, sample in active:
                 before = len(pairs)
-                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs, spikes)
+                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs, spikes, ranks,
+                              earliest_us[li])
                 owner += [li] * (len(pairs) - before)
             # Slots start a period apart, or later when the loop falls behind: a slot never starts
             # before the previous one's classes drained, so only throughput suffers, not timing.
             base = max(next_base, time.monotonic_ns() + SLOT_LEAD_NS)
             run.late_slots += base > next_base
             next_base = base + period_ns
-            order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])  # stable: primer stays before its spike
+            # Stable sort: a primer, with its spike's key, stays right before its spike.
+            order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], ranks[i]))
             schedule = Schedule.from_pairs([pairs[i] for i in order])
             report = injector.send(schedule, start_mono_ns=base)
             run.injector_refused += report.refused

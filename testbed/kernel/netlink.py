@@ -200,7 +200,8 @@ def _kernel_error(pending: Pending, code: int, message: str, count: int) -> Kern
     if message:
         text += f" ({message})"
     if pending.module is not None and code in (errno.ENOENT, errno.EOPNOTSUPP) and (
-        "unknown" in message.lower() or "not found" in message.lower() or not message
+        "unknown" in message.lower() or "not found" in message.lower() or "failed to load" in message.lower()
+        or not message
     ):
         text += f"; this kernel lacks module {pending.module} (`pi2 doctor` lists what it has)"
     if count > 1:

@@ -54,13 +54,23 @@ U32_SEL = struct.Struct("=BBBxHHhhI")
 U32_KEY_VALUE = struct.Struct("!II")  # mask, val: big-endian
 U32_KEY_OFFSET = struct.Struct("=ii")  # off, offmask: host order
 TC_U32_TERMINAL = 1
+TCA_U32_ACT = 7  # nested list of actions, run on a match instead of (or after) setting a classid
+# Actions (include/uapi/linux/pkt_cls.h, tc_act/tc_gact.h): in the list, attribute i is the i-th action,
+# itself {TCA_ACT_KIND=1: "gact", TCA_ACT_OPTIONS=2: {TCA_GACT_PARMS=2: tc_gact, TCA_GACT_PROB=3: tc_gact_p}}.
+NLA_F_NESTED = 0x8000
+TCA_ACT_KIND, TCA_ACT_OPTIONS = 1, 2
+TCA_GACT_PARMS, TCA_GACT_PROB = 2, 3
+TC_GACT = struct.Struct("=IIiii")  # tc_gen: index, capab, action, refcnt, bindcnt
+TC_GACT_P = struct.Struct("=HHi")  # ptype, pval, paction
+PGACT_NETRAND = 1  # paction with probability 1/pval, else action (net/sched/act_gact.c, gact_net_rand)
+TC_ACT_UNSPEC, TC_ACT_SHOT = -1, 2  # "continue" with the next filter / drop
 # bpf: TCA_BPF_CLASSID=3 FD=6 NAME=7 FLAGS=8; direct action: the program's return is the verdict.
 TCA_BPF_FLAG_ACT_DIRECT = 1
 
 REQUIRED: dict[tuple[str, str], frozenset[str]] = {
     ("qdisc", "tbf"): frozenset({"rate_bps", "burst_bytes", "limit_bytes"}),
     ("class", "htb"): frozenset({"rate_bps"}),
-    ("filter", "u32"): frozenset({"key", "offset_bytes", "flowid"}),
+    ("filter", "u32"): frozenset({"key", "offset_bytes"}),  # and flowid or drop_one_in
     ("filter", "bpf"): frozenset({"program"}),
 }
 
@@ -169,15 +179,30 @@ def class_body(ifindex: int, spec: ClassSpec, what: str) -> bytes:
     return body + attr_str(TCA_KIND, "htb") + attr(TCA_OPTIONS, options)
 
 
+def random_drop_action(one_in: int) -> bytes:
+    """A TCA_U32_ACT list of one gact action: drop with probability 1/`one_in`, else continue
+    (TC_ACT_UNSPEC: the packet goes on to the next filter, e.g. the first-K gate)."""
+    options = attr(TCA_GACT_PARMS, TC_GACT.pack(0, 0, TC_ACT_UNSPEC, 0, 0)) + attr(
+        TCA_GACT_PROB, TC_GACT_P.pack(PGACT_NETRAND, one_in, TC_ACT_SHOT))
+    action = attr_str(TCA_ACT_KIND, "gact") + attr(TCA_ACT_OPTIONS | NLA_F_NESTED, options)
+    return attr(TCA_U32_ACT | NLA_F_NESTED, attr(1 | NLA_F_NESTED, action))
+
+
 def u32_body(ifindex: int, spec: FilterSpec, what: str) -> bytes:
-    """RTM_NEWTFILTER payload: one 32-bit key at `offset_bytes` from the IPv4 header → flowid."""
+    """RTM_NEWTFILTER payload: one 32-bit key at `offset_bytes` from the IPv4 header → flowid, or
+    → a random drop (drop_one_in)."""
     p = spec.params
     _require(what, "filter", "u32", p)
+    if ("flowid" in p) == ("drop_one_in" in p):
+        raise PlanError(f"{what}: expected exactly one of flowid and drop_one_in, got {sorted(p)}")
     mask = _int(what, p, "mask") if "mask" in p else U32_MAX
     key = _int(what, p, "key") & mask
     sel = (U32_SEL.pack(TC_U32_TERMINAL, 0, 1, 0, 0, 0, 0, 0) + U32_KEY_VALUE.pack(mask, key)
            + U32_KEY_OFFSET.pack(_int(what, p, "offset_bytes", 0, 0xFFFF), 0))
-    options = attr_u32(1, parse_handle(p["flowid"], what)) + attr(5, sel)
+    if "flowid" in p:
+        options = attr_u32(1, parse_handle(p["flowid"], what)) + attr(5, sel)
+    else:
+        options = attr(5, sel) + random_drop_action(_int(what, p, "drop_one_in", 1, 0xFFFF))
     info = (_int(what, {"prio": spec.prio}, "prio", 1, 0xFFFF) << 16) | socket.htons(ETH_P_IP)
     body = _tcmsg(ifindex, 0, parse_handle(spec.parent, what), info)
     return body + attr_str(TCA_KIND, "u32") + attr(TCA_OPTIONS, options)
@@ -214,7 +239,8 @@ def queue_tree(nl: NetlinkBatch, ifindex: int, tree: TcTree, where: str, bpf_loa
     for f in tree.filters:
         what = f"filter {f.kind} at {f.parent} prio {f.prio} on {where}"
         if f.kind == "u32":
-            nl.add(RTM_NEWTFILTER, create, u32_body(ifindex, f, what), what, "cls_u32")
+            nl.add(RTM_NEWTFILTER, create, u32_body(ifindex, f, what), what,
+                   "act_gact" if "drop_one_in" in f.params else "cls_u32")
         else:
             _require(what, "filter", f.kind, f.params)
             if bpf_loader is None:

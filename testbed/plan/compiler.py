@@ -13,6 +13,10 @@ Delays are realised as the profile's `delay` primitive can:
   realised delay for the integer rate.
 - ``netem``: an unshaped htb class whose leaf netem holds every packet `delay_us` (whole µs).
 
+Loss (optional, `loss`, a drop probability): with a profile whose loss kind is ``gact-random`` each
+neuron port drops every arriving spike with probability 1/N before its gate (a u32 filter with a
+gact action, testbed.plan.tc ``drop_one_in``); the simulator drops with the same probability.
+
 Time windows come from calibration data: a layer's deadline is the latest K-th arrival seen on
 that data plus a margin; arrivals after it are timed out, in the simulator and the kernel alike.
 
@@ -38,13 +42,18 @@ from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.fabric_plan import (SIGN_MINUS, SIGN_PLUS, FabricPlan, LayerPlan, NeuronPort, Packets, Synapse,
                                       Timing)
 from testbed.plan.profiles import Profile
-from testbed.plan.tc import CLSACT_EGRESS, CLSACT_INGRESS, ClassSpec, FilterSpec, QdiscSpec, TcTree
+from testbed.plan.tc import CLSACT_EGRESS, CLSACT_INGRESS, MAX_DROP_ONE_IN, ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import SPIKE_FRAME_BYTES
 
 MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
 MAX_CLASS_MINOR = 0xFFFE  # minors 2i + sign + 1; netem leaves take handle minor + 1
-# What `pi2 compile`/`pi2 infer` prune by default (model units; see the module docstring).
-DEFAULT_PRUNE_MARGIN = 0.5
+# What `pi2 compile`/`pi2 infer` prune by default (model units; see the module docstring). Margin
+# 0 prunes 57 % of the bundled digits network's shaped packets and changes none of its 360 test
+# decisions in simulation (pi2 simulate: agreement with the golden model 100 %).
+DEFAULT_PRUNE_MARGIN = 0.0
+# Default model time unit: on a 2-core machine the shaper fabric needs ≈5 ms for its bursts
+# (bench/infer.py); kernels with netem and more cores do with less.
+DEFAULT_TAU_US = 5000.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class Realisation:
     flood_copy_us: float = 0.4  # bridge flood: per-port copy time (kernel-notes: 0.3–0.6 µs)
     max_delay_us: float = 1e6  # longest delay the realisation holds to its quantum
     margin_tau: float = 1.0  # a layer's deadline: latest calibrated K-th arrival + this many τ
+    loss_kind: str = "bpf-drop"  # how the profile drops spikes when a run asks for loss
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "Realisation":
@@ -72,7 +82,8 @@ class Realisation:
                    burst_bytes=delay.params.get("burst_bytes", 1), min_delay_us=profile.delay_range.min_us,
                    max_delay_us=profile.delay_range.max_us,
                    flood_copy_us=broadcast.params.get("flood_copy_us", 0.0),
-                   margin_tau=profile.primitive("timeout").params.get("margin_tau", 1.0))
+                   margin_tau=profile.primitive("timeout").params.get("margin_tau", 1.0),
+                   loss_kind=profile.primitive("loss").kind)
 
     def __post_init__(self) -> None:
         if self.delay_kind not in ("htb-primer", "netem"):
@@ -164,23 +175,43 @@ def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Real
     return TcTree(tuple(qdiscs), tuple(classes), tuple(filters))
 
 
-def _gate_tc(k: int, window_us: float, drop_primers: bool) -> TcTree:
-    return TcTree((QdiscSpec("clsact", "ffff:", "root"),), (),
-                  (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "first_k_gate", "k": k,
-                                                         "drop_primers": int(drop_primers),
-                                                         "window_us": int(round(window_us)),
-                                                         "direct_action": 1}),))
+def drop_one_in(loss: float, real: Realisation) -> int | None:
+    """N such that dropping with probability 1/N realises `loss` (None for no loss)."""
+    if not 0 <= loss < 1:
+        raise PlanError(f"loss {loss!r}: expected a drop probability in [0, 1)")
+    if loss == 0:
+        return None
+    if real.loss_kind != "gact-random":
+        raise PlanError(f"profile {real.profile}: its loss kind {real.loss_kind!r} is not built by the compiler; "
+                        "use --profile full (gact random drop)")
+    n = round(1 / loss)
+    if n > MAX_DROP_ONE_IN or abs(1 / n - loss) > 0.01 * loss:
+        raise PlanError(f"loss {loss:g}: gact drops with probability 1/N for an integer N ≤ {MAX_DROP_ONE_IN}; "
+                        f"the nearest are {1 / n:g} (N = {n}) and {1 / (n + 1):g} (N = {n + 1})")
+    return n
+
+
+def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | None) -> TcTree:
+    """clsact ingress of a neuron port's host end: the random drop (if the run has loss), then the
+    first-K gate, so the gate counts only the spikes that survived."""
+    filters = [] if loss_one_in is None else [
+        FilterSpec("u32", CLSACT_INGRESS, 1, {"key": 0, "mask": 0, "offset_bytes": 0, "drop_one_in": loss_one_in})]
+    filters.append(FilterSpec("bpf", CLSACT_INGRESS, len(filters) + 1,
+                              {"program": "first_k_gate", "k": k, "drop_primers": int(drop_primers),
+                               "window_us": int(round(window_us)), "direct_action": 1}))
+    return TcTree((QdiscSpec("clsact", "ffff:", "root"),), (), tuple(filters))
 
 
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
                     network_path: str | Path | None = None, margin: float | None = None,
-                    relay_us: float = 3000.0, prune_margin: float | None = None) -> FabricPlan:
+                    relay_us: float = 3000.0, prune_margin: float | None = None, loss: float = 0.0) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
     arrival plus `margin` model units (default: the profile's timeout margin), and with
     `prune_margin` (model units; None: keep every synapse) which synapses are pruned. The sample period leaves room for every class to drain
     (latest event + 2c), and the relay time to decode a layer, before the next sample reuses it.
+    `loss` (a probability, 1/N) is dropped at every neuron port's ingress, where the profile realises loss.
     """
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")
@@ -196,6 +227,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         if 2 * layer.n_inputs > MAX_CLASS_MINOR:
             raise PlanError(f"layer {i} has {layer.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
     margin = real.margin_tau if margin is None else margin
+    loss_one_in = drop_one_in(loss, real)
     longest = 2 * net.constants.c * tau_us
     if longest > real.max_delay_us:
         raise PlanError(f"tau {tau_us:g} µs makes the longest synapse delay 2c·τ = {longest:g} µs, beyond the "
@@ -227,7 +259,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                 ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
                                         _port_tc(li, events, real, targets, 2 * layer.n_inputs,
                                                  len(synapses) < 2 * layer.n_inputs),
-                                        _gate_tc(layer.k, window_us, real.delay_kind == "htb-primer")))
+                                        _gate_tc(layer.k, window_us, real.delay_kind == "htb-primer", loss_one_in)))
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", window_us,
                                 cal.offset_mk[li], tuple(ports)))
     # A sample's slot must let every class drain (latest event + 2c) and the relay decode a

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from testbed.errors import PlanError
-from testbed.plan.tc import TcTree
+from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
 PLAN_VERSION = 1
@@ -165,7 +165,8 @@ class FabricPlan:
                            "ports": len(layer.ports), "classes": classes,
                            "pruned": 2 * layer.n_inputs * len(layer.ports) - sum(len(p.synapses) for p in layer.ports),
                            "filters": sum(len(p.delay_tc.filters) for p in layer.ports),
-                           "gates": sum(len(p.gate_tc.filters) for p in layer.ports),
+                           "gates": sum(f.kind == "bpf" for p in layer.ports for f in p.gate_tc.filters),
+                           "loss": max(drop_probability(p.gate_tc) for p in layer.ports),
                            "window_us": layer.window_us, "offset_mk": layer.offset_mk})
         return {"profile": self.profile, "delay": self.delay_kind, "gate": self.gate_kind,
                 "tau_us": self.timing.tau_us, "period_us": self.timing.period_us,

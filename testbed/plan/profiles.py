@@ -95,26 +95,25 @@ KINDS: dict[str, dict[str, KindSpec]] = {
     },
     "gate": {
         # cls_bpf direct-action on clsact ingress: pass the first K spikes per (port, sample).
+        # (A police action, conform → pass / exceed → drop, passes exactly K only from a bucket refilled per
+        # sample by user space, and it has no sample id: docs/cbs-neuron.md has the measurements.)
         "bpf-first-k": KindSpec(frozenset({"clsact", "bpf"}), {"program": NAME, "drop_primers": Param("bool")}),
-        # a police action whose bucket holds K spikes, refilled over refill_period_tau.
-        "police-first-k": KindSpec(frozenset({"clsact", "u32", "police"}), {"refill_period_tau": Param("number", 0)}),
     },
     "timeout": {
         # the first-K gate's own window: spikes after (latest calibrated K-th arrival + margin) drop.
         "gate-window": KindSpec(frozenset({"clsact", "bpf"}), {"margin_tau": MARGIN}),
-        # a separate eBPF program with the same window, for gates that have no clock.
-        "bpf-deadline": KindSpec(frozenset({"clsact", "bpf"}), {"program": NAME, "margin_tau": MARGIN}),
     },
     "loss": {
         "netem-loss": KindSpec(frozenset({"netem"}), {}),
         "bpf-drop": KindSpec(frozenset({"clsact", "bpf"}), {"program": NAME}),
-        "gact-random": KindSpec(frozenset({"u32", "gact"}), {}),
+        # a u32 match-all filter before the gate whose gact action drops a spike with probability 1/N
+        # (`pi2 compile --loss`; testbed.plan.tc drop_one_in).
+        "gact-random": KindSpec(frozenset({"clsact", "u32", "gact"}), {}),
     },
     "broadcast": {
         "bridge-flood": KindSpec(frozenset({"bridge", "veth"}),
                                  {"stp": Param("bool"), "forward_delay_s": Param("number", 0),
                                   "flood_copy_us": Param("number", 0)}),
-        "mirred-fanout": KindSpec(frozenset({"clsact", "u32", "mirred"}), {"max_actions_per_filter": Param("int", 1, 32)}),
     },
 }
 UNAVAILABLE_SPEC = KindSpec(frozenset(), {"reason": NAME})
@@ -252,10 +251,7 @@ def _primitive(source: str, primitive: str, raw: Any) -> PrimitiveRealisation:
 
 def _check_together(source: str, delay_range: DelayRange, parts: Mapping[str, PrimitiveRealisation]) -> None:
     """Constraints between primitives and against the declared delay range."""
-    delay, gate, timeout, loss = parts["delay"], parts["gate"], parts["timeout"], parts["loss"]
-    if timeout.kind == "gate-window" and gate.kind != "bpf-first-k":
-        raise ProfileError(f"{source}: primitives.timeout.kind 'gate-window' lives in the eBPF gate, but gate.kind is "
-                           f"{gate.kind!r}; use gate.kind 'bpf-first-k' or timeout.kind 'bpf-deadline'")
+    delay, gate, loss = parts["delay"], parts["gate"], parts["loss"]
     if loss.kind == "netem-loss" and delay.kind != "netem":
         raise ProfileError(f"{source}: primitives.loss.kind 'netem-loss' drops in the delay's netem leaf, but "
                            f"delay.kind is {delay.kind!r}; use loss.kind 'bpf-drop' or 'gact-random'")

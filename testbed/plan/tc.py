@@ -13,7 +13,10 @@ Accepted parameters per kind (anything else is an error, never silently dropped)
 - qdisc ``netem``: delay_us, jitter_us, loss_pct, limit_packets
 - qdisc ``clsact``: (none)
 - class ``htb``: rate_bps, ceil_bps, burst_bytes, cburst_bytes (rates in bits per second)
-- filter ``u32``: key (int, 32-bit word), mask (int), offset_bytes (from the network header), flowid (handle)
+- filter ``u32``: key (int, 32-bit word), mask (int), offset_bytes (from the network header), and either
+  flowid (handle: matching packets go to that class) or drop_one_in (int N in 1..65535: a gact action drops
+  a matching packet with probability 1/N, drawn per packet by the kernel's PRNG (gact ``random netrand``),
+  and lets the others continue to the next filter; `drop_probability` reads it back)
 - filter ``bpf``: program (a testbed program: "first_k_gate" or "synapse_classifier"), direct_action
   (1: the program returns a tc verdict; 0: it returns a classid), and program parameters (k, layer, ...)
 """
@@ -21,6 +24,7 @@ Accepted parameters per kind (anything else is an error, never silently dropped)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Mapping
 
 from testbed.errors import PlanError
@@ -37,11 +41,12 @@ CLASS_PARAMS: dict[str, frozenset[str]] = {
     "htb": frozenset({"rate_bps", "ceil_bps", "burst_bytes", "cburst_bytes"}),
 }
 FILTER_PARAMS: dict[str, frozenset[str]] = {
-    "u32": frozenset({"key", "mask", "offset_bytes", "flowid"}),
+    "u32": frozenset({"key", "mask", "offset_bytes", "flowid", "drop_one_in"}),
     "bpf": frozenset({"program", "k", "drop_primers", "window_us", "layer", "events", "direct_action"}),
 }
 CLSACT_INGRESS = "ffff:fff2"
 CLSACT_EGRESS = "ffff:fff3"
+MAX_DROP_ONE_IN = 0xFFFF  # gact's probability is 1/N with N a u16 (struct tc_gact_p.pval)
 
 
 def _check(what: str, kind: str, params: Mapping[str, Any], table: Mapping[str, frozenset[str]]) -> None:
@@ -83,6 +88,11 @@ class FilterSpec:
 
     def __post_init__(self) -> None:
         _check(f"filter at {self.parent}", self.kind, self.params, FILTER_PARAMS)
+        if "drop_one_in" in self.params:
+            n = self.params["drop_one_in"]
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_DROP_ONE_IN or "flowid" in self.params:
+                raise PlanError(f"filter {self.kind} at {self.parent}: drop_one_in={n!r}; expected an integer in "
+                                f"1..{MAX_DROP_ONE_IN} (drop probability 1/N) and no flowid")
 
 
 @dataclass(frozen=True)
@@ -111,3 +121,13 @@ class TcTree:
             )
         except TypeError as exc:
             raise PlanError(f"tc tree: {exc}") from None
+
+
+def drop_probability(tree: TcTree) -> float:
+    """The probability that a packet crossing `tree`'s filters is dropped by a random-drop filter
+    (u32 with drop_one_in N: 1/N each, independently); 0 if it has none."""
+    kept = Fraction(1)
+    for f in tree.filters:
+        if f.kind == "u32" and "drop_one_in" in f.params:
+            kept *= Fraction(f.params["drop_one_in"] - 1, f.params["drop_one_in"])
+    return float(1 - kept)

@@ -8,6 +8,9 @@ realisations' semantics:
 - delay: each port's class for (i, sign) holds the event its realised `delay_us` (primer
   arithmetic and rate granularity already folded in by the compiler); unshaped events pass at
   once; an event the port has no synapse for (pruned by the compiler) never arrives;
+- loss: where a port's gate tree has a random-drop filter (probability 1/N, testbed.plan.tc
+  `drop_probability`), each arriving spike is dropped with that probability before the gate,
+  independently (the kernel draws its own random numbers, so only the statistics agree);
 - gate: the first K spikes of a sample on a port pass; later ones, and any arriving after the
   layer's deadline (window), are dropped;
 - relay: T± = mean of the passed arrival times (model units from the layer's base time), with
@@ -27,6 +30,7 @@ from testbed.errors import PlanError
 from testbed.model.encoding import encode
 from testbed.model.layers import mean_k_earliest
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan, LayerPlan
+from testbed.plan.tc import drop_probability
 
 
 @dataclass(frozen=True)
@@ -60,14 +64,20 @@ def port_delays_us(layer: LayerPlan) -> np.ndarray:
     return out
 
 
-def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray) -> LayerResult:
-    """Simulate one layer for inputs x (batch, n) in model value units."""
+def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
+                   rng: np.random.Generator | None = None) -> LayerResult:
+    """Simulate one layer for inputs x (batch, n) in model value units; `rng` draws the losses
+    (default: seeded with 0, so a simulation is repeatable)."""
     tau = plan.timing.tau_us
     t_plus, t_minus = encode(x, plan.constants["t0"])
     inject = np.stack([t_plus, t_minus], axis=-1) * tau  # (batch, n, 2)
     flood = np.arange(len(layer.ports)) * plan.timing.flood_copy_us
     arrive = inject[:, None] + port_delays_us(layer)[None] + flood[None, :, None, None]
     arrive = arrive.reshape(len(x), len(layer.ports), -1)
+    loss = np.array([drop_probability(p.gate_tc) for p in layer.ports])
+    if loss.any():
+        rng = np.random.default_rng(0) if rng is None else rng
+        arrive = np.where(rng.random(arrive.shape) < loss[None, :, None], np.inf, arrive)
     k = layer.k
     earliest = np.sort(arrive, axis=2)[:, :, :k]
     late = earliest > layer.window_us
@@ -83,15 +93,17 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray) -> LayerRe
     return LayerResult(inject, passed, t_p, t_m, t_p - t_m, late.sum(axis=2))
 
 
-def simulate(plan: FabricPlan, x: np.ndarray) -> SimResult:
-    """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan."""
+def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0) -> SimResult:
+    """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan; `seed`
+    fixes the random losses of a plan compiled with loss."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != plan.layers[0].n_inputs:
         raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")
     s = plan.constants["s"]
     results = []
+    rng = np.random.default_rng(seed)
     for layer in plan.layers:
-        result = simulate_layer(plan, layer, x)
+        result = simulate_layer(plan, layer, x, rng)
         results.append(result)
         x = np.maximum(-s * result.y, 0.0)
     scores = -s * results[-1].y

@@ -1,5 +1,6 @@
 """tc trees built by testbed.kernel.tc on real veths, checked with real packets and kernel RX
-timestamps: primer delays through htb classes and tbf, the tbf byte limit as a time-out, loss."""
+timestamps: primer delays through htb classes and tbf, the tbf byte limit as a time-out, loss (netem,
+and gact random drops where the kernel has act_gact)."""
 
 from __future__ import annotations
 
@@ -162,6 +163,56 @@ def test_netem_loss_or_clean_skip(net, pair) -> None:
         tx.sendto(payload(1, 64, seq), (pair.rx_ip, PORT))
     passed = len(net.receive(rx, 400, timeout_s=0.5))
     assert 120 < passed < 280
+
+
+def _gact_or_skip(pair, tree: TcTree, bpf_loader=None) -> None:
+    try:
+        apply_tree(pair.rx_if, tree, pair.rx, bpf_loader=bpf_loader)
+    except KernelError as exc:
+        assert "act_gact" in str(exc)
+        pytest.skip(f"no gact random drop on this kernel: {exc}")
+
+
+def test_gact_random_drop_keeps_one_in_n(net, pair) -> None:
+    """A u32 match-all filter with drop_one_in 2 on clsact ingress drops each packet with
+    probability 1/2 (the full profile's loss), drawn by the kernel."""
+    tree = TcTree(qdiscs=(QdiscSpec("clsact", "ffff:"),),
+                  filters=(FilterSpec("u32", "ffff:fff2", 1, {"key": 0, "mask": 0, "offset_bytes": 0, "drop_one_in": 2}),))
+    _gact_or_skip(pair, tree)
+    rx, tx = net.receiver(pair.rx), net.sender(pair.tx)
+    passed = 0
+    for burst in range(4):
+        for seq in range(100):
+            tx.sendto(payload(1, 64, 100 * burst + seq), (pair.rx_ip, PORT))
+        passed += len(net.receive(rx, 100, timeout_s=0.3))
+    assert 120 < passed < 280  # 400 × 1/2 = 200 ± 10 (sd)
+
+
+def test_gact_survivors_continue_to_the_next_filter(net, pair) -> None:
+    """What the random drop keeps is not accepted at once: it goes on to the next filter (there the
+    first-K gate; here a program dropping everything), so nothing arrives."""
+    from testbed.kernel import bpf
+
+    code = bpf.mov64(bpf.R0, bpf.TC_ACT_SHOT).encode() + bpf.exit_insn().encode()
+    fd = bpf.load_program(code, "p2_test_drop")
+    try:
+        tree = TcTree(qdiscs=(QdiscSpec("clsact", "ffff:"),), filters=(
+            FilterSpec("u32", "ffff:fff2", 1, {"key": 0, "mask": 0, "offset_bytes": 0, "drop_one_in": 65535}),
+            FilterSpec("bpf", "ffff:fff2", 2, {"program": "p2_test_drop"})))
+        _gact_or_skip(pair, tree, bpf_loader=lambda spec: fd)
+    finally:
+        os.close(fd)
+    rx, tx = net.receiver(pair.rx), net.sender(pair.tx)
+    for seq in range(20):
+        tx.sendto(payload(1, 64, seq), (pair.rx_ip, PORT))
+    assert net.receive(rx, 20, timeout_s=0.3) == []
+
+
+def test_random_drop_needs_exactly_one_of_flowid_and_drop_one_in(pair) -> None:
+    with pytest.raises(PlanError, match=r"drop_one_in=0; expected an integer in 1..65535"):
+        FilterSpec("u32", "ffff:fff2", 1, {"key": 0, "offset_bytes": 0, "drop_one_in": 0})
+    with pytest.raises(PlanError, match="expected exactly one of flowid and drop_one_in"):
+        apply_tree(pair.rx_if, TcTree(filters=(FilterSpec("u32", "1:", 1, {"key": 0, "offset_bytes": 0}),)), pair.rx)
 
 
 def test_kernel_error_names_the_object(pair) -> None:

@@ -125,3 +125,34 @@ def test_pruning_leaves_out_synapses_that_never_reach_the_first_k():
 def test_negative_prune_margin_is_refused():
     with pytest.raises(PlanError, match="prune margin"):
         compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=-0.1)
+
+
+FULL = Realisation("full", "netem", min_delay_us=0.0, loss_kind="gact-random")
+
+
+def test_loss_puts_a_random_drop_before_every_gate():
+    net = tiny()
+    plan = compile_network(net, FULL, 1000.0, np.random.default_rng(0).random((20, 3)), loss=0.1)
+    for layer in plan.layers:
+        for port in layer.ports:
+            drop, gate = port.gate_tc.filters
+            assert (drop.kind, drop.prio, drop.params["drop_one_in"], drop.params["mask"]) == ("u32", 1, 10, 0)
+            assert (gate.kind, gate.prio, gate.params["program"]) == ("bpf", 2, "first_k_gate")
+    assert [row["loss"] for row in plan.summary()["layers"]] == [0.1, 0.1]
+    assert compile_network(net, FULL, 1000.0, np.zeros((1, 3))).summary()["layers"][0]["loss"] == 0.0
+
+
+def test_loss_survives_the_plan_json(tmp_path):
+    plan = compile_network(tiny(), FULL, 1000.0, np.zeros((1, 3)), loss=0.25)
+    assert load_plan(plan.save(tmp_path / "p.json")) == plan
+
+
+@pytest.mark.parametrize(("real", "loss", "words"), [
+    (FULL, 0.3, r"loss 0.3: gact drops with probability 1/N .* 0.333333 \(N = 3\) and 0.25 \(N = 4\)"),
+    (FULL, 1.0, r"expected a drop probability in \[0, 1\)"),
+    (FULL, 1e-6, r"N ≤ 65535"),
+    (NETEM, 0.5, r"profile netem: its loss kind 'bpf-drop' is not built by the compiler; use --profile full"),
+])
+def test_loss_the_profile_cannot_realise_is_refused(real, loss, words):
+    with pytest.raises(PlanError, match=words):
+        compile_network(tiny(), real, 1000.0, np.zeros((1, 3)), loss=loss)

@@ -116,8 +116,10 @@ def test_auto_prefers_netem_then_shaper() -> None:
 
 
 def test_auto_skips_a_profile_whose_needs_are_unmet() -> None:
-    # no bridge: netem and shaper cannot flood, full fans out with mirred instead
-    assert select_profile(caps(STANDARD - {"bridge"})).name == "full"
+    # no netem: the shaper's primer delays; no bridge: nothing floods
+    assert select_profile(caps(STANDARD - {"netem"})).name == "shaper"
+    with pytest.raises(ProfileError, match=r"netem lacks \['bridge'\]; shaper lacks \['bridge'\]; full lacks \['bridge'\]"):
+        select_profile(caps(STANDARD - {"bridge"}))
     with pytest.raises(ProfileError) as info:
         select_profile(caps(HOST - {"bpf"}))
     message = str(info.value)
@@ -129,8 +131,9 @@ def test_auto_skips_a_profile_whose_needs_are_unmet() -> None:
 def test_requested_profile_by_name() -> None:
     assert select_profile(caps(STANDARD), "shaper").name == "shaper"
     assert select_profile(caps(STANDARD), "full").name == "full"
-    with pytest.raises(ProfileError, match=r"tc profile full needs \['netem', 'police', 'gact'\], which kernel test lacks"):
+    with pytest.raises(ProfileError, match=r"tc profile full needs \['netem', 'gact'\], which kernel test lacks"):
         select_profile(caps(HOST), "full")
+    assert select_profile(caps(STANDARD - {"police", "cbs", "mirred"}), "full").name == "full"
 
 
 def test_incomplete_profile_is_never_chosen() -> None:
@@ -149,8 +152,21 @@ def test_primitive_support_reports_what_is_missing() -> None:
     rows = {(r.primitive, r.kind): r for r in primitive_support(caps(HOST), shipped_profiles())}
     assert rows[("delay", "netem")].missing == ("netem",)
     assert rows[("delay", "htb-primer")].supported
-    assert rows[("gate", "police-first-k")].missing == ("police",)
-    assert rows[("broadcast", "bridge-flood")].profiles == ("netem", "shaper")
+    assert rows[("loss", "gact-random")].missing == ("gact",)
+    assert rows[("gate", "bpf-first-k")].supported
+    assert rows[("broadcast", "bridge-flood")].profiles == ("netem", "shaper", "full")
+
+
+def test_every_declared_kind_is_one_the_builders_realise() -> None:
+    """No profile may declare a realisation nothing builds: per primitive, the kinds the compiler
+    emits trees for (loss: the compiler refuses the other kinds with a PlanError naming them)."""
+    built = {"delay": {"netem", "htb-primer"}, "gate": {"bpf-first-k"}, "timeout": {"gate-window"},
+             "broadcast": {"bridge-flood"}}
+    assert {p: set(kinds) for p, kinds in KINDS.items() if p != "loss"} == built
+    full = load_profile("full")
+    assert {p.primitive: p.kind for p in full.primitives} == {
+        "delay": "netem", "gate": "bpf-first-k", "timeout": "gate-window", "loss": "gact-random",
+        "broadcast": "bridge-flood"}
 
 
 def test_capabilities_round_trip_and_validate() -> None:

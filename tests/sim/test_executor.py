@@ -63,3 +63,19 @@ def test_pruned_synapses_change_nothing_on_the_calibration_data():
     for a, b in zip(simulate(full, x).layers, simulate(pruned, x).layers):
         np.testing.assert_array_equal(a.t_plus, b.t_plus)
         np.testing.assert_array_equal(a.t_minus, b.t_minus)
+
+
+def test_loss_drops_spikes_before_the_gate_with_the_plans_probability():
+    rng = np.random.default_rng(5)
+    net = random_net(rng, (12, 6))
+    x = rng.random((400, 12))
+    lossy = Realisation("full", "netem", min_delay_us=0.0, flood_copy_us=0.0, max_delay_us=1e9, loss_kind="gact-random")
+    # A window far beyond every arrival: only the losses keep spikes from the gate.
+    plan = compile_network(net, lossy, 1000.0, x, margin=1e3, loss=0.5)
+    clean = compile_network(net, lossy, 1000.0, x, margin=1e3)
+    # K = n = 12 of 2n = 24 arrivals: a port passes K only when at least 12 of its 24 spikes survive.
+    passed = np.isfinite(simulate(plan, x).layers[0].passed_us)
+    assert 0.53 < passed.all(axis=2).mean() < 0.63  # P(Binomial(24, 1/2) ≥ 12) = 0.58
+    assert np.isfinite(simulate(clean, x).layers[0].passed_us).all()
+    np.testing.assert_array_equal(simulate(plan, x).scores, simulate(plan, x, seed=0).scores)
+    assert not np.array_equal(simulate(plan, x, seed=1).scores, simulate(plan, x, seed=0).scores)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ VAGRANT_DIR = Path(__file__).resolve().parents[2] / "vagrant"
 PROVISION = VAGRANT_DIR / "provision.sh"
 REPO = VAGRANT_DIR.parent
 
+APT_PACKAGES = "python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump mininet openvswitch-switch"
 needs_vagrant = pytest.mark.skipif(shutil.which("vagrant") is None, reason="needs Debian package vagrant")
 
 
@@ -57,8 +59,7 @@ def test_provision_dry_run_shows_every_step_in_order_and_changes_nothing(tmp_pat
     lines = result.stdout.splitlines()
     expected_in_order = [
         "+ apt-get update -q",
-        "+ apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip iproute2 iputils-ping "
-        "ethtool tcpdump mininet openvswitch-switch",
+        f"+ apt-get install -y -q --no-install-recommends {APT_PACKAGES}",
         "==> extra kernel modules for 6.8.0-1-p2test",
         "+ write /etc/modules-load.d/pi2.conf: sch_netem sch_cbs sch_etf sch_fq act_police act_gact cls_flower "
         "cls_matchall openvswitch ",
@@ -90,3 +91,81 @@ def test_provision_refuses_a_source_dir_without_the_project(tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stdout == ""
     assert f"no pyproject.toml in PI2_SRC={tmp_path}" in result.stderr
+
+
+# provision.sh for real, offline, as root: in a user-mode-linux guest, chrooted into an overlay whose lower
+# layer is the host's root (read-only hostfs) and whose upper layer is guest tmpfs, so apt, dpkg, modprobe,
+# the venv and /usr/local/bin all change only the throw-away overlay. /lib/modules/<UML release> points at the
+# UML kernel's modules, so provision.sh's plain `modprobe -a` loads them. Run twice: the second run must succeed
+# and change nothing that the first one made.
+_OVERLAY_RUN = r"""
+M=/run/p2prov
+mkdir -p $M/upper $M/work $M/root
+mount -t overlay overlay -o lowerdir=/,upperdir=$M/upper,workdir=$M/work $M/root || exit 90
+for d in proc sys dev; do mount --rbind /$d $M/root/$d || exit 91; done
+mount -t tmpfs tmpfs $M/root/run && mount -t tmpfs tmpfs $M/root/tmp || exit 92
+mkdir -p $M/root/lib/modules && ln -sfn /usr/lib/uml/modules/$(uname -r) $M/root/lib/modules/$(uname -r)
+in_root() { chroot $M/root env PI2_PROVISION_OFFLINE=1 PI2_SRC="$SRC" PI2_VENV=/opt/pi2/venv PI2_PYTHON="$PY" "$@"; }
+stamp() { in_root stat -c '%n %i %Y' /etc/modules-load.d/pi2.conf /opt/pi2/venv/pyvenv.cfg /usr/local/bin/pi2; }
+for n in 1 2; do
+  echo "=== run $n"
+  in_root bash "$SRC/vagrant/provision.sh" 2>&1
+  echo "=== status $n $?"
+  echo "=== stamp $n $(stamp | tr '\n' ' ')"
+done
+echo "=== modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
+echo "=== conf $(in_root cat /etc/modules-load.d/pi2.conf | tr '\n' ' ')"
+echo "=== link $(in_root readlink /usr/local/bin/pi2)"
+"""
+
+
+def _installed(package: str) -> bool:
+    query = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return query.stdout == "install ok installed"
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PI2_IN_GUEST") == "1", reason="already inside a guest: no nested UML")
+def test_provision_runs_offline_twice_as_root_in_a_guest_overlay() -> None:
+    from testbed.errors import GuestError
+    from testbed.kernel.guest import DEFAULT_MODULES, GuestSpec, run_in_guest
+
+    host_files = [Path("/etc/modules-load.d/pi2.conf"), Path("/opt/pi2")]
+    before = [p.exists() for p in host_files]
+    spec = GuestSpec(command=("sh", "-c", _OVERLAY_RUN), cwd=str(REPO), timeout_s=900,
+                     env=(("SRC", str(REPO)), ("PY", os.path.realpath(sys.executable))),
+                     modules=DEFAULT_MODULES + ("overlay",))
+    try:
+        result = run_in_guest(spec)
+    except GuestError as exc:
+        if "not found on PATH" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    out = result.stdout
+    tail = out[-3000:]
+    sections = dict(line[4:].split(" ", 1) for line in out.splitlines() if line.startswith("=== ") and " " in line[4:])
+    assert "=== status 1 0" in out and "=== status 2 0" in out, tail
+    first, second = out.split("=== run ")[1:]
+    packages = APT_PACKAGES.split()
+    absent = [p for p in packages if not _installed(p)]
+    for text in (first, second):
+        # Every step ran for real (no dry-run "+ " lines): apt on what is here, modules, OVS, venv, pip, doctor.
+        assert "\n+ " not in text
+        for package in packages:
+            assert (f"{package} is already the newest version" in text) == (package not in absent), package
+        if absent:
+            assert f"offline: skipped {' '.join(absent)} (not installed; installing needs the network)" in text
+        assert "profile full (rank 3): fits" in text, tail  # pi2 doctor from the provisioned venv
+    assert "ovs-vswitchd is already running" in second  # the first run started Open vSwitch
+    # The second run rewrote nothing the first made: same inode and mtime of the module list, the venv, the link.
+    stamps = [line.split(" ", 3)[3] for line in out.splitlines() if line.startswith("=== stamp ")]
+    assert len(stamps) == 2 and stamps[0] == stamps[1] and stamps[0].count("/") >= 3, tail
+    modules = set(sections["modules"].split())
+    assert {"sch_netem", "sch_cbs", "sch_etf", "sch_fq", "act_police", "act_gact", "cls_flower", "cls_matchall",
+            "openvswitch"} <= modules
+    assert sections["conf"].split() == ["sch_netem", "sch_cbs", "sch_etf", "sch_fq", "act_police", "act_gact",
+                                        "cls_flower", "cls_matchall", "openvswitch"]
+    assert sections["link"] == "/opt/pi2/venv/bin/pi2"
+    assert [p.exists() for p in host_files] == before  # the host itself is untouched
+    assert not Path(f"/proc/{result.uml_pid}").exists()

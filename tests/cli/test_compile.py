@@ -1,0 +1,33 @@
+"""`pi2 compile --loss`: the drop probability reaches the plan where the profile realises it, and is a
+one-line error where it cannot be realised exactly."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from testbed.cli import pi2
+from testbed.errors import PlanError
+from testbed.infer.pipeline import BUNDLED_NETWORK
+from testbed.plan.fabric_plan import load_plan
+from testbed.plan.tc import drop_probability
+
+
+def test_loss_reaches_every_port_of_the_plan(tmp_path):
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--profile", "full", "--tau", "20ms",
+                                      "--calibration", "50", "--loss", "0.1", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [layer["loss"] for layer in json.loads(result.output)["layers"]] == [0.1, 0.1]
+    plan = load_plan(out)
+    assert {drop_probability(p.gate_tc) for layer in plan.layers for p in layer.ports} == {0.1}
+
+
+def test_loss_that_is_not_one_in_n_or_not_realised_is_a_one_line_error():
+    for profile, loss, words in (("full", "0.3", "the nearest are 0.333333 (N = 3) and 0.25 (N = 4)"),
+                                 ("netem", "0.5", "its loss kind 'netem-loss' is not built by the compiler")):
+        result = CliRunner().invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--profile", profile, "--tau", "20ms",
+                                          "--calibration", "50", "--loss", loss])
+        assert isinstance(result.exception, PlanError), result.output
+        assert words in str(result.exception) and "\n" not in str(result.exception)
