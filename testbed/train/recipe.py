@@ -2,7 +2,8 @@
 
 1. Train a bias-free MAC teacher (cross-entropy, Adam, cosine schedule).
 2. Copy its weights into a π² student of the same topology (testbed.train.teacher.student_template).
-3. Distil (testbed.train.distill): KL to the teacher at T = 5 plus cross-entropy, α = 0.5.
+3. Distil (testbed.train.distill): KL to the teacher at T = 5 plus cross-entropy, α = 0.5, with the
+   student's scores multiplied by `logit_scale` in the loss (None: calibrated to the teacher's spread).
 4. If asked for n-bit delays, jitter σ or loss, fine-tune with those switched on.
 
 Every π² accuracy is measured with the numpy model (Pi2Network.predict), so what training reports
@@ -29,6 +30,7 @@ from testbed.train.evaluate import numpy_accuracy
 
 # (stage, epoch index from 0, epochs in the stage, mean training loss); stages: teacher, distil, fine-tune
 ProgressHook = Callable[[str, int, int, float], None]
+CALIBRATION_SAMPLES = 5000  # first training samples on which a calibrated logit scale is measured
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class TrainConfig:
     lr: float = 1e-2
     finetune_lr: float = 3e-3
     batch_size: int = 32
+    logit_scale: float | None = 1.0  # λ on the student's scores in the loss; None: calibrate (distill.py)
     seed: int = 0
     threads: int = 1
     command: str | None = None  # the command line that ran this, stored in provenance
@@ -61,6 +64,8 @@ class TrainConfig:
             raise TrainingError(f"--loss must be a fraction in [0, 1), got {self.loss}")
         if min(self.teacher_epochs, self.epochs, self.finetune_epochs) < 0 or self.batch_size < 1 or self.threads < 1:
             raise TrainingError("epochs must be ≥ 0, and batch size and threads ≥ 1")
+        if self.logit_scale is not None and not (self.logit_scale > 0 and np.isfinite(self.logit_scale)):
+            raise TrainingError(f"--logit-scale must be a finite number > 0 (or auto), got {self.logit_scale}")
 
     @property
     def perturbed(self) -> bool:
@@ -91,7 +96,7 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
     dataset = load_dataset(config.dataset)
     x_train, x_test = _inputs(dataset, arch)
     torch = require_torch()
-    from testbed.train.distill import DistillConfig, distill, teacher_logits
+    from testbed.train.distill import DistillConfig, calibrated_logit_scale, distill, teacher_logits
     from testbed.train.pi2_torch import Pi2TorchNetwork
     from testbed.train.teacher import build_teacher, student_template, teacher_accuracy, train_teacher
 
@@ -118,15 +123,17 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         template = student_template(teacher, arch, k)
         student = Pi2TorchNetwork(template)
         targets = teacher_logits(teacher, xt)
-        distill(student, targets, xt, yt, DistillConfig(config.epochs, config.lr, config.batch_size), generator,
-                hook("distil", config.epochs))
+        scale = (calibrated_logit_scale(student, targets[:CALIBRATION_SAMPLES], xt[:CALIBRATION_SAMPLES])
+                 if config.logit_scale is None else config.logit_scale)
+        distill(student, targets, xt, yt, DistillConfig(config.epochs, config.lr, config.batch_size,
+                                                        logit_scale=scale), generator, hook("distil", config.epochs))
         accuracy["student"] = numpy_accuracy(student.to_numpy(template), x_test, dataset.y_test)
         distil_s = time.perf_counter() - started - teacher_s
 
         if config.perturbed:
             student.bits, student.jitter, student.keep = config.bits, config.jitter, 1.0 - config.loss
             distill(student, targets, xt, yt, DistillConfig(config.finetune_epochs, config.finetune_lr,
-                                                            config.batch_size), generator,
+                                                            config.batch_size, logit_scale=scale), generator,
                     hook("fine-tune", config.finetune_epochs))
             student.jitter, student.keep = 0.0, 1.0
         net = student.to_numpy(template)
@@ -145,10 +152,12 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
-    provenance = _provenance(config, arch, k, dataset.name, dataset.normalisation, accuracy, torch.__version__)
+    provenance = _provenance(config, arch, k, dataset.name, dataset.normalisation, accuracy, torch.__version__,
+                             scale)
     report = {
         "dataset": dataset.name, "arch": str(arch), "k": list(k), "bits": config.bits, "jitter": config.jitter,
-        "loss": config.loss, "seed": config.seed, "threads": config.threads, "accuracy": accuracy,
+        "loss": config.loss, "seed": config.seed, "threads": config.threads, "logit_scale": scale,
+        "accuracy": accuracy,
         "train_samples": len(x_train), "test_samples": len(x_test),
         "seconds": {"teacher": teacher_s, "distil": distil_s, "total": total_s},
     }
@@ -156,8 +165,9 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
 
 
 def _provenance(config: TrainConfig, arch: Arch, k: tuple[int, ...], name: str, norm: Normalisation,
-                accuracy: dict[str, float | None], torch_version: str) -> dict[str, Any]:
+                accuracy: dict[str, float | None], torch_version: str, logit_scale: float) -> dict[str, Any]:
     training = {key: value for key, value in asdict(config).items() if key not in ("command", "dataset", "arch", "k")}
+    training["logit_scale"] = logit_scale  # the λ used (calibrated when the config says None)
     return {
         "dataset": {"name": name, "scale": norm.scale, "offset": norm.offset},
         "split": "test",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from testbed.train.evaluate import EvalConfig, evaluate_network
 from testbed.train.recipe import TrainConfig, train_network
 
 torch = pytest.importorskip("torch")
-from testbed.train.distill import distillation_loss  # noqa: E402
+from testbed.errors import TrainingError  # noqa: E402
+from testbed.train.distill import DistillConfig, calibrated_logit_scale, distillation_loss  # noqa: E402
+from testbed.train.pi2_torch import Pi2TorchNetwork  # noqa: E402
 from testbed.train.teacher import build_teacher, student_template  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -71,6 +74,32 @@ def test_short_digits_run_distils_and_quantises(tmp_path):
     assert prov["dataset"] == {"name": "digits", "scale": 1 / 16, "offset": 0.0}
     assert prov["command"] == "pi2 train (test)" and prov["seed"] == 0 and prov["torch"] == torch.__version__
     assert set(prov["accuracy"]) == {"teacher", "student", "quantised"}
+
+
+def test_calibrated_logit_scale_gives_the_student_the_teacher_spread():
+    torch.manual_seed(0)
+    arch = parse_arch("mlp:64-16-10")
+    teacher = build_teacher(arch)
+    student = Pi2TorchNetwork(student_template(teacher, arch, (24, 8)))
+    x = torch.rand(300, 64) * 2
+    targets = teacher(x).detach()
+    scale = calibrated_logit_scale(student, targets, x)
+    assert scale > 0 and scale != pytest.approx(1.0)
+    assert float((scale * student(x).detach()).std()) == pytest.approx(float(targets.std()), rel=1e-4)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan")])
+def test_bad_logit_scale_is_explained(scale):
+    with pytest.raises(TrainingError, match="logit scale"):
+        DistillConfig(1, 1e-3, 8, logit_scale=scale)
+
+
+def test_calibrated_run_records_its_logit_scale():
+    config = TrainConfig("digits", "mlp:64-8-10", "4,2", teacher_epochs=3, epochs=1, logit_scale=None, seed=3)
+    net, report = train_network(config)
+    assert report["logit_scale"] > 0 and report["logit_scale"] != 1.0
+    assert net.provenance["training"]["logit_scale"] == report["logit_scale"]
+    assert train_network(replace(config, logit_scale=report["logit_scale"]))[1]["accuracy"] == report["accuracy"]
 
 
 def test_same_seed_same_network():
