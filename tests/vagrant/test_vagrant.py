@@ -104,6 +104,8 @@ mkdir -p $M/upper $M/work $M/root
 mount -t overlay overlay -o lowerdir=/,upperdir=$M/upper,workdir=$M/work $M/root || exit 90
 for d in proc sys dev; do mount --rbind /$d $M/root/$d || exit 91; done
 mount -t tmpfs tmpfs $M/root/run && mount -t tmpfs tmpfs $M/root/tmp || exit 92
+# A checkout under /tmp or /run (a CI clone) is hidden by those tmpfs mounts: bind it back.
+case "$SRC" in /tmp/*|/run/*) mkdir -p "$M/root$SRC" && mount --bind "$SRC" "$M/root$SRC" || exit 93;; esac
 mkdir -p $M/root/lib/modules && ln -sfn /usr/lib/uml/modules/$(uname -r) $M/root/lib/modules/$(uname -r)
 in_root() { chroot $M/root env PI2_PROVISION_OFFLINE=1 PI2_SRC="$SRC" PI2_VENV=/opt/pi2/venv PI2_PYTHON="$PY" "$@"; }
 stamp() { in_root stat -c '%n %i %Y' /etc/modules-load.d/pi2.conf /opt/pi2/venv/pyvenv.cfg /usr/local/bin/pi2; }
