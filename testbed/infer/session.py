@@ -132,12 +132,13 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
         delay_error_us=[[] for _ in plan.layers],
     )
     # The plan's delay of event (source, sign) on each port, plus the port's place in the flood order.
-    expected_us = [port_delays_us(layer) + (np.arange(len(layer.ports)) * plan.timing.flood_copy_us)[:, None, None]
-                   for layer in plan.layers]
+    delays_us = [port_delays_us(layer) for layer in plan.layers]
+    expected_us = [d + (np.arange(len(layer.ports)) * plan.timing.flood_copy_us)[:, None, None]
+                   for d, layer in zip(delays_us, plan.layers)]
     # Events injected at the same instant reach the kernel one after another, and the kernel works
     # through a burst (e.g. every zero input at T0) in that order: the ones that can arrive first
     # (shortest delay on some port) go first, so queueing lateness falls on the least urgent.
-    earliest_us = [port_delays_us(layer).min(axis=0) for layer in plan.layers]
+    earliest_us = [d.min(axis=0) for d in delays_us]
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
     ports_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]

@@ -147,13 +147,13 @@ def synapse_classid(source: int, sign: int) -> str:
 
 
 def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Realisation,
-             target_us: list[float], events: int, pruned: bool) -> TcTree:
+             target_us: list[float], events: int) -> TcTree:
     """The switch-side egress tree of one port: htb, a class per shaped synapse, one eBPF
-    classifier mapping a spike's key to its class, and, if the port drops pruned events, the
-    synapse filter at clsact egress (testbed.kernel.classifier)."""
+    classifier mapping a spike's key to its class, and, if the port keeps fewer than its `events`
+    (2n) synapses, the synapse filter at clsact egress dropping the pruned ones (testbed.kernel.classifier)."""
     qdiscs = [QdiscSpec("htb", "1:", "root", {"default_class": 0})]
     filters = [FilterSpec("bpf", "1:", 1, {"program": "synapse_classifier", "layer": layer, "direct_action": 0})]
-    if pruned:
+    if len(synapses) < events:
         qdiscs.append(QdiscSpec("clsact", "ffff:", "root"))
         filters.append(FilterSpec("bpf", CLSACT_EGRESS, 1, {"program": "synapse_filter", "layer": layer,
                                                              "events": events, "direct_action": 1}))
@@ -257,8 +257,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                                                 None if target < real.min_delay_us else synapse_classid(i, ev_sign)))
                 tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
                 ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
-                                        _port_tc(li, events, real, targets, 2 * layer.n_inputs,
-                                                 len(synapses) < 2 * layer.n_inputs),
+                                        _port_tc(li, events, real, targets, 2 * layer.n_inputs),
                                         _gate_tc(layer.k, window_us, real.delay_kind == "htb-primer", loss_one_in)))
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", window_us,
                                 cal.offset_mk[li], tuple(ports)))

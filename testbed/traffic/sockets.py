@@ -26,10 +26,7 @@ def packet_socket(netns: str | None, proto: int) -> socket.socket:
 
 def grow_receive_buffer(sock: socket.socket, size_bytes: int) -> None:
     """Raise the socket's receive buffer past net.core.rmem_max when allowed (SO_RCVBUFFORCE)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size_bytes)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size_bytes)
+    _grow(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, size_bytes)
 
 
 def grow_send_buffer(sock: socket.socket, size_bytes: int) -> None:
@@ -39,7 +36,12 @@ def grow_send_buffer(sock: socket.socket, size_bytes: int) -> None:
     flooded spike that is when the delayed copy leaves the last port's shaper, milliseconds
     later. With the default 208 KiB a few hundred 1514-byte primers in flight block send().
     """
+    _grow(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, size_bytes)
+
+
+def _grow(sock: socket.socket, forced: int, capped: int, size_bytes: int) -> None:
+    """Set a buffer size with the FORCE option (CAP_NET_ADMIN), else the one capped by the sysctl."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size_bytes)
+        sock.setsockopt(socket.SOL_SOCKET, forced, size_bytes)
     except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size_bytes)
+        sock.setsockopt(socket.SOL_SOCKET, capped, size_bytes)
