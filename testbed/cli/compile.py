@@ -28,11 +28,12 @@ def show_plan(plan: FabricPlan) -> None:
     console.print(f"objects: {info['namespaces']} namespaces, {info['bridges']} bridges, {info['veth_pairs']} veth pairs; "
                   f"packets per sample: {info['packets_per_sample']}")
     table = Table(title_justify="left")
-    for column in ("layer", "inputs", "neurons", "K", "ports", "pruned", "classes", "filters", "gates", "window ms", "M_K"):
+    for column in ("layer", "inputs", "neurons", "K", "ports", "pruned", "classes", "filters", "gates", "lead ms", "window ms", "M_K"):
         table.add_column(column, justify="right")
     for row in info["layers"]:
         table.add_row(str(row["layer"]), str(row["inputs"]), str(row["neurons"]), str(row["k"]), str(row["ports"]),
-                      str(row["pruned"]), str(row["classes"]), str(row["filters"]), str(row["gates"]), f"{row['window_us'] / 1e3:.2f}",
+                      str(row["pruned"]), str(row["classes"]), str(row["filters"]), str(row["gates"]), f"{row['origin_us'] / 1e3:.2f}",
+                      f"{row['window_us'] / 1e3:.2f}",
                       f"{row['offset_mk']:.3f}")
     console.print(table)
 
@@ -49,7 +50,7 @@ def show_plan(plan: FabricPlan) -> None:
                    "needs a profile whose loss kind is gact-random (--profile full). `pi2 infer PLAN` and "
                    "`pi2 simulate PLAN` then both drop spikes.")
 @json_option
-def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None,
+def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None, lead: float,
                 dataset: str | None, calibration: int, output: Path | None, show: bool, loss: float,
                 as_json: bool) -> None:
     """Compile the π² network NET into a FabricPlan (plan.json).
@@ -61,7 +62,7 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
     Example:
       pi2 compile testbed/networks/digits-mlp.npz --profile shaper --tau 1ms -o plan.json --show
     """
-    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss)
+    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead)
     if output is not None:
         plan.save(output)
     if as_json:

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
+from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
 
 _UNITS_US = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(us|µs|ms|s)\s*$")
@@ -49,7 +49,7 @@ class PruneMargin(click.ParamType):
 
 
 def compile_options(command):  # type: ignore[no-untyped-def]
-    """--profile, --tau, --relay and --prune: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
+    """--profile, --tau, --relay, --prune and --lead: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
 
     for option in reversed((
         click.option("--profile", default="auto", show_default=True,
@@ -63,6 +63,11 @@ def compile_options(command):  # type: ignore[no-untyped-def]
                      help="Leave out synapses whose arrival never came within this many model units of their "
                           "port's K-th earliest on the calibration data (they cannot change the port's output "
                           "there, yet cost the kernel two shaped packets per sample); 'off' keeps every synapse."),
+        click.option("--lead", type=click.FloatRange(0), default=DEFAULT_LEAD, show_default=True,
+                     help="Spread each layer's events over at least this many model units ahead of their times "
+                          "(more where the slowest layer leaves room), each event's delay classes holding it that "
+                          "much longer (arrivals unchanged): the zero inputs' burst at T0 becomes a train the "
+                          "kernel enqueues on time. 0 sends every event at its time."),
     )):
         command = option(command)
     return command

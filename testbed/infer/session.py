@@ -3,8 +3,9 @@
 Samples move through the layers in a pipeline of fixed slots. Slot q starts at
 ``start + q·period``; in it, layer l works on sample q − l, so a network of L layers has L
 samples in flight. For every active layer the injector sends that sample's events (a primer
-and its spike where the delay realisation needs primers) at base + t·τ on the layer's injector
-link; the kernel floods, delays, gates and delivers them; the receiver reads what the gates
+and its spike where the delay realisation needs primers) at its time t·τ after the layer's origin
+less the event's lead (testbed.plan.fabric_plan), on the layer's injector link; the kernel
+floods, delays (lead included), gates and delivers them; the receiver reads what the gates
 passed with kernel RX timestamps until the layer's deadline. The relay then decodes T±, y and
 ReLU(−s·y) (`testbed.traffic.decode`) and the next layer's events for that sample are
 scheduled in the next slot. Nothing in user space delays, orders or drops a spike.
@@ -56,7 +57,7 @@ class KernelRun:
     t_minus: list[np.ndarray]
     inputs: list[np.ndarray]  # per layer, the values the relay injected (samples, n)
     counts: list[np.ndarray]  # per layer (samples, ports): spikes the relay received by the deadline
-    passed_us: list[np.ndarray]  # per layer (samples, ports, K): arrival times after base (µs), nan: none
+    passed_us: list[np.ndarray]  # per layer (samples, ports, K): arrival times after the origin (µs), nan: none
     lateness_us: list[list[float]]  # per layer: kernel TX time − scheduled time of each injected frame
     delay_error_us: list[list[float]]  # per layer: (RX − TX of the same spike) − the plan's delay, per gated spike
     arrivals: list[np.ndarray] = field(default_factory=list)  # raw captures, ARRIVAL_DTYPE
@@ -79,17 +80,18 @@ def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
 def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str,
                   keep: list[tuple[int, bytes, str]], spikes: list[tuple[int, int, int, int] | None],
                   ranks: list[float], earliest_us: np.ndarray) -> None:
-    """Append (offset ns from the slot base, frame, ifname) for one layer's events of one sample,
+    """Append (offset ns from the slot base: origin + t·τ − lead, frame, ifname) for one layer's events of one sample,
     to `spikes` each frame's (layer, sample, source, sign), None for primers, and to `ranks` the
     event's shortest delay on any port (`earliest_us`, (n, 2)), which orders simultaneous events."""
     tau_ns = plan.timing.tau_us * 1e3
+    layer_plan = plan.layers[layer]
     src_mac, (src_ip, dst_ip) = injector_mac(layer), injector_ip(layer)
     t_plus, t_minus = encode(x, plan.constants["t0"])
     primer = plan.packets.primer_bytes
     seq = 0
     for sign, times in ((0, t_plus), (1, t_minus)):
         for source, t in enumerate(times.tolist()):
-            offset = int(round(t * tau_ns))
+            offset = int(round(t * tau_ns + (layer_plan.origin_us - layer_plan.lead_us(source, sign)) * 1e3))
             if primer:
                 head = SpikeHeader(layer, source, sign, sample, seq, KIND_PRIMER)
                 keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head, primer), ifname))
@@ -103,7 +105,7 @@ def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifna
 
 
 def _passed(mine: np.ndarray, fabric: LiveFabric, layer: int, t0_ns: int, k: int) -> np.ndarray:
-    """(ports, K) arrival times (µs after the base) of one sample's spikes the gates passed, nan where none."""
+    """(ports, K) arrival times (µs after the layer's origin) of one sample's spikes the gates passed, nan where none."""
     ports = fabric.ports[layer]
     out = np.full((len(ports), k), np.nan)
     for q, port in enumerate(ports):
@@ -181,7 +183,7 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                     tx_of[spikes[i]] = int(sent_at[j])
             if keep_frames:
                 run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
-            deadline = base + int(max(plan.layers[li].window_us for li, _ in active) * 1e3)
+            deadline = base + int(max(plan.layers[li].origin_us + plan.layers[li].window_us for li, _ in active) * 1e3)
             capture = receiver.collect(deadline, keep_frames=keep_frames)
             run.receiver_drops += capture.dropped
             run.arrivals.append(capture.arrivals)
@@ -189,8 +191,9 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 run.frames += list(capture.frames)
             for li, sample in active:
                 layer = plan.layers[li]
+                origin_real = base_real + int(round(layer.origin_us * 1e3))
                 decoded = decode_layer(capture.arrivals, roles[li], samples=np.array([sample]),
-                                       t0_ns=np.array([base_real]), tau_ns=tau_ns, k=layer.k,
+                                       t0_ns=np.array([origin_real]), tau_ns=tau_ns, k=layer.k,
                                        deadline=layer.window_us / plan.timing.tau_us, s=plan.constants["s"])
                 run.t_plus[li][sample] = decoded.t_plus[0]
                 run.t_minus[li][sample] = decoded.t_minus[0]
@@ -198,8 +201,8 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                                         & (capture.arrivals["kind"] == KIND_SPIKE)]
                 run.counts[li][sample] = np.where(port_sign[li] == SIGN_PLUS, decoded.count_plus[0][port_neuron[li]],
                                                   decoded.count_minus[0][port_neuron[li]])
-                run.passed_us[li][sample] = _passed(mine, fabric, li, base_real, layer.k)
-                for row in mine[mine["t_ns"] - base_real <= layer.window_us * 1e3]:
+                run.passed_us[li][sample] = _passed(mine, fabric, li, origin_real, layer.k)
+                for row in mine[mine["t_ns"] - origin_real <= layer.window_us * 1e3]:
                     q = ports_index[li].get(int(row["ifindex"]))
                     tx = tx_of.get((li, sample, int(row["source"]), int(row["sign"])))
                     if q is not None and tx is not None:

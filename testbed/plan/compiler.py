@@ -26,6 +26,16 @@ port's output on similar data, yet costs the kernel a shaped primer and spike pe
 compiler leaves such synapses out of the port; the port's synapse filter drops their events
 before the shaper (testbed.kernel.classifier) and the simulator never delivers them. What this
 costs in accuracy shows as simulation-vs-golden agreement.
+
+Leads (optional, `lead`): every zero input fires both its events at T0, so without leads a
+sample's layer begins with a burst of hundreds of primers that one CPU enqueues one after
+another, and a primer enqueued late starts its synapse's delay late. A shaped delay counts from
+the primer's enqueue, not from the time the model assigns the event, so the compiler gives
+event e a lead a_e spread evenly over [0, lead·τ] (independent of the weights and the data): the
+injector sends e at its model time minus a_e and every class of e holds a_e longer. Arrival
+times are unchanged; the bursts become a train. The layer's model time zero (`origin_us`, the
+largest lead) is that far after its slot's base. A layer that finishes sooner than the slowest
+one spreads its events over the difference too, at no cost in samples/s.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ DEFAULT_PRUNE_MARGIN = 0.0
 # Default model time unit: on a 2-core machine the shaper fabric needs ≈5 ms for its bursts
 # (bench/infer.py); kernels with netem and more cores do with less.
 DEFAULT_TAU_US = 5000.0
+DEFAULT_LEAD = 1.0  # model units over which a layer's events are spread ahead of their times
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,36 @@ def drop_one_in(loss: float, real: Realisation) -> int | None:
     return n
 
 
+def _port_order(n_neurons: int) -> list[tuple[int, int]]:
+    """(neuron, sign) of a layer's ports in plan order: z⁺ then z⁻ of neuron 0, then neuron 1, …"""
+    return [(j, sign) for j in range(n_neurons) for sign in (SIGN_PLUS, SIGN_MINUS)]
+
+
+def _kept_synapses(net: Pi2Network, li: int, cal: Calibration, prune_margin: float | None,
+                   tau_us: float) -> list[list[tuple[int, int, float]]]:
+    """Per port (plan order), the synapses it keeps as (source, event sign, model delay µs)."""
+    layer = net.layers[li]
+    d_plus, d_minus = delays(layer.weight, net.constants.c, net.bits)
+    out = []
+    for j, sign in _port_order(layer.n_neurons):
+        # z⁺: t⁺ through d⁺, t⁻ through d⁻;  z⁻: t⁺ through d⁻, t⁻ through d⁺.
+        via_plus, via_minus = (d_plus, d_minus) if sign == SIGN_PLUS else (d_minus, d_plus)
+        slack = cal.slack[li][j, sign]
+        out.append([(i, ev_sign, float(d) * tau_us)
+                    for i in range(layer.n_inputs)
+                    for ev_sign, d in ((SIGN_PLUS, via_plus[i, j]), (SIGN_MINUS, via_minus[i, j]))
+                    if prune_margin is None or slack[ev_sign * layer.n_inputs + i] <= prune_margin])
+    return out
+
+
+def event_leads(n_inputs: int, lead_us: float) -> np.ndarray:
+    """Lead (µs) of each of a layer's 2n events, t⁺ of inputs 0..n−1 then t⁻: evenly spread over
+    [0, lead_us] in that order, so the t⁺ and t⁻ of one input, which a zero input fires together,
+    are about half the span apart."""
+    events = 2 * n_inputs
+    return lead_us * np.arange(events) / (events - 1)
+
+
 def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | None) -> TcTree:
     """clsact ingress of a neuron port's host end: the random drop (if the run has loss), then the
     first-K gate, so the gate counts only the spikes that survived."""
@@ -204,7 +245,8 @@ def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | No
 
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
                     network_path: str | Path | None = None, margin: float | None = None,
-                    relay_us: float = 3000.0, prune_margin: float | None = None, loss: float = 0.0) -> FabricPlan:
+                    relay_us: float = 3000.0, prune_margin: float | None = None, loss: float = 0.0,
+                    lead: float = 0.0) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
@@ -212,9 +254,13 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     `prune_margin` (model units; None: keep every synapse) which synapses are pruned. The sample period leaves room for every class to drain
     (latest event + 2c), and the relay time to decode a layer, before the next sample reuses it.
     `loss` (a probability, 1/N) is dropped at every neuron port's ingress, where the profile realises loss.
+    `lead` (model units; 0: off) spreads each layer's events ahead of their times over at least
+    this span, and over all the slack the slowest layer leaves a faster one (module docstring).
     """
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")
+    if not lead >= 0:
+        raise PlanError(f"lead must be ≥ 0 model units, got {lead}")
     if prune_margin is not None and not prune_margin >= 0:
         raise PlanError(f"prune margin must be ≥ 0 model units, got {prune_margin}")
     if any(not isinstance(layer, DenseLayer) for layer in net.layers):
@@ -228,47 +274,54 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
             raise PlanError(f"layer {i} has {layer.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
     margin = real.margin_tau if margin is None else margin
     loss_one_in = drop_one_in(loss, real)
-    longest = 2 * net.constants.c * tau_us
-    if longest > real.max_delay_us:
-        raise PlanError(f"tau {tau_us:g} µs makes the longest synapse delay 2c·τ = {longest:g} µs, beyond the "
-                        f"{real.max_delay_us:g} µs profile {real.profile} realises; use a smaller --tau")
     cal = calibrate(net, np.asarray(calibration_x, dtype=np.float64))
     c = net.constants
+    kept = [_kept_synapses(net, li, cal, prune_margin, tau_us) for li in range(len(net.layers))]
+    windows = [(cal.kth_arrival[li] + margin) * tau_us for li in range(len(net.layers))]
+    # A sample's slot must let every class drain (the latest event plus the longest delay) and
+    # the relay decode a layer (deadline + relay time) before the next sample's events reuse the
+    # same classes; a layer's lead adds to both. The slowest layer sets the period; with leads
+    # on, every layer then spreads its events over all the lead the period leaves it (at least
+    # `lead`), as far as the profile's longest delay allows.
+    spans = [max((cal.last_event[li] + margin) * tau_us + max(d for port in ports for _, _, d in port),
+                 windows[li] + relay_us) for li, ports in enumerate(kept)]
+    period_us = max(spans) + lead * tau_us
     layers = []
     for li, layer in enumerate(net.layers):
-        d_plus, d_minus = delays(layer.weight, c.c, net.bits)
-        window_us = (cal.kth_arrival[li] + margin) * tau_us
+        longest = max(d for port in kept[li] for _, _, d in port)
+        room = real.max_delay_us - longest
+        if room < lead * tau_us:
+            raise PlanError(f"layer {li}: its longest synapse delay {longest:g} µs plus a lead of {lead:g}·τ exceeds "
+                            f"the {real.max_delay_us:g} µs profile {real.profile} realises; use a smaller --tau or --lead")
+        spread = max(lead * tau_us, min(period_us - spans[li], room)) if lead else 0.0
+        leads = event_leads(layer.n_inputs, spread)
         ports = []
-        for j in range(layer.n_neurons):
-            for sign in (SIGN_PLUS, SIGN_MINUS):
-                # z⁺: t⁺ through d⁺, t⁻ through d⁻;  z⁻: t⁺ through d⁻, t⁻ through d⁺.
-                via_plus, via_minus = (d_plus, d_minus) if sign == SIGN_PLUS else (d_minus, d_plus)
-                events, targets, synapses = [], [], []
-                slack = cal.slack[li][j, sign]
-                for i in range(layer.n_inputs):
-                    for ev_sign, d in ((SIGN_PLUS, via_plus[i, j]), (SIGN_MINUS, via_minus[i, j])):
-                        if prune_margin is not None and slack[ev_sign * layer.n_inputs + i] > prune_margin:
-                            continue
-                        target = float(d) * tau_us
-                        realised, rate = realise_delay(target, real)
-                        events.append((i, ev_sign, rate))
-                        targets.append(target)
-                        synapses.append(Synapse(i, ev_sign, target, realised,
-                                                None if target < real.min_delay_us else synapse_classid(i, ev_sign)))
-                tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
-                ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
-                                        _port_tc(li, events, real, targets, 2 * layer.n_inputs),
-                                        _gate_tc(layer.k, window_us, real.delay_kind == "htb-primer", loss_one_in)))
-        layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", window_us,
-                                cal.offset_mk[li], tuple(ports)))
-    # A sample's slot must let every class drain (latest event + 2c) and the relay decode a
-    # layer (deadline + relay time) before the next sample's events reuse the same classes.
-    span_us = max((cal.last_event[li] + 2 * c.c + margin) * tau_us for li in range(len(net.layers)))
-    span_us = max(span_us, max(layer.window_us for layer in layers) + relay_us)
+        for (j, sign), synapses_of in zip(_port_order(layer.n_neurons), kept[li]):
+            events, targets, synapses = [], [], []
+            for i, ev_sign, d in synapses_of:
+                target = d + leads[ev_sign * layer.n_inputs + i]
+                realised, rate = realise_delay(target, real)
+                events.append((i, ev_sign, rate))
+                targets.append(target)
+                synapses.append(Synapse(i, ev_sign, target, realised,
+                                        None if target < real.min_delay_us else synapse_classid(i, ev_sign)))
+            tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
+            ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
+                                    _port_tc(li, events, real, targets, 2 * layer.n_inputs),
+                                    _gate_tc(layer.k, windows[li], real.delay_kind == "htb-primer", loss_one_in)))
+        layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
+                                cal.offset_mk[li], tuple(ports), tuple(leads.tolist())))
+    # A spike leaving an htb-primer class charges it its own size too: the class takes
+    # delay·spike/(primer − burst) more to recover before the next sample's primer passes at once.
+    recover = SPIKE_FRAME_BYTES / (real.primer_bytes - real.burst_bytes) if real.delay_kind == "htb-primer" else 0.0
+    period_us = max(period_us, max(layer.origin_us + (cal.last_event[li] + margin) * tau_us
+                                   + max(s.delay_us * (1 + recover) - layer.lead_us(s.source, s.sign)
+                                         for p in layer.ports for s in p.synapses)
+                                   for li, layer in enumerate(layers)))
     network = {"path": None if network_path is None else str(network_path),
                "sha256": None if network_path is None else hashlib.sha256(Path(network_path).read_bytes()).hexdigest(),
                "k": list(net.k), "bits": net.bits, "input_shape": list(net.input_shape)}
     return FabricPlan(real.profile, real.delay_kind, real.gate_kind, {"t0": c.t0, "c": c.c, "s": c.s}, network,
-                      Timing(tau_us, span_us, relay_us, real.flood_copy_us),
+                      Timing(tau_us, period_us, relay_us, real.flood_copy_us),
                       Packets(SPIKE_FRAME_BYTES, real.primer_bytes if real.delay_kind == "htb-primer" else 0),
                       tuple(layers))

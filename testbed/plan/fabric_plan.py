@@ -13,7 +13,9 @@ Per layer l (n inputs, m neurons), the data path is::
 
 Interface names are logical suffixes; the builder prefixes ``p2<run id>``.
 Times: `tau_us` maps one model unit to microseconds; layer windows are in µs from the layer's
-injection base time.
+model time zero, its origin: the slot's base plus the longest of its events' leads. An event of
+model time t with lead a is sent at origin + t·τ − a, and each of its delay classes holds a longer
+(testbed.plan.compiler explains why), so it arrives at origin + t·τ + the model's delay.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from testbed.errors import PlanError
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: per-event leads
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
 
 
@@ -83,15 +85,28 @@ class LayerPlan:
     k: int
     switch: str
     inject_if: str
-    window_us: float  # deadline: arrivals later than this after the layer's base time are timed out
+    window_us: float  # deadline: arrivals later than this after the layer's origin are timed out
     offset_mk: float  # causal offset M_K (model units) measured on the calibration data
     ports: tuple[NeuronPort, ...]
+    leads_us: tuple[float, ...]  # per event (t⁺ of inputs 0..n−1, then t⁻): sent this long before its time
 
     def __post_init__(self) -> None:
         if len(self.ports) != 2 * self.n_neurons:
             raise PlanError(f"layer {self.index}: {len(self.ports)} ports for {self.n_neurons} neurons (expected 2 per neuron)")
         if not self.window_us > 0:
             raise PlanError(f"layer {self.index}: window_us must be > 0, got {self.window_us}")
+        if len(self.leads_us) != 2 * self.n_inputs or not all(lead >= 0 for lead in self.leads_us):
+            raise PlanError(f"layer {self.index}: leads_us needs {2 * self.n_inputs} values ≥ 0 µs (one per event), "
+                            f"got {len(self.leads_us)}")
+
+    @property
+    def origin_us(self) -> float:
+        """Where the layer's model time zero lies after its slot's base: the longest lead, so
+        that no event is sent before the slot begins."""
+        return max(self.leads_us)
+
+    def lead_us(self, source: int, sign: int) -> float:
+        return self.leads_us[sign * self.n_inputs + source]
 
 
 @dataclass(frozen=True)
@@ -167,7 +182,8 @@ class FabricPlan:
                            "filters": sum(len(p.delay_tc.filters) for p in layer.ports),
                            "gates": sum(f.kind == "bpf" for p in layer.ports for f in p.gate_tc.filters),
                            "loss": max(drop_probability(p.gate_tc) for p in layer.ports),
-                           "window_us": layer.window_us, "offset_mk": layer.offset_mk})
+                           "window_us": layer.window_us, "origin_us": layer.origin_us,
+                           "offset_mk": layer.offset_mk})
         return {"profile": self.profile, "delay": self.delay_kind, "gate": self.gate_kind,
                 "tau_us": self.timing.tau_us, "period_us": self.timing.period_us,
                 "samples_per_s_bound": 1e6 / self.timing.period_us,
@@ -189,7 +205,8 @@ class FabricPlan:
                               "delay_tc": p.delay_tc.to_dict(), "gate_tc": p.gate_tc.to_dict()})
             out["layers"].append({"index": layer.index, "n_inputs": layer.n_inputs, "n_neurons": layer.n_neurons,
                                   "k": layer.k, "switch": layer.switch, "inject_if": layer.inject_if,
-                                  "window_us": layer.window_us, "offset_mk": layer.offset_mk, "ports": ports})
+                                  "window_us": layer.window_us, "offset_mk": layer.offset_mk,
+                                  "leads_us": list(layer.leads_us), "ports": ports})
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -226,7 +243,7 @@ def plan_from_dict(raw: Mapping[str, Any], where: str = "plan") -> FabricPlan:
                                     int(_get(lraw, "n_neurons", lw)), int(_get(lraw, "k", lw)),
                                     str(_get(lraw, "switch", lw)), str(_get(lraw, "inject_if", lw)),
                                     float(_get(lraw, "window_us", lw)), float(_get(lraw, "offset_mk", lw)),
-                                    tuple(ports)))
+                                    tuple(ports), tuple(float(a) for a in _get(lraw, "leads_us", lw))))
         return FabricPlan(str(_get(raw, "profile", where)), str(_get(raw, "delay_kind", where)),
                           str(_get(raw, "gate_kind", where)), dict(_get(raw, "constants", where)),
                           dict(_get(raw, "network", where)), Timing(**_get(raw, "timing", where)),

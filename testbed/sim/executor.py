@@ -3,17 +3,19 @@
 The simulator reads only the plan, the same description the kernel builder reads, with the
 realisations' semantics:
 
-- injection: event (i, sign) of a sample enters layer l's switch at base_l + t·τ;
+- injection: event (i, sign) of a sample enters layer l's switch at its lead a before origin_l + t·τ
+  (origin_l: the layer's model time zero, which all times below count from);
 - broadcast: the bridge floods port q's copy q·flood_copy_us after the first;
-- delay: each port's class for (i, sign) holds the event its realised `delay_us` (primer
-  arithmetic and rate granularity already folded in by the compiler); unshaped events pass at
+- delay: each port's class for (i, sign) holds the event its realised `delay_us` (the model's
+  delay plus the event's lead; primer arithmetic and rate granularity already folded in by the
+  compiler); unshaped events pass at
   once; an event the port has no synapse for (pruned by the compiler) never arrives;
 - loss: where a port's gate tree has a random-drop filter (probability 1/N, testbed.plan.tc
   `drop_probability`), each arriving spike is dropped with that probability before the gate,
   independently (the kernel draws its own random numbers, so only the statistics agree);
 - gate: the first K spikes of a sample on a port pass; later ones, and any arriving after the
   layer's deadline (window), are dropped;
-- relay: T± = mean of the passed arrival times (model units from the layer's base time), with
+- relay: T± = mean of the passed arrival times (model units from the layer's origin), with
   the model's time-out rule (`testbed.model.layers.mean_k_earliest`, as `testbed.traffic.decode`
   uses it); y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
 
@@ -37,7 +39,7 @@ from testbed.plan.tc import drop_probability
 class LayerResult:
     """One layer's simulated behaviour for a batch of samples."""
 
-    inject_us: np.ndarray  # (batch, n, 2) injection time of event (i, sign) after the layer's base
+    inject_us: np.ndarray  # (batch, n, 2) injection time of event (i, sign) after the layer's origin
     passed_us: np.ndarray  # (batch, ports, K) arrival times of the spikes the gate passed (nan: none)
     t_plus: np.ndarray  # (batch, m) T⁺ in model units
     t_minus: np.ndarray  # (batch, m)
@@ -70,7 +72,8 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
     (default: seeded with 0, so a simulation is repeatable)."""
     tau = plan.timing.tau_us
     t_plus, t_minus = encode(x, plan.constants["t0"])
-    inject = np.stack([t_plus, t_minus], axis=-1) * tau  # (batch, n, 2)
+    leads = np.asarray(layer.leads_us).reshape(2, layer.n_inputs).T  # (n, 2)
+    inject = np.stack([t_plus, t_minus], axis=-1) * tau - leads[None]  # (batch, n, 2)
     flood = np.arange(len(layer.ports)) * plan.timing.flood_copy_us
     arrive = inject[:, None] + port_delays_us(layer)[None] + flood[None, :, None, None]
     arrive = arrive.reshape(len(x), len(layer.ports), -1)

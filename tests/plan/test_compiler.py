@@ -156,3 +156,38 @@ def test_loss_survives_the_plan_json(tmp_path):
 def test_loss_the_profile_cannot_realise_is_refused(real, loss, words):
     with pytest.raises(PlanError, match=words):
         compile_network(tiny(), real, 1000.0, np.zeros((1, 3)), loss=loss)
+
+
+def test_leads_spread_each_layers_events_and_classes_hold_them_longer():
+    net = tiny(bits=4)
+    x = np.random.default_rng(5).random((20, 3))
+    plain = compile_network(net, NETEM, 1000.0, x)
+    led = compile_network(net, NETEM, 1000.0, x, lead=0.5)
+    assert all(max(layer.leads_us) == 0 for layer in plain.layers)
+    for p_layer, l_layer in zip(plain.layers, led.layers):
+        leads = np.asarray(l_layer.leads_us)
+        # Evenly spaced over the layer's origin, which is at least the asked-for 0.5 τ.
+        assert l_layer.origin_us >= 500.0 and leads.min() == 0 and leads.max() == l_layer.origin_us
+        np.testing.assert_allclose(np.diff(leads), l_layer.origin_us / (len(leads) - 1))
+        # t⁺ and t⁻ of one input (sent together by a zero input) are n of the 2n − 1 steps apart.
+        n = l_layer.n_inputs
+        assert leads[n] - leads[0] == pytest.approx(l_layer.origin_us * n / (2 * n - 1))
+        for p_port, l_port in zip(p_layer.ports, l_layer.ports):
+            for a, b in zip(p_port.synapses, l_port.synapses):
+                assert b.delay_us == pytest.approx(a.delay_us + l_layer.lead_us(b.source, b.sign), abs=1.0)
+    # The faster layer spreads over the slack the slower one leaves it, so the period grows by
+    # no more than the asked-for lead on the slowest layer.
+    assert led.timing.period_us <= plain.timing.period_us + 500.0 + 1.0
+    assert max(layer.origin_us for layer in led.layers) > 500.0
+
+
+def test_a_lead_beyond_the_profiles_longest_delay_is_refused():
+    short = Realisation("shaper", "htb-primer", min_delay_us=20.0, max_delay_us=10_000.0)
+    compile_network(tiny(), short, 1000.0, np.zeros((1, 3)), lead=3.0)  # 2c·τ + 3τ = 9 ms fits
+    with pytest.raises(PlanError, match="--lead"):
+        compile_network(tiny(), short, 1000.0, np.zeros((1, 3)), lead=5.0)
+
+
+def test_negative_lead_is_refused():
+    with pytest.raises(PlanError, match="lead must be"):
+        compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), lead=-1.0)

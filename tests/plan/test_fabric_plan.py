@@ -34,6 +34,8 @@ def test_not_json(tmp_path):
     (lambda d: d["layers"][0]["ports"][0].update(k=0), "k must be in"),
     (lambda d: d["layers"][0].update(window_us=-1), "window_us"),
     (lambda d: d["layers"][0]["ports"].pop(), "ports for"),
+    (lambda d: d["layers"][0]["leads_us"].pop(), "leads_us"),
+    (lambda d: d["layers"][0].pop("leads_us"), "missing field 'leads_us'"),
     (lambda d: d["layers"][0]["ports"][0]["delay_tc"]["classes"][0].update(params={"rate": 1}), "unknown parameter"),
 ])
 def test_each_validation_error_is_one_line(plan_dict, edit, message):

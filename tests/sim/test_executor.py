@@ -79,3 +79,21 @@ def test_loss_drops_spikes_before_the_gate_with_the_plans_probability():
     assert np.isfinite(simulate(clean, x).layers[0].passed_us).all()
     np.testing.assert_array_equal(simulate(plan, x).scores, simulate(plan, x, seed=0).scores)
     assert not np.array_equal(simulate(plan, x, seed=1).scores, simulate(plan, x, seed=0).scores)
+
+
+def test_leads_move_injections_but_not_arrivals():
+    # An event sent its lead early through classes holding it that much longer arrives when it
+    # would have without a lead: the simulation of the model is unchanged by leads.
+    rng = np.random.default_rng(6)
+    net = random_net(rng, (4, 3))
+    x = rng.random((30, 12)) * 2
+    plain = compile_network(net, IDEAL, 1e6, x, margin=1.0)
+    led = compile_network(net, IDEAL, 1e6, x, margin=1.0, lead=1.0)
+    for a, b, layer in zip(simulate(plain, x).layers, simulate(led, x).layers, led.layers):
+        leads = np.asarray(layer.leads_us).reshape(2, layer.n_inputs).T
+        # netem rounds each delay to whole µs (1e-6 model units at τ = 1 s), which s = 10 amplifies
+        # into the next layer's inputs: tolerances of 1e-4 model units.
+        np.testing.assert_allclose(b.inject_us, a.inject_us - leads[None], atol=100.0)
+        np.testing.assert_allclose(b.passed_us, a.passed_us, atol=100.0)
+        np.testing.assert_allclose(b.y, a.y, atol=1e-4)
+        assert np.abs(b.inject_us - a.inject_us).max() > 0.5e6  # the leads are there
