@@ -223,12 +223,15 @@ def _teardown(run_id: str, built: Built | None) -> None:
 
 @contextmanager
 def build_fabric(plan: FabricPlan, backend: str = "netns", run_id: str | None = None,
-                 progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None) -> Iterator[LiveFabric]:
+                 progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None,
+                 gate_cpus: Sequence[int] | None = None) -> Iterator[LiveFabric]:
     """Build `plan` with `backend`, yield the `LiveFabric`, then remove everything it made.
 
     `fabric_cpus` steers the fabric's packet work (bridge flooding, classification, htb
     enqueue) onto those CPUs (RPS on the fabric end of every injector link), away from a
-    busy-waiting injector. Teardown runs on errors, Ctrl-C and SIGTERM too.
+    busy-waiting injector; `gate_cpus` steers the gates and the delivery of what they pass
+    (RPS on every port's host end) off the CPU whose timers release the spikes. Teardown runs
+    on errors, Ctrl-C and SIGTERM too.
     """
     build = _backend_build(backend)
     cleanup.require_root(f"building a fabric ({backend})")
@@ -236,7 +239,7 @@ def build_fabric(plan: FabricPlan, backend: str = "netns", run_id: str | None = 
         registry = RunRegistry.create(run_id)
         built = None
         try:
-            built = build(plan, registry, progress=progress, fabric_cpus=fabric_cpus)
+            built = build(plan, registry, progress=progress, fabric_cpus=fabric_cpus, gate_cpus=gate_cpus)
             yield built.fabric
         finally:
             _teardown(registry.run_id, built)

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from testbed.errors import KernelError
 from testbed.fabric.live import (Built, ClassifierCache, LiveFabric, LivePort, Progress, cpu_mask, gate_loader,
                                  wait_until_up)
-from testbed.fabric.netns_backend import rps_path
+from testbed.fabric.netns_backend import rps_path, write_sysfs_in
 from testbed.kernel import netns
 from testbed.kernel.gate import GateProgram
 from testbed.kernel.names import RunRegistry, object_name
@@ -90,12 +90,12 @@ def _bind_namespace(source: str, name: str) -> None:
 
 
 def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = None,
-          fabric_cpus: Sequence[int] | None = None) -> Built:
+          fabric_cpus: Sequence[int] | None = None, gate_cpus: Sequence[int] | None = None) -> Built:
     """Build `plan` with Mininet for `registry`'s run. Bridges, links and helper pids are recorded
     before they exist, so cleanup.down(run) removes them even if Mininet fails half-way."""
     mn_net, mn_nodelib = _mininet()
     topo_class = load_topology()
-    mask = cpu_mask(fabric_cpus)
+    mask, gate_mask = cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
     run = registry.run_id
     host_name = object_name(run, HOST_SUFFIX)
     layers = []
@@ -174,6 +174,9 @@ def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = N
         if mask is not None:
             for spec in layers:
                 Path(rps_path(spec["links"][0][1])).write_text(mask)
+        if gate_mask is not None:
+            write_sysfs_in(host_ns, {rps_path(object_name(run, p.host_if)): gate_mask
+                                     for layer in plan.layers for p in layer.ports})
 
         gate_of = {gate.name: gate for gate in gates}
         ports = tuple(tuple(LivePort(p.layer, p.neuron, p.sign, object_name(run, p.host_if),

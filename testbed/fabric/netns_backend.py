@@ -16,7 +16,11 @@ CPU placement: a veth transmit hands the frame to the peer's receive path on the
 flood, the u32 classification and the htb enqueue of every port run on the injector's CPU, in
 its send() call. RPS on the fabric end of each injector link (its rx queue's rps_cpus) queues
 the frame to a chosen CPU's backlog instead; htb's watchdog timers are then armed, and fire,
-there too. sysfs shows the devices of the namespace it was mounted in, so the rps_cpus files
+there too. The same holds one hop later: a class's timer releases a spike into the port's host
+end on the fabric CPU, which would then also run the gate and the delivery to the relay's
+socket, in the way of the next timer; RPS on the host ends (`gate_cpus`) moves that work off.
+The kernel RX timestamp is taken as the frame is queued (before RPS), so it still marks the
+release. sysfs shows the devices of the namespace it was mounted in, so the rps_cpus files
 are written through a sysfs mounted in a private mount namespace of a helper thread.
 """
 
@@ -107,10 +111,10 @@ def _step(progress: Progress | None, stage: str, done: int, total: int) -> None:
 
 
 def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = None,
-          fabric_cpus: Sequence[int] | None = None) -> Built:
+          fabric_cpus: Sequence[int] | None = None, gate_cpus: Sequence[int] | None = None) -> Built:
     """Build `plan` for `registry`'s run; objects are recorded there before they exist, so the
     caller's cleanup.down(run) removes them whatever happens here."""
-    mask = cpu_mask(fabric_cpus)
+    mask, gate_mask = cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
     gates: list[GateProgram] = []
     try:
         with LinkBuilder(registry) as lb:
@@ -162,6 +166,8 @@ def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = N
                       + [lb.name(inject_peer(layer.inject_if)) for layer in plan.layers])
         if mask is not None:
             write_sysfs_in(fab, {rps_path(lb.name(inject_peer(layer.inject_if))): mask for layer in plan.layers})
+        if gate_mask is not None:
+            write_sysfs_in(host, {rps_path(lb.name(p.host_if)): gate_mask for layer in plan.layers for p in layer.ports})
 
         gate_of = {gate.name: gate for gate in gates}
         ports = tuple(tuple(LivePort(p.layer, p.neuron, p.sign, lb.name(p.host_if), host_index[lb.name(p.host_if)],

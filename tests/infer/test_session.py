@@ -18,11 +18,11 @@ from click.testing import CliRunner
 
 from testbed.cli import pi2
 from testbed.fabric.live import build_fabric
-from testbed.infer.pipeline import InferOptions, fabric_cpus, write_outputs
+from testbed.infer.pipeline import InferOptions, cpu_placement, write_outputs
 from testbed.infer.session import run_inference
 from testbed.kernel import netns
 from testbed.model.network import DenseLayer, Pi2Network
-from testbed.plan.compiler import Realisation, compile_network
+from testbed.plan.compiler import DEFAULT_LEAD, Realisation, compile_network
 from testbed.plan.profiles import load_profile
 from testbed.sim.executor import simulate
 
@@ -39,13 +39,13 @@ def tiny():
     net = Pi2Network((DenseLayer(rng.normal(0, 1.2, size=(6, 4)), 1), DenseLayer(rng.normal(0, 1.2, size=(4, 3)), 2)),
                      (6,), bits=4)
     x = rng.uniform(0, 1.5, size=(40, 6))
-    plan = compile_network(net, Realisation.from_profile(load_profile(PROFILE)), TAU_US, x)
+    plan = compile_network(net, Realisation.from_profile(load_profile(PROFILE)), TAU_US, x, lead=DEFAULT_LEAD)
     return net, plan, x[:8]
 
 
 def test_kernel_decisions_equal_the_simulation(tiny, tmp_path):
     net, plan, x = tiny
-    with build_fabric(plan, "netns", fabric_cpus=fabric_cpus(0)) as fabric:
+    with build_fabric(plan, "netns", **cpu_placement(0)) as fabric:
         run = run_inference(plan, fabric, x, inject_cpu=0, keep_frames=True)
         counters = fabric.gate_counters()
         host = fabric.host_netns
