@@ -124,7 +124,7 @@ class Calibration:
     """Per-layer time extents measured on calibration data (model units)."""
 
     kth_arrival: tuple[float, ...]  # latest K-th earliest arrival of any port
-    last_event: tuple[float, ...]  # latest injected event time
+    event_range: tuple[np.ndarray, ...]  # per layer (2n events): latest − earliest time of each event
     offset_mk: tuple[float, ...]
     slack: tuple[np.ndarray, ...]  # per layer (neurons, port sign, 2n events): min over samples of
     #                                 arrival − the port's K-th earliest (events: t⁺ of 0..n−1, then t⁻)
@@ -134,7 +134,7 @@ def calibrate(net: Pi2Network, x: np.ndarray) -> Calibration:
     """Measure each layer's time extents by running the golden model on `x`."""
     from testbed.model.layers import arrivals, kth_earliest
 
-    kth, last, offs, slack = [], [], [], []
+    kth, ranges, offs, slack = [], [], [], []
     for layer, trace in zip(net.layers, net.trace(x)):
         d_plus, d_minus = delays(layer.weight, net.constants.c, net.bits)
         worst = 0.0
@@ -146,10 +146,11 @@ def calibrate(net: Pi2Network, x: np.ndarray) -> Calibration:
                 worst = max(worst, float(kz.max()))
                 least[:, sign] = np.minimum(least[:, sign], (z - kz[:, None, :]).min(axis=0).T)
         kth.append(worst)
-        last.append(float(max(trace.t_plus.max(), trace.t_minus.max())))
+        times = np.concatenate([trace.t_plus, trace.t_minus], axis=1)
+        ranges.append(times.max(axis=0) - times.min(axis=0))
         offs.append(float(trace.offset.max()))
         slack.append(least)
-    return Calibration(tuple(kth), tuple(last), tuple(offs), tuple(slack))
+    return Calibration(tuple(kth), tuple(ranges), tuple(offs), tuple(slack))
 
 
 def synapse_classid(source: int, sign: int) -> str:
@@ -278,14 +279,20 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     c = net.constants
     kept = [_kept_synapses(net, li, cal, prune_margin, tau_us) for li in range(len(net.layers))]
     windows = [(cal.kth_arrival[li] + margin) * tau_us for li in range(len(net.layers))]
-    # A sample's slot must let every class drain (the latest event plus the longest delay) and
-    # the relay decode a layer (deadline + relay time) before the next sample's events reuse the
-    # same classes; a layer's lead adds to both. The slowest layer sets the period; with leads
-    # on, every layer then spreads its events over all the lead the period leaves it (at least
-    # `lead`), as far as the profile's longest delay allows.
-    spans = [max((cal.last_event[li] + margin) * tau_us + max(d for port in ports for _, _, d in port),
-                 windows[li] + relay_us) for li, ports in enumerate(kept)]
-    period_us = max(spans) + lead * tau_us
+    # A spike leaving an htb-primer class charges it its own size too: the class takes
+    # delay·spike/(primer − burst) more to recover before the next sample's primer passes at once.
+    recover = SPIKE_FRAME_BYTES / (real.primer_bytes - real.burst_bytes) if real.delay_kind == "htb-primer" else 0.0
+    # Consecutive samples reuse every class, so the period must outlast, per event, the spread of
+    # its times on the calibration data (plus the margin) and its longest class delay with the
+    # recovery; and a layer's deadline plus the relay's decoding. A lead adds to both. The
+    # slowest layer sets the period; with leads on, every layer then spreads its events over
+    # all the lead the period leaves it (at least `lead`), as far as the profile's longest delay
+    # allows.
+    drains = [max((cal.event_range[li][ev_sign * net.layers[li].n_inputs + i] + margin) * tau_us + d * (1 + recover)
+                  for port in ports for i, ev_sign, d in port) for li, ports in enumerate(kept)]
+    decodes = [window + relay_us for window in windows]
+    period_us = max(max(drain + lead * tau_us * (1 + recover), decode + lead * tau_us)
+                    for drain, decode in zip(drains, decodes))
     layers = []
     for li, layer in enumerate(net.layers):
         longest = max(d for port in kept[li] for _, _, d in port)
@@ -293,7 +300,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         if room < lead * tau_us:
             raise PlanError(f"layer {li}: its longest synapse delay {longest:g} µs plus a lead of {lead:g}·τ exceeds "
                             f"the {real.max_delay_us:g} µs profile {real.profile} realises; use a smaller --tau or --lead")
-        spread = max(lead * tau_us, min(period_us - spans[li], room)) if lead else 0.0
+        fits = min((period_us - drains[li]) / (1 + recover), period_us - decodes[li], room)
+        spread = max(lead * tau_us, fits) if lead else 0.0
         leads = event_leads(layer.n_inputs, spread)
         ports = []
         for (j, sign), synapses_of in zip(_port_order(layer.n_neurons), kept[li]):
@@ -311,13 +319,10 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                                     _gate_tc(layer.k, windows[li], real.delay_kind == "htb-primer", loss_one_in)))
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
                                 cal.offset_mk[li], tuple(ports), tuple(leads.tolist())))
-    # A spike leaving an htb-primer class charges it its own size too: the class takes
-    # delay·spike/(primer − burst) more to recover before the next sample's primer passes at once.
-    recover = SPIKE_FRAME_BYTES / (real.primer_bytes - real.burst_bytes) if real.delay_kind == "htb-primer" else 0.0
-    period_us = max(period_us, max(layer.origin_us + (cal.last_event[li] + margin) * tau_us
-                                   + max(s.delay_us * (1 + recover) - layer.lead_us(s.source, s.sign)
-                                         for p in layer.ports for s in p.synapses)
-                                   for li, layer in enumerate(layers)))
+    # The realised delays (rate granularity) may hold a class a little longer than the targets.
+    period_us = max([period_us] + [(cal.event_range[li][s.sign * layer.n_inputs + s.source] + margin) * tau_us
+                                   + s.delay_us * (1 + recover)
+                                   for li, layer in enumerate(layers) for p in layer.ports for s in p.synapses])
     network = {"path": None if network_path is None else str(network_path),
                "sha256": None if network_path is None else hashlib.sha256(Path(network_path).read_bytes()).hexdigest(),
                "k": list(net.k), "bits": net.bits, "input_shape": list(net.input_shape)}
