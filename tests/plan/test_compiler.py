@@ -191,3 +191,23 @@ def test_a_lead_beyond_the_profiles_longest_delay_is_refused():
 def test_negative_lead_is_refused():
     with pytest.raises(PlanError, match="lead must be"):
         compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), lead=-1.0)
+
+
+@pytest.mark.parametrize("lead", [0.0, 1.0])
+def test_the_period_lets_every_class_recover_before_the_next_sample_reuses_it(lead):
+    from testbed.plan.wire import SPIKE_FRAME_BYTES
+    from testbed.sim.executor import port_delays_us, simulate
+
+    net = tiny(bits=4)
+    x = np.random.default_rng(6).random((40, 3)) * 3
+    # Little slack: margin 0.05 τ only covers the simulated layer-1 inputs differing from the
+    # golden model's (quantised delays) by µs.
+    plan = compile_network(net, SHAPER, 1000.0, x, margin=0.05, lead=lead)
+    recover = 1 + SPIKE_FRAME_BYTES / (SHAPER.primer_bytes - SHAPER.burst_bytes)
+    for layer, result in zip(plan.layers, simulate(plan, x).layers):
+        held = np.where(np.isfinite(port_delays_us(layer)), port_delays_us(layer), 0.0) * recover  # (ports, n, 2)
+        free = result.inject_us[:, None] + held[None]  # (samples, ports, n, 2): class free again
+        # Any sample after any other, a period later: its event enters no class still busy.
+        next_in = result.inject_us.min(axis=0) + plan.timing.period_us
+        assert (free.max(axis=0) <= next_in[None]).all()
+        assert plan.timing.period_us >= layer.origin_us + layer.window_us + plan.timing.relay_us
