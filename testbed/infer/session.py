@@ -142,7 +142,12 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     # (shortest delay on some port) go first, so queueing lateness falls on the least urgent.
     earliest_us = [d.min(axis=0) for d in delays_us]
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
-    ports_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
+    # Port position by ifindex (−1: not a port of the layer), for vectorised lookups.
+    ports_index = []
+    for li in range(n_layers):
+        index = np.full(max(port.ifindex for layer in fabric.ports for port in layer) + 1, -1)
+        index[[port.ifindex for port in fabric.ports[li]]] = np.arange(len(fabric.ports[li]))
+        ports_index.append(index)
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]
     port_sign = [np.array([port.sign for port in fabric.ports[li]]) for li in range(n_layers)]
     # The whole loop (pacing, capture, decoding) stays on the injector's CPU: the kernel's packet
@@ -176,11 +181,12 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
             base_real = base + report.realtime_minus_monotonic_ns
             late = (report.send_real_ns - base_real - schedule.offsets_ns) / 1e3
             sent_at = report.send_real_ns
-            tx_of = {}
+            tx_of = {(li, sample): np.full((plan.layers[li].n_inputs, 2), -1, dtype=np.int64) for li, sample in active}
             for j, i in enumerate(order):
                 run.lateness_us[owner[i]].append(float(late[j]))
                 if spikes[i] is not None:
-                    tx_of[spikes[i]] = int(sent_at[j])
+                    li, sample, source, sign = spikes[i]
+                    tx_of[li, sample][source, sign] = sent_at[j]
             if keep_frames:
                 run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
             deadline = base + int(max(plan.layers[li].origin_us + plan.layers[li].window_us for li, _ in active) * 1e3)
@@ -202,12 +208,13 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 run.counts[li][sample] = np.where(port_sign[li] == SIGN_PLUS, decoded.count_plus[0][port_neuron[li]],
                                                   decoded.count_minus[0][port_neuron[li]])
                 run.passed_us[li][sample] = _passed(mine, fabric, li, origin_real, layer.k)
-                for row in mine[mine["t_ns"] - origin_real <= layer.window_us * 1e3]:
-                    q = ports_index[li].get(int(row["ifindex"]))
-                    tx = tx_of.get((li, sample, int(row["source"]), int(row["sign"])))
-                    if q is not None and tx is not None:
-                        measured = (int(row["t_ns"]) - tx) / 1e3
-                        run.delay_error_us[li].append(measured - expected_us[li][q, row["source"], row["sign"]])
+                timely = mine[mine["t_ns"] - origin_real <= layer.window_us * 1e3]
+                q = ports_index[li][timely["ifindex"]]  # spikes come in through ports only
+                tx = tx_of[li, sample][timely["source"], timely["sign"]]
+                ok = (q >= 0) & (tx >= 0)
+                measured = (timely["t_ns"][ok].astype(np.int64) - tx[ok]) / 1e3
+                expected = expected_us[li][q[ok], timely["source"][ok], timely["sign"][ok]]
+                run.delay_error_us[li] += (measured - expected).tolist()
                 if li + 1 < n_layers:
                     run.inputs[li + 1][sample] = decoded.x_next[0]
                 elif progress is not None:
