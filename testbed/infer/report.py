@@ -59,6 +59,7 @@ class InferenceReport:
     late_slots: int
     receiver_drops: int
     injector_refused: int
+    idle_polling: bool  # CPUs polled instead of sleeping during the run (testbed.kernel.idle)
     layers: tuple[LayerStats, ...]
     gates: tuple[dict[str, int], ...]  # per layer, summed over ports: why spikes were dropped
 
@@ -115,6 +116,6 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
         sim_golden_agreement=float(np.mean(sim_pred == golden_pred)),
         samples_per_s=rate, synaptic_events_per_s=rate * events, packets_per_sample=plan.packets_per_sample,
         wall_s=run.wall_s, late_slots=run.late_slots, receiver_drops=run.receiver_drops,
-        injector_refused=run.injector_refused,
+        injector_refused=run.injector_refused, idle_polling=run.idle_polling,
         layers=tuple(layer_stats(plan, run, li) for li in range(len(plan.layers))),
         gates=tuple(_sum_counters(per_port) for per_port in gate_counters))

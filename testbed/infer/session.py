@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from testbed.errors import PlanError
+from testbed.kernel.idle import idle_polling
 from testbed.model.encoding import encode
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
@@ -67,6 +68,7 @@ class KernelRun:
     late_slots: int = 0  # slots whose schedule started after their time (the loop fell behind)
     receiver_drops: int = 0
     injector_refused: int = 0  # injected frames the kernel refused (fabric CPU's backlog full)
+    idle_polling: bool = False  # the CPUs polled instead of sleeping when idle (testbed.kernel.idle)
 
     @property
     def y(self) -> list[np.ndarray]:
@@ -151,8 +153,9 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]
     port_sign = [np.array([port.sign for port in fabric.ports[li]]) for li in range(n_layers)]
     # The whole loop (pacing, capture, decoding) stays on the injector's CPU: the kernel's packet
-    # work is steered to the others, and must not wait there behind the relay's Python.
-    with pinned(inject_cpu), Injector.open(None, fabric.host_netns) as injector, \
+    # work is steered to the others, and must not wait there behind the relay's Python. No CPU
+    # sleeps meanwhile, so timers release spikes without a wake-up's delay.
+    with pinned(inject_cpu), idle_polling() as run.idle_polling, Injector.open(None, fabric.host_netns) as injector, \
             Receiver.open(fabric.host_netns) as receiver:
         receiver.discard()
         next_base = time.monotonic_ns() + LEAD_NS
