@@ -61,9 +61,10 @@ MAX_CLASS_MINOR = 0xFFFE  # minors 2i + sign + 1; netem leaves take handle minor
 # 0 prunes 57 % of the bundled digits network's shaped packets and changes none of its 360 test
 # decisions in simulation (pi2 simulate: agreement with the golden model 100 %).
 DEFAULT_PRUNE_MARGIN = 0.0
-# Default model time unit: on a 2-core machine the shaper fabric needs ≈5 ms for its bursts
-# (bench/infer.py); kernels with netem and more cores do with less.
-DEFAULT_TAU_US = 5000.0
+# Default model time unit: on this 2-core machine the shaper fabric's spikes arrive ≈0.1–0.35 ms
+# off the plan (bench/infer.py), which 6 ms keeps to a few hundredths of a model unit at ≈15
+# samples/s; kernels with netem and more cores do with less.
+DEFAULT_TAU_US = 6000.0
 DEFAULT_LEAD = 1.0  # model units over which a layer's events are spread ahead of their times
 
 
