@@ -51,14 +51,18 @@ def test_flood_copy_order_shifts_later_ports():
     np.testing.assert_allclose(shift, np.arange(len(shift)) * 10.0, atol=1e-6)
 
 
+def plain_and_variant(seed: int, samples: int, **variant):
+    """Calibration inputs, and a random network compiled on them as is and with `variant` options."""
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, (4, 3))
+    x = rng.random((samples, 12)) * 2
+    return x, compile_network(net, IDEAL, 1e6, x, margin=1.0), compile_network(net, IDEAL, 1e6, x, margin=1.0, **variant)
+
+
 def test_pruned_synapses_change_nothing_on_the_calibration_data():
     # A pruned synapse never was among its port's K earliest on the calibration data (margin 0),
     # so leaving it out cannot change any T± there; on other data it may.
-    rng = np.random.default_rng(4)
-    net = random_net(rng, (4, 3))
-    x = rng.random((40, 12)) * 2
-    full = compile_network(net, IDEAL, 1e6, x, margin=1.0)
-    pruned = compile_network(net, IDEAL, 1e6, x, margin=1.0, prune_margin=0.0)
+    x, full, pruned = plain_and_variant(4, 40, prune_margin=0.0)
     assert pruned.packets_per_sample["pruned"] > 0
     for a, b in zip(simulate(full, x).layers, simulate(pruned, x).layers):
         np.testing.assert_array_equal(a.t_plus, b.t_plus)
@@ -84,11 +88,7 @@ def test_loss_drops_spikes_before_the_gate_with_the_plans_probability():
 def test_leads_move_injections_but_not_arrivals():
     # An event sent its lead early through classes holding it that much longer arrives when it
     # would have without a lead: the simulation of the model is unchanged by leads.
-    rng = np.random.default_rng(6)
-    net = random_net(rng, (4, 3))
-    x = rng.random((30, 12)) * 2
-    plain = compile_network(net, IDEAL, 1e6, x, margin=1.0)
-    led = compile_network(net, IDEAL, 1e6, x, margin=1.0, lead=1.0)
+    x, plain, led = plain_and_variant(6, 30, lead=1.0)
     for a, b, layer in zip(simulate(plain, x).layers, simulate(led, x).layers, led.layers):
         leads = np.asarray(layer.leads_us).reshape(2, layer.n_inputs).T
         # netem rounds each delay to whole µs (1e-6 model units at τ = 1 s), which s = 10 amplifies
