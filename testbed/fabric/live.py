@@ -221,6 +221,19 @@ def _teardown(run_id: str, built: Built | None) -> None:
             cleanup.clean(frozenset({run_id}))  # anything named for the run that no entry recorded
 
 
+def _build(plan: FabricPlan, backend: str, run_id: str | None, purpose: str, progress: Progress | None,
+           **cpus: Sequence[int] | None) -> Built:
+    """Build `plan` with `backend` for a new run; a failed build removes what it made."""
+    build = _backend_build(backend)
+    cleanup.require_root(f"{purpose} ({backend})")
+    registry = RunRegistry.create(run_id)
+    try:
+        return build(plan, registry, progress=progress, **cpus)
+    except BaseException:
+        _teardown(registry.run_id, None)  # the backend recorded every object before making it
+        raise
+
+
 @contextmanager
 def build_fabric(plan: FabricPlan, backend: str = "netns", run_id: str | None = None,
                  progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None,
@@ -233,32 +246,25 @@ def build_fabric(plan: FabricPlan, backend: str = "netns", run_id: str | None = 
     (RPS on every port's host end) off the CPU whose timers release the spikes. Teardown runs
     on errors, Ctrl-C and SIGTERM too.
     """
-    build = _backend_build(backend)
-    cleanup.require_root(f"building a fabric ({backend})")
     with _sigterm_interrupts():
-        registry = RunRegistry.create(run_id)
-        built = None
+        built = _build(plan, backend, run_id, "building a fabric", progress, fabric_cpus=fabric_cpus,
+                       gate_cpus=gate_cpus)
         try:
-            built = build(plan, registry, progress=progress, fabric_cpus=fabric_cpus, gate_cpus=gate_cpus)
             yield built.fabric
         finally:
-            _teardown(registry.run_id, built)
+            _teardown(built.fabric.run_id, built)
 
 
 def bring_up(plan: FabricPlan, backend: str = "netns", run_id: str | None = None,
              progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None) -> str:
     """Build `plan` and leave it up (gates stay attached); return the run id for `pi2 down`.
     A failed build removes what it made."""
-    build = _backend_build(backend)
-    cleanup.require_root(f"pi2 up ({backend})")
     with _sigterm_interrupts():
-        registry = RunRegistry.create(run_id)
-        built = None
+        built = _build(plan, backend, run_id, "pi2 up", progress, fabric_cpus=fabric_cpus)
         try:
-            built = build(plan, registry, progress=progress, fabric_cpus=fabric_cpus)
             built.detach()
         except BaseException:
-            _teardown(registry.run_id, built)
+            _teardown(built.fabric.run_id, built)
             raise
     built.fabric.close_gates()
-    return registry.run_id
+    return built.fabric.run_id
