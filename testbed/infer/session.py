@@ -145,9 +145,10 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     earliest_us = [d.min(axis=0) for d in delays_us]
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
     # Port position by ifindex (−1: not a port of the layer), for vectorised lookups.
+    ifindexes = 1 + max(port.ifindex for layer in fabric.ports for port in layer)
     ports_index = []
     for li in range(n_layers):
-        index = np.full(max(port.ifindex for layer in fabric.ports for port in layer) + 1, -1)
+        index = np.full(ifindexes, -1)
         index[[port.ifindex for port in fabric.ports[li]]] = np.arange(len(fabric.ports[li]))
         ports_index.append(index)
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]

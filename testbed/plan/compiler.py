@@ -50,7 +50,7 @@ from testbed.errors import PlanError
 from testbed.model.encoding import delays
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.fabric_plan import (SIGN_MINUS, SIGN_PLUS, FabricPlan, LayerPlan, NeuronPort, Packets, Synapse,
-                                      Timing)
+                                      Timing, event_index)
 from testbed.plan.profiles import Profile
 from testbed.plan.tc import CLSACT_EGRESS, CLSACT_INGRESS, MAX_DROP_ONE_IN, ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import SPIKE_FRAME_BYTES
@@ -222,7 +222,7 @@ def _kept_synapses(net: Pi2Network, li: int, cal: Calibration, prune_margin: flo
         out.append([(i, ev_sign, float(d) * tau_us)
                     for i in range(layer.n_inputs)
                     for ev_sign, d in ((SIGN_PLUS, via_plus[i, j]), (SIGN_MINUS, via_minus[i, j]))
-                    if prune_margin is None or slack[ev_sign * layer.n_inputs + i] <= prune_margin])
+                    if prune_margin is None or slack[event_index(i, ev_sign, layer.n_inputs)] <= prune_margin])
     return out
 
 
@@ -253,8 +253,9 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
     arrival plus `margin` model units (default: the profile's timeout margin), and with
-    `prune_margin` (model units; None: keep every synapse) which synapses are pruned. The sample period leaves room for every class to drain
-    (latest event + 2c), and the relay time to decode a layer, before the next sample reuses it.
+    `prune_margin` (model units; None: keep every synapse) which synapses are pruned. The sample
+    period lets every class recover (its event's spread of times, its delay, the spike's own
+    token debt) and the relay decode a layer before the next sample reuses it.
     `loss` (a probability, 1/N) is dropped at every neuron port's ingress, where the profile realises loss.
     `lead` (model units; 0: off) spreads each layer's events ahead of their times over at least
     this span, and over all the slack the slowest layer leaves a faster one (module docstring).
@@ -289,7 +290,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     # slowest layer sets the period; with leads on, every layer then spreads its events over
     # all the lead the period leaves it (at least `lead`), as far as the profile's longest delay
     # allows.
-    drains = [max((cal.event_range[li][ev_sign * net.layers[li].n_inputs + i] + margin) * tau_us + d * (1 + recover)
+    drains = [max((cal.event_range[li][event_index(i, ev_sign, net.layers[li].n_inputs)] + margin) * tau_us
+                  + d * (1 + recover)
                   for port in ports for i, ev_sign, d in port) for li, ports in enumerate(kept)]
     decodes = [window + relay_us for window in windows]
     period_us = max(max(drain + lead * tau_us * (1 + recover), decode + lead * tau_us)
@@ -308,7 +310,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         for (j, sign), synapses_of in zip(_port_order(layer.n_neurons), kept[li]):
             events, targets, synapses = [], [], []
             for i, ev_sign, d in synapses_of:
-                target = d + leads[ev_sign * layer.n_inputs + i]
+                target = d + leads[event_index(i, ev_sign, layer.n_inputs)]
                 realised, rate = realise_delay(target, real)
                 events.append((i, ev_sign, rate))
                 targets.append(target)
@@ -321,7 +323,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
                                 cal.offset_mk[li], tuple(ports), tuple(leads.tolist())))
     # The realised delays (rate granularity) may hold a class a little longer than the targets.
-    period_us = max([period_us] + [(cal.event_range[li][s.sign * layer.n_inputs + s.source] + margin) * tau_us
+    period_us = max([period_us] + [(cal.event_range[li][event_index(s.source, s.sign, layer.n_inputs)] + margin) * tau_us
                                    + s.delay_us * (1 + recover)
                                    for li, layer in enumerate(layers) for p in layer.ports for s in p.synapses])
     network = {"path": None if network_path is None else str(network_path),

@@ -33,6 +33,12 @@ PLAN_VERSION = 2  # 2: per-event leads
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
 
 
+def event_index(source: int, sign: int, n_inputs: int) -> int:
+    """Where event (source, sign) stands among a layer's 2n events, in the one order plans and
+    calibration list them: t⁺ of inputs 0..n−1, then t⁻ of inputs 0..n−1."""
+    return sign * n_inputs + source
+
+
 @dataclass(frozen=True)
 class Synapse:
     """One delay class on a neuron port: events (source, sign) are delayed by `delay_us`.
@@ -106,7 +112,7 @@ class LayerPlan:
         return max(self.leads_us)
 
     def lead_us(self, source: int, sign: int) -> float:
-        return self.leads_us[sign * self.n_inputs + source]
+        return self.leads_us[event_index(source, sign, self.n_inputs)]
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
     (default: seeded with 0, so a simulation is repeatable)."""
     tau = plan.timing.tau_us
     t_plus, t_minus = encode(x, plan.constants["t0"])
-    leads = np.asarray(layer.leads_us).reshape(2, layer.n_inputs).T  # (n, 2)
+    leads = np.asarray(layer.leads_us).reshape(2, layer.n_inputs).T  # (n, 2): leads_us lists t⁺ events, then t⁻
     inject = np.stack([t_plus, t_minus], axis=-1) * tau - leads[None]  # (batch, n, 2)
     flood = np.arange(len(layer.ports)) * plan.timing.flood_copy_us
     arrive = inject[:, None] + port_delays_us(layer)[None] + flood[None, :, None, None]
