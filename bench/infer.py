@@ -8,7 +8,7 @@ samples/s, synaptic events/s, kernel CPU time per synaptic event (system + softi
 counters. Beside them, in the same run, the machine's raw veth rate: 53-byte frames sent back to
 back through one veth pair, counted at the receiver.
 
-    sudo python bench/infer.py [--net NET] [--limit N] [--tau 5ms] [--prune 0.5|off] [--lead 1] [--stagger 0.15] [--backends netns,mininet] [-o out.json]
+    sudo python bench/infer.py [--net NET] [--limit N] [--tau 5ms] [--prune 0.5|off] [--lead 1] [--backends netns,mininet] [-o out.json]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from testbed.cli.params import DURATION, PruneMargin
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.kernel import cleanup
-from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_STAGGER, DEFAULT_TAU_US
+from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
 from testbed.kernel.links import LinkBuilder
 from testbed.kernel.names import RunRegistry
 from testbed.plan.wire import SpikeHeader
@@ -70,7 +70,7 @@ def raw_veth_rate(frames: int = 200_000) -> dict[str, float]:
 
 def one_run(net: Path, backend: str, args: argparse.Namespace) -> dict:
     options = InferOptions(limit=args.limit, backend=backend, profile=args.profile, tau_us=args.tau,
-                           prune_margin=args.prune, lead=args.lead, stagger=args.stagger)
+                           prune_margin=args.prune, lead=args.lead)
     before, began = cpu_ticks(), time.perf_counter()
     report, run, _ = infer(net, options)
     wall, after = time.perf_counter() - began, cpu_ticks()
@@ -93,7 +93,6 @@ def main() -> None:
     parser.add_argument("--profile", default="shaper")
     parser.add_argument("--tau", type=lambda text: DURATION.convert(text, None, None), default=DEFAULT_TAU_US, help="e.g. 5ms")
     parser.add_argument("--lead", type=float, default=DEFAULT_LEAD, help="event leads (model units)")
-    parser.add_argument("--stagger", type=float, default=DEFAULT_STAGGER, help="synapse staggers (model units)")
     parser.add_argument("--prune", type=lambda text: PruneMargin().convert(text, None, None),
                         default=DEFAULT_PRUNE_MARGIN, help="prune margin (model units) or 'off'")
     parser.add_argument("--backends", default="netns,mininet")

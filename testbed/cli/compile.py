@@ -50,7 +50,7 @@ def show_plan(plan: FabricPlan) -> None:
                    "needs a profile whose loss kind is gact-random (--profile full). `pi2 infer PLAN` and "
                    "`pi2 simulate PLAN` then both drop spikes.")
 @json_option
-def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None, lead: float, stagger: float,
+def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None, lead: float,
                 dataset: str | None, calibration: int, output: Path | None, show: bool, loss: float,
                 as_json: bool) -> None:
     """Compile the π² network NET into a FabricPlan (plan.json).
@@ -62,7 +62,7 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
     Example:
       pi2 compile testbed/networks/digits-mlp.npz --profile shaper --tau 1ms -o plan.json --show
     """
-    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead, stagger)
+    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead)
     if output is not None:
         plan.save(output)
     if as_json:

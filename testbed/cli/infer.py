@@ -31,8 +31,7 @@ from testbed.infer.report import InferenceReport
               help="Write a spike raster of sample 0 and the arrival-error histogram (PNG) here.")
 @json_option
 def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, profile: str,
-              tau_us: float, relay_us: float, prune_margin: float | None, lead: float, stagger: float, inject_cpu: int,
-              pcap_dir: Path | None,
+              tau_us: float, relay_us: float, prune_margin: float | None, lead: float, inject_cpu: int, pcap_dir: Path | None,
               plots_dir: Path | None, as_json: bool) -> None:
     """Classify test samples with the Linux kernel doing the neural computation.
 
@@ -49,8 +48,7 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
       sudo pi2 infer plan.json --backend mininet --json
     """
     options = InferOptions(dataset=dataset, limit=limit, backend=backend, profile=profile, tau_us=tau_us,
-                           relay_us=relay_us, prune_margin=prune_margin, lead=lead, stagger=stagger,
-                           inject_cpu=None if inject_cpu < 0 else inject_cpu,
+                           relay_us=relay_us, prune_margin=prune_margin, lead=lead, inject_cpu=None if inject_cpu < 0 else inject_cpu,
                            pcap_dir=pcap_dir, plots_dir=plots_dir)
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_STAGGER, DEFAULT_TAU_US
+from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
 
 _UNITS_US = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(us|µs|ms|s)\s*$")
@@ -49,8 +49,7 @@ class PruneMargin(click.ParamType):
 
 
 def compile_options(command):  # type: ignore[no-untyped-def]
-    """--profile, --tau, --relay, --prune, --lead and --stagger: how a network is compiled into a plan
-    (pi2 compile, pi2 infer)."""
+    """--profile, --tau, --relay, --prune and --lead: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
 
     for option in reversed((
         click.option("--profile", default="auto", show_default=True,
@@ -69,11 +68,6 @@ def compile_options(command):  # type: ignore[no-untyped-def]
                           "(more where the slowest layer leaves room), each event's delay classes holding it that "
                           "much longer (arrivals unchanged): the zero inputs' burst at T0 becomes a train the "
                           "kernel enqueues on time. 0 sends every event at its time."),
-        click.option("--stagger", type=click.FloatRange(0), default=DEFAULT_STAGGER, show_default=True,
-                     help="Hold each synapse up to this many model units longer (a fixed, evenly spread amount "
-                          "per synapse, which the decoders subtract), so that spikes the model makes coincide "
-                          "leave their shapers one after another instead of queueing on one CPU. It changes only "
-                          "which spikes reach a gate first; the simulation shows that cost. 0: off."),
     )):
         command = option(command)
     return command

@@ -14,7 +14,7 @@ from testbed.infer.report import InferenceReport, build_report
 from testbed.infer.session import KernelRun, run_inference
 from testbed.model.netfile import load_network
 from testbed.model.network import Pi2Network
-from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_STAGGER, DEFAULT_TAU_US, compile_network
+from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US, compile_network
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.plan.select import realisation_for
 
@@ -32,7 +32,7 @@ def probed_capabilities(purpose: str):  # type: ignore[no-untyped-def]
 
 def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
                 calibration: int, prune_margin: float | None = None, loss: float = 0.0,
-                lead: float = DEFAULT_LEAD, stagger: float = DEFAULT_STAGGER) -> FabricPlan:
+                lead: float = DEFAULT_LEAD) -> FabricPlan:
     """Compile a network file, calibrating windows (and pruning) on its data set's training split;
     `loss`: drop probability per spike at each neuron port (profiles with gact-random loss)."""
     net = load_network(net_path)
@@ -40,7 +40,7 @@ def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, da
     real = realisation_for(profile, caps)
     inputs = network_inputs(net, dataset, "train", calibration)
     return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us, prune_margin=prune_margin,
-                           loss=loss, lead=lead, stagger=stagger)
+                           loss=loss, lead=lead)
 
 
 def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
@@ -54,13 +54,12 @@ def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
 
 
 def plan_and_network(source: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                     calibration: int, prune_margin: float | None, lead: float,
-                     stagger: float) -> tuple[FabricPlan, Pi2Network]:
+                     calibration: int, prune_margin: float | None, lead: float) -> tuple[FabricPlan, Pi2Network]:
     """A plan file (and the network it names, checked by hash), or a network file compiled now."""
     if source.suffix == ".json":
         plan = load_plan(source)
         return plan, network_of(plan, source)
-    plan = compile_for(source, profile, tau_us, relay_us, dataset, calibration, prune_margin, lead=lead, stagger=stagger)
+    plan = compile_for(source, profile, tau_us, relay_us, dataset, calibration, prune_margin, lead=lead)
     return plan, load_network(source)
 
 
@@ -74,7 +73,6 @@ class InferOptions:
     relay_us: float = 3000.0
     prune_margin: float | None = DEFAULT_PRUNE_MARGIN
     lead: float = DEFAULT_LEAD
-    stagger: float = DEFAULT_STAGGER
     calibration: int = 500
     inject_cpu: int | None = 0
     pcap_dir: Path | None = None
@@ -90,7 +88,7 @@ def infer(source: Path, options: InferOptions, progress: Callable[[int], None] |
     from testbed.fabric.live import build_fabric
 
     plan, net = plan_and_network(source, options.profile, options.tau_us, options.relay_us, options.dataset,
-                                 options.calibration, options.prune_margin, options.lead, options.stagger)
+                                 options.calibration, options.prune_margin, options.lead)
     inputs = network_inputs(net, options.dataset, "test", options.limit)
     x = inputs.x.reshape(len(inputs.x), -1)
     if started is not None:

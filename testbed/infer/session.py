@@ -24,7 +24,7 @@ from testbed.kernel.idle import idle_polling
 from testbed.model.encoding import encode
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
-from testbed.sim.executor import port_delays_us, port_staggers_us
+from testbed.sim.executor import port_delays_us
 from testbed.traffic.capture import ARRIVAL_DTYPE, Receiver
 from testbed.traffic.decode import PortRole, decode_layer
 from testbed.traffic.inject import Injector, Schedule, pinned
@@ -75,14 +75,8 @@ class KernelRun:
         return [p - m for p, m in zip(self.t_plus, self.t_minus)]
 
 
-def _port_roles(plan: FabricPlan, fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
-    """ifindex → role of every neuron port of `layer`, with the staggers the decoder takes off (model units)."""
-    layer_plan = plan.layers[layer]
-    staggers = port_staggers_us(layer_plan) / plan.timing.tau_us  # (ports, n, 2)
-    position = {(p.neuron, p.sign): q for q, p in enumerate(layer_plan.ports)}
-    return {port.ifindex: PortRole(layer, port.neuron, port.sign,
-                                   tuple(staggers[position[port.neuron, port.sign]].T.ravel().tolist()))
-            for port in fabric.ports[layer]}
+def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
+    return {port.ifindex: PortRole(layer, port.neuron, port.sign) for port in fabric.ports[layer]}
 
 
 def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str,
@@ -149,7 +143,7 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     # through a burst (e.g. every zero input at T0) in that order: the ones that can arrive first
     # (shortest delay on some port) go first, so queueing lateness falls on the least urgent.
     earliest_us = [d.min(axis=0) for d in delays_us]
-    roles = [_port_roles(plan, fabric, li) for li in range(n_layers)]
+    roles = [_port_roles(fabric, li) for li in range(n_layers)]
     # Port position by ifindex (−1: not a port of the layer), for vectorised lookups.
     ifindexes = 1 + max(port.ifindex for layer in fabric.ports for port in layer)
     ports_index = []

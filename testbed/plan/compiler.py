@@ -36,17 +36,6 @@ injector sends e at its model time minus a_e and every class of e holds a_e long
 times are unchanged; the bursts become a train. The layer's model time zero (`origin_us`, the
 largest lead) is that far after its slot's base. A layer that finishes sooner than the slowest
 one spreads its events over the difference too, at no cost in samples/s.
-
-Staggers (optional, `stagger`): the model makes many arrivals coincide (every zero input fires
-at T0, and 4-bit weights give few distinct delays), e.g. ≈190 of a digits sample's layer-0
-spikes at one instant. The kernel releases such a clump one spike after another on one CPU,
-≈3 µs each, so the spikes of the ports it serves last arrive hundreds of µs late, in an order
-the plan cannot know. The compiler therefore holds synapse (port q, event e) a further
-σ = stagger·τ·frac((q·2n + e)·φ) (φ the golden ratio: spread evenly over [0, stagger·τ) and
-data-independent), and both decoders subtract σ from the spike's arrival. The model's times are
-unchanged; what σ does change is which spikes reach a gate first, and the simulator ranks
-arrivals by their staggered times as the gate does, so it shows that cost as
-simulation-vs-golden agreement. A layer's window grows by stagger·τ.
 """
 
 from __future__ import annotations
@@ -77,8 +66,6 @@ DEFAULT_PRUNE_MARGIN = 0.0
 # samples/s; kernels with netem and more cores do with less.
 DEFAULT_TAU_US = 6000.0
 DEFAULT_LEAD = 1.0  # model units over which a layer's events are spread ahead of their times
-DEFAULT_STAGGER = 0.15  # model units over which coincident releases are spread (module docstring)
-GOLDEN_FRACTION = (5 ** 0.5 - 1) / 2
 
 
 @dataclass(frozen=True)
@@ -247,13 +234,6 @@ def event_leads(n_inputs: int, lead_us: float) -> np.ndarray:
     return lead_us * np.arange(events) / (events - 1)
 
 
-def synapse_staggers(n_inputs: int, n_ports: int, stagger_us: float) -> np.ndarray:
-    """(ports, 2n) stagger of every (port, event) pair: stagger_us·frac((q·2n + e)·φ), spread
-    evenly over [0, stagger_us) without regard to weights or data."""
-    index = np.arange(n_ports * 2 * n_inputs).reshape(n_ports, 2 * n_inputs)
-    return stagger_us * np.modf(index * GOLDEN_FRACTION)[0]
-
-
 def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | None) -> TcTree:
     """clsact ingress of a neuron port's host end: the random drop (if the run has loss), then the
     first-K gate, so the gate counts only the spikes that survived."""
@@ -268,7 +248,7 @@ def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | No
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
                     network_path: str | Path | None = None, margin: float | None = None,
                     relay_us: float = 3000.0, prune_margin: float | None = None, loss: float = 0.0,
-                    lead: float = 0.0, stagger: float = 0.0) -> FabricPlan:
+                    lead: float = 0.0) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
@@ -279,14 +259,11 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     `loss` (a probability, 1/N) is dropped at every neuron port's ingress, where the profile realises loss.
     `lead` (model units; 0: off) spreads each layer's events ahead of their times over at least
     this span, and over all the slack the slowest layer leaves a faster one (module docstring).
-    `stagger` (model units; 0: off) spreads coincident releases over this span (module docstring).
     """
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")
     if not lead >= 0:
         raise PlanError(f"lead must be ≥ 0 model units, got {lead}")
-    if not stagger >= 0:
-        raise PlanError(f"stagger must be ≥ 0 model units, got {stagger}")
     if prune_margin is not None and not prune_margin >= 0:
         raise PlanError(f"prune margin must be ≥ 0 model units, got {prune_margin}")
     if any(not isinstance(layer, DenseLayer) for layer in net.layers):
@@ -303,49 +280,42 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     cal = calibrate(net, np.asarray(calibration_x, dtype=np.float64))
     c = net.constants
     kept = [_kept_synapses(net, li, cal, prune_margin, tau_us) for li in range(len(net.layers))]
-    windows = [(cal.kth_arrival[li] + margin + stagger) * tau_us for li in range(len(net.layers))]
+    windows = [(cal.kth_arrival[li] + margin) * tau_us for li in range(len(net.layers))]
     # A spike leaving an htb-primer class charges it its own size too: the class takes
     # delay·spike/(primer − burst) more to recover before the next sample's primer passes at once.
     recover = SPIKE_FRAME_BYTES / (real.primer_bytes - real.burst_bytes) if real.delay_kind == "htb-primer" else 0.0
     # Consecutive samples reuse every class, so the period must outlast, per event, the spread of
     # its times on the calibration data (plus the margin) and its longest class delay with the
-    # recovery (a stagger lengthens the delays); and a layer's deadline plus the relay's
-    # decoding. A lead adds to both. The
+    # recovery; and a layer's deadline plus the relay's decoding. A lead adds to both. The
     # slowest layer sets the period; with leads on, every layer then spreads its events over
     # all the lead the period leaves it (at least `lead`), as far as the profile's longest delay
     # allows.
     drains = [max((cal.event_range[li][event_index(i, ev_sign, net.layers[li].n_inputs)] + margin) * tau_us
-                  + (d + stagger * tau_us) * (1 + recover)
+                  + d * (1 + recover)
                   for port in ports for i, ev_sign, d in port) for li, ports in enumerate(kept)]
     decodes = [window + relay_us for window in windows]
     period_us = max(max(drain + lead * tau_us * (1 + recover), decode + lead * tau_us)
                     for drain, decode in zip(drains, decodes))
     layers = []
     for li, layer in enumerate(net.layers):
-        longest = max(d for port in kept[li] for _, _, d in port) + stagger * tau_us
+        longest = max(d for port in kept[li] for _, _, d in port)
         room = real.max_delay_us - longest
         if room < lead * tau_us:
-            raise PlanError(f"layer {li}: its longest synapse delay {longest:g} µs (stagger included) plus a lead of "
-                            f"{lead:g}·τ exceeds the {real.max_delay_us:g} µs profile {real.profile} realises; use a "
-                            "smaller --tau, --lead or --stagger")
+            raise PlanError(f"layer {li}: its longest synapse delay {longest:g} µs plus a lead of {lead:g}·τ exceeds "
+                            f"the {real.max_delay_us:g} µs profile {real.profile} realises; use a smaller --tau or --lead")
         fits = min((period_us - drains[li]) / (1 + recover), period_us - decodes[li], room)
         spread = max(lead * tau_us, fits) if lead else 0.0
         leads = event_leads(layer.n_inputs, spread)
-        staggers = synapse_staggers(layer.n_inputs, 2 * layer.n_neurons, stagger * tau_us)
         ports = []
-        for q, ((j, sign), synapses_of) in enumerate(zip(_port_order(layer.n_neurons), kept[li])):
+        for (j, sign), synapses_of in zip(_port_order(layer.n_neurons), kept[li]):
             events, targets, synapses = [], [], []
             for i, ev_sign, d in synapses_of:
-                e = event_index(i, ev_sign, layer.n_inputs)
-                held = d + leads[e]
-                # An unshaped synapse passes at once: nothing to stagger.
-                sigma = staggers[q, e] if held + staggers[q, e] >= real.min_delay_us else 0.0
-                target = held + sigma
+                target = d + leads[event_index(i, ev_sign, layer.n_inputs)]
                 realised, rate = realise_delay(target, real)
                 events.append((i, ev_sign, rate))
                 targets.append(target)
                 synapses.append(Synapse(i, ev_sign, target, realised,
-                                        None if target < real.min_delay_us else synapse_classid(i, ev_sign), sigma))
+                                        None if target < real.min_delay_us else synapse_classid(i, ev_sign)))
             tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
             ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
                                     _port_tc(li, events, real, targets, 2 * layer.n_inputs),

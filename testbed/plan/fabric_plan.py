@@ -15,9 +15,7 @@ Interface names are logical suffixes; the builder prefixes ``p2<run id>``.
 Times: `tau_us` maps one model unit to microseconds; layer windows are in µs from the layer's
 model time zero, its origin: the slot's base plus the longest of its events' leads. An event of
 model time t with lead a is sent at origin + t·τ − a, and each of its delay classes holds a longer
-(testbed.plan.compiler explains why), so it arrives at origin + t·τ + the model's delay. A synapse
-may hold its spike a little longer still, its stagger: the decoder (simulator and relay alike)
-subtracts it from the spike's arrival, so only the order in which spikes reach the gate sees it.
+(testbed.plan.compiler explains why), so it arrives at origin + t·τ + the model's delay.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from testbed.errors import PlanError
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
-PLAN_VERSION = 3  # 2: per-event leads; 3: per-synapse staggers
+PLAN_VERSION = 2  # 2: per-event leads
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
 
 
@@ -45,11 +43,9 @@ def event_index(source: int, sign: int, n_inputs: int) -> int:
 class Synapse:
     """One delay class on a neuron port: events (source, sign) are delayed by `delay_us`.
 
-    `target_us` is the delay the class is asked for: the model's delay (τ·d) plus the event's lead
-    and the synapse's `stagger_us`; `delay_us` what the profile realises (rate granularity, primer
-    arithmetic). `classid` None means unshaped (target below the profile's smallest delay): the
-    event passes at once. The stagger is part of the hold but not of the model's time: decoders
-    subtract it from the arrival.
+    `target_us` is the model's delay (τ·d); `delay_us` what the profile realises (rate
+    granularity, primer arithmetic). `classid` None means unshaped (target below the profile's
+    smallest delay): the event passes at once.
     """
 
     source: int
@@ -57,16 +53,12 @@ class Synapse:
     target_us: float
     delay_us: float
     classid: str | None
-    stagger_us: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sign not in (SIGN_PLUS, SIGN_MINUS) or self.source < 0:
             raise PlanError(f"synapse ({self.source}, {self.sign}): source must be ≥ 0 and sign 0 or 1")
         if not (self.delay_us >= 0 and self.target_us >= 0):
             raise PlanError(f"synapse ({self.source}, {self.sign}): delays must be ≥ 0 µs, got {self.delay_us}")
-        if not 0 <= self.stagger_us <= self.target_us:
-            raise PlanError(f"synapse ({self.source}, {self.sign}): stagger must be in 0..target_us "
-                            f"({self.target_us} µs), got {self.stagger_us}")
 
 
 @dataclass(frozen=True)
@@ -215,8 +207,7 @@ class FabricPlan:
             for p in layer.ports:
                 ports.append({"neuron": p.neuron, "sign": p.sign, "k": p.k, "switch_if": p.switch_if,
                               "host_if": p.host_if,
-                              "synapses": [[s.source, s.sign, s.target_us, s.delay_us, s.classid, s.stagger_us]
-                                           for s in p.synapses],
+                              "synapses": [[s.source, s.sign, s.target_us, s.delay_us, s.classid] for s in p.synapses],
                               "delay_tc": p.delay_tc.to_dict(), "gate_tc": p.gate_tc.to_dict()})
             out["layers"].append({"index": layer.index, "n_inputs": layer.n_inputs, "n_neurons": layer.n_neurons,
                                   "k": layer.k, "switch": layer.switch, "inject_if": layer.inject_if,
@@ -247,7 +238,7 @@ def plan_from_dict(raw: Mapping[str, Any], where: str = "plan") -> FabricPlan:
             ports = []
             for pi, praw in enumerate(_get(lraw, "ports", lw)):
                 pw = f"{lw}.ports[{pi}]"
-                synapses = tuple(Synapse(int(s[0]), int(s[1]), float(s[2]), float(s[3]), s[4], float(s[5]))
+                synapses = tuple(Synapse(int(s[0]), int(s[1]), float(s[2]), float(s[3]), s[4])
                                  for s in _get(praw, "synapses", pw))
                 ports.append(NeuronPort(li, int(_get(praw, "neuron", pw)), int(_get(praw, "sign", pw)),
                                         int(_get(praw, "k", pw)), str(_get(praw, "switch_if", pw)),

@@ -66,16 +66,6 @@ def port_delays_us(layer: LayerPlan) -> np.ndarray:
     return out
 
 
-def port_staggers_us(layer: LayerPlan) -> np.ndarray:
-    """(ports, n, 2) stagger of event (i, sign) on each port (testbed.plan.compiler): part of its
-    delay that decoders subtract from the arrival; 0 where the port has no such synapse."""
-    out = np.zeros((len(layer.ports), layer.n_inputs, 2))
-    for q, port in enumerate(layer.ports):
-        for syn in port.synapses:
-            out[q, syn.source, syn.sign] = syn.stagger_us
-    return out
-
-
 def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
                    rng: np.random.Generator | None = None) -> LayerResult:
     """Simulate one layer for inputs x (batch, n) in model value units; `rng` draws the losses
@@ -92,17 +82,11 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
         rng = np.random.default_rng(0) if rng is None else rng
         arrive = np.where(rng.random(arrive.shape) < loss[None, :, None], np.inf, arrive)
     k = layer.k
-    # The gate passes the K spikes that reach it first, staggers included; the decoder then
-    # takes each spike's stagger off its arrival.
-    first = np.argsort(arrive, axis=2, kind="stable")[:, :, :k]
-    earliest = np.take_along_axis(arrive, first, axis=2)
-    stagger = np.take_along_axis(np.broadcast_to(port_staggers_us(layer).reshape(1, len(layer.ports), -1), arrive.shape),
-                                 first, axis=2)
+    earliest = np.sort(arrive, axis=2)[:, :, :k]
     late = earliest > layer.window_us
     passed = np.where(late, np.nan, earliest)
     # The relay's rule (the model's): average the spikes that made the deadline; none → the deadline.
-    times = mean_k_earliest(np.where(late, np.inf, (earliest - stagger) / tau).swapaxes(1, 2), k,
-                            timeout=layer.window_us / tau)
+    times = mean_k_earliest(np.where(late, np.inf, earliest / tau).swapaxes(1, 2), k, timeout=layer.window_us / tau)
     signs = np.array([p.sign for p in layer.ports])
     neurons = np.array([p.neuron for p in layer.ports])
     t_p = np.empty((len(x), layer.n_neurons))

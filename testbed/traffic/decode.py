@@ -4,14 +4,12 @@ Each neuron port (an interface, known by its ifindex) receives the arrival set z
 one neuron. Per sample, with t0 the sample's time origin and τ the model time unit::
 
     t = (t_ns − t0_ns) / τ                  arrival times in model units
-    T±_j = mean of (t − σ) over the K earliest t   (only arrivals by the deadline count)
+    T±_j = mean of the K earliest t         (only arrivals by the deadline count)
     y_j = T⁺_j − T⁻_j,  scores = −s·y,  prediction = argmax(scores),  x'_j = ReLU(−s·y_j)
 
 Missing arrivals follow the model (`testbed.model.layers.mean_k_earliest`): a set with fewer
 than K arrivals by the deadline averages the ones it has, and a set with none times out at the
-deadline. Both cases are counted in the result so a run can report them. σ is the stagger of
-the spike's synapse (testbed.plan.compiler), which the kernel held it on top of the model's
-delay; it decides the order of arrival but is no part of the model's time. x' = 0 re-encodes as
+deadline. Both cases are counted in the result so a run can report them. x' = 0 re-encodes as
 both events at T0 in the next layer: the model's time-out. Pure numpy: no kernel here.
 """
 
@@ -30,20 +28,15 @@ from testbed.plan.wire import KIND_SPIKE
 
 @dataclass(frozen=True)
 class PortRole:
-    """What a receiving interface is: input set z⁺ (sign 0) or z⁻ (sign 1) of neuron `neuron`,
-    and the stagger (model units) of each of the layer's 2n events on it, in
-    `testbed.plan.fabric_plan.event_index` order (empty: none)."""
+    """What a receiving interface is: input set z⁺ (sign 0) or z⁻ (sign 1) of neuron `neuron`."""
 
     layer: int
     neuron: int
     sign: int
-    staggers: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.sign not in (SIGN_PLUS, SIGN_MINUS) or self.neuron < 0 or self.layer < 0:
             raise PlanError(f"port role {self}: expected layer ≥ 0, neuron ≥ 0, sign 0 (z⁺) or 1 (z⁻)")
-        if len(self.staggers) % 2:
-            raise PlanError(f"port role {self}: staggers need one value per event, 2n in all")
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,8 +72,7 @@ def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples
     `ports` maps ifindex → role and must cover z⁺ and z⁻ of neurons 0..m−1 of one layer.
     `t0_ns[i]` is sample `samples[i]`'s time origin on the arrivals' clock (CLOCK_REALTIME ns).
     `deadline` (model units after t0) ends the wait: later arrivals do not count, and an empty
-    set's T is the deadline. Primers and arrivals of other layers, samples, interfaces or (with
-    staggers) sources are ignored.
+    set's T is the deadline. Primers and arrivals of other layers, samples or interfaces are ignored.
     """
     samples = np.asarray(samples, dtype=np.int64)
     t0_ns = np.asarray(t0_ns, dtype=np.int64)
@@ -99,24 +91,16 @@ def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples
     neuron_of = np.array([ports[p].neuron for p in port_ids.tolist()], dtype=np.int64)
     sign_of = np.array([ports[p].sign for p in port_ids.tolist()], dtype=np.int64)
 
-    events = max(len(ports[p].staggers) for p in port_ids.tolist())
-    stagger_of = np.zeros((len(port_ids), max(events, 1)))
-    for q, p in enumerate(port_ids.tolist()):
-        stagger_of[q, : len(ports[p].staggers)] = ports[p].staggers
-
     a = arrivals[(arrivals["kind"] == KIND_SPIKE) & (arrivals["layer"] == layer)]
     port_at = np.searchsorted(port_ids, a["ifindex"])
     port_at = np.minimum(port_at, len(port_ids) - 1)
-    inputs = events // 2
-    event_at = np.minimum(a["sign"].astype(np.int64) * inputs + a["source"], stagger_of.shape[1] - 1)
     order = np.argsort(samples, kind="stable")
     sample_at = np.minimum(np.searchsorted(samples[order], a["sample"]), len(samples) - 1)
     row = order[sample_at]
-    known = (port_ids[port_at] == a["ifindex"]) & (samples[row] == a["sample"]) & ((a["source"] < inputs) | (inputs == 0))
+    known = (port_ids[port_at] == a["ifindex"]) & (samples[row] == a["sample"])
     t = (a["t_ns"][known] - t0_ns[row[known]]) / tau_ns
     on_time = t <= deadline
     t = t[on_time]
-    stagger = stagger_of[port_at[known][on_time], event_at[known][on_time]]
     row = row[known][on_time]
     neuron = neuron_of[port_at[known][on_time]]
     sign = sign_of[port_at[known][on_time]]
@@ -125,7 +109,6 @@ def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples
     group = (row * m + neuron) * 2 + sign
     by_time = np.lexsort((t, group))
     group, t, row, neuron, sign = group[by_time], t[by_time], row[by_time], neuron[by_time], sign[by_time]
-    t = t - stagger[by_time]
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
     first_k = rank < k

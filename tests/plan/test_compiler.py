@@ -70,7 +70,7 @@ def test_primer_rates_realise_the_target_delay():
 
 
 def test_plan_json_round_trip(tmp_path):
-    plan = compile_network(tiny(bits=4), SHAPER, 1000.0, np.random.default_rng(1).random((10, 3)), lead=0.5, stagger=0.1)
+    plan = compile_network(tiny(bits=4), SHAPER, 1000.0, np.random.default_rng(1).random((10, 3)))
     assert load_plan(plan.save(tmp_path / "plan.json")) == plan
 
 
@@ -211,33 +211,3 @@ def test_the_period_lets_every_class_recover_before_the_next_sample_reuses_it(le
         next_in = result.inject_us.min(axis=0) + plan.timing.period_us
         assert (free.max(axis=0) <= next_in[None]).all()
         assert plan.timing.period_us >= layer.origin_us + layer.window_us + plan.timing.relay_us
-
-
-def test_staggers_spread_over_the_span_and_classes_hold_them():
-    net = tiny(bits=4)
-    x = np.random.default_rng(5).random((20, 3))
-    plain = compile_network(net, NETEM, 1000.0, x)
-    staggered = compile_network(net, NETEM, 1000.0, x, stagger=0.2)
-    assert all(s.stagger_us == 0 for layer in plain.layers for p in layer.ports for s in p.synapses)
-    for p_layer, s_layer in zip(plain.layers, staggered.layers):
-        sigma = np.array([s.stagger_us for p in s_layer.ports for s in p.synapses])
-        # Data-independent and evenly spread over [0, 0.2 τ): no two synapses of a layer share one.
-        assert sigma.min() >= 0 and sigma.max() < 200.0 and len(np.unique(sigma)) == len(sigma)
-        for p_port, s_port in zip(p_layer.ports, s_layer.ports):
-            for a, b in zip(p_port.synapses, s_port.synapses):
-                assert b.delay_us == pytest.approx(a.delay_us + b.stagger_us, abs=1.0)
-        # The deadline waits for the staggered arrivals too.
-        assert s_layer.window_us == pytest.approx(p_layer.window_us + 200.0)
-
-
-def test_unshaped_synapses_are_not_staggered():
-    # Below the profile's shortest delay a synapse passes at once, so it cannot be held longer.
-    net = tiny(bits=4)
-    plan = compile_network(net, SHAPER, 1000.0, np.zeros((4, 3)), stagger=0.001)  # σ < 1 µs
-    unshaped = [s for layer in plan.layers for p in layer.ports for s in p.synapses if s.classid is None]
-    assert unshaped and all(s.stagger_us == 0 and s.delay_us == 0 for s in unshaped)
-
-
-def test_negative_stagger_is_refused():
-    with pytest.raises(PlanError, match="stagger must be"):
-        compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), stagger=-0.1)

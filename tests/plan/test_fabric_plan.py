@@ -6,7 +6,7 @@ import pytest
 from testbed.errors import PlanError
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
-from testbed.plan.fabric_plan import Synapse, load_plan, plan_from_dict
+from testbed.plan.fabric_plan import load_plan, plan_from_dict
 
 
 @pytest.fixture
@@ -43,9 +43,3 @@ def test_each_validation_error_is_one_line(plan_dict, edit, message):
     with pytest.raises(PlanError, match=message) as info:
         plan_from_dict(json.loads(json.dumps(plan_dict)))
     assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize("stagger", [-1.0, 1e9])
-def test_a_stagger_outside_the_synapses_hold_is_refused(stagger):
-    with pytest.raises(PlanError, match="stagger must be"):
-        Synapse(0, 0, 100.0, 100.0, "1:1", stagger)

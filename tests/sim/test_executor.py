@@ -97,26 +97,3 @@ def test_leads_move_injections_but_not_arrivals():
         np.testing.assert_allclose(b.passed_us, a.passed_us, atol=100.0)
         np.testing.assert_allclose(b.y, a.y, atol=1e-4)
         assert np.abs(b.inject_us - a.inject_us).max() > 0.5e6  # the leads are there
-
-
-def test_staggers_reorder_arrivals_but_decoders_take_them_off():
-    # With K = every arrival, the gate's choice cannot change, so a staggered plan decodes
-    # exactly the unstaggered values although every spike arrives up to 0.5 τ later.
-    rng = np.random.default_rng(7)
-    net = Pi2Network((DenseLayer(rng.normal(size=(12, 6)), 24), DenseLayer(rng.normal(size=(6, 4)), 12)), (12,))
-    x = rng.random((20, 12)) * 2
-    plain = compile_network(net, IDEAL, 1e6, x, margin=1.0)
-    staggered = compile_network(net, IDEAL, 1e6, x, margin=1.0, stagger=0.5)
-    for a, b in zip(simulate(plain, x).layers, simulate(staggered, x).layers):
-        np.testing.assert_allclose(b.y, a.y, atol=1e-4)
-        assert np.nanmax(b.passed_us - a.passed_us) > 0.25e6  # the staggers are there
-    # With K smaller, the gate ranks by the staggered arrivals, as the kernel's does.
-    x, plain, staggered = plain_and_variant(8, 30, stagger=0.5)
-    layer = staggered.layers[0]
-    sim = simulate(staggered, x).layers[0]
-    from testbed.sim.executor import port_delays_us
-    from testbed.model.encoding import encode
-    t_plus, t_minus = encode(x, staggered.constants["t0"])
-    arrive = (np.stack([t_plus, t_minus], -1) * 1e6)[:, None] + port_delays_us(layer)[None]
-    first = np.sort(arrive.reshape(len(x), len(layer.ports), -1), axis=2)[:, :, :layer.k]
-    np.testing.assert_allclose(sim.passed_us, first, atol=1e-6)

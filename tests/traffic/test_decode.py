@@ -131,25 +131,3 @@ def test_mismatched_time_origins_are_rejected():
     with pytest.raises(PlanError, match="time origins"):
         decode_layer(np.zeros(0, dtype=ARRIVAL_DTYPE), PORTS, samples=np.array([0, 1]), t0_ns=np.array([0]),
                      tau_ns=TAU_NS, k=1, deadline=1.0)
-
-
-def test_staggers_rank_arrivals_but_are_taken_off_their_times():
-    # A staggered synapse's spike arrives σ later: the gate (and the decoder) rank by the arrival,
-    # the decoder averages arrival − σ, i.e. the model's times of the spikes that came first.
-    k = 3
-    rng, zp, zm = _layer(seed=13)
-    sigma = rng.uniform(0, 0.5, (2 * M, 2 * N_IN))  # per port (10 + 2j + sign − 10), per event a
-    ports = {p: PortRole(LAYER, role.neuron, role.sign, tuple(sigma[p - 10])) for p, role in PORTS.items()}
-    shift_p = np.stack([sigma[2 * j] for j in range(M)], axis=-1)[None]  # (1, 2n, m) on z⁺ ports
-    shift_m = np.stack([sigma[2 * j + 1] for j in range(M)], axis=-1)[None]
-    samples = np.arange(S, dtype=np.int64)
-    t0_ns = np.arange(S, dtype=np.int64) * 50 * TAU_NS
-    got = decode_layer(_packets(rng, zp + shift_p, zm + shift_m, samples, t0_ns), ports, samples=samples,
-                       t0_ns=t0_ns, tau_ns=TAU_NS, k=k, deadline=DEADLINE, s=SCALE)
-
-    def model(z, shift):
-        first = np.argsort(z + shift, axis=1)[:, :k]
-        return np.take_along_axis(z, first, axis=1).mean(axis=1)
-    np.testing.assert_allclose(got.t_plus, model(zp, shift_p), atol=1e-6)
-    np.testing.assert_allclose(got.t_minus, model(zm, shift_m), atol=1e-6)
-    assert not np.allclose(got.t_plus, mean_k_earliest(zp, k), atol=1e-3)  # the ranking did change
