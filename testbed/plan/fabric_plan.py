@@ -122,7 +122,7 @@ class Timing:
     tau_us: float  # one model time unit
     period_us: float  # spacing of consecutive samples' injections (pipelined across layers)
     relay_us: float  # time a relay gets between a layer's deadline and the next layer's base time
-    flood_copy_us: float  # bridge flood: the i-th port's copy leaves i·flood_copy_us after the first
+    flood_copy_us: float  # bridge flood: each port's copy leaves this long after the one before (testbed.sim)
 
     def __post_init__(self) -> None:
         for name in ("tau_us", "period_us"):

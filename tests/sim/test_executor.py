@@ -39,7 +39,8 @@ def test_deadline_times_out_late_spikes():
     assert simulate(plan, x).layers[0].timed_out.sum() == 0
 
 
-def test_flood_copy_order_shifts_later_ports():
+def test_flood_copy_order_shifts_earlier_ports():
+    # The bridge floods the port attached last (the plan's last) first.
     rng = np.random.default_rng(2)
     net = random_net(rng)
     x = rng.random((4, 12))
@@ -48,7 +49,7 @@ def test_flood_copy_order_shifts_later_ports():
     a = simulate(flat, x).layers[0].passed_us
     b = simulate(slow, x).layers[0].passed_us
     shift = np.nanmean(b - a, axis=(0, 2))
-    np.testing.assert_allclose(shift, np.arange(len(shift)) * 10.0, atol=1e-6)
+    np.testing.assert_allclose(shift, np.arange(len(shift))[::-1] * 10.0, atol=1e-6)
 
 
 def plain_and_variant(seed: int, samples: int, **variant):
