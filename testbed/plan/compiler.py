@@ -290,9 +290,12 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     # slowest layer sets the period; with leads on, every layer then spreads its events over
     # all the lead the period leaves it (at least `lead`), as far as the profile's longest delay
     # allows.
-    drains = [max((cal.event_range[li][event_index(i, ev_sign, net.layers[li].n_inputs)] + margin) * tau_us
-                  + d * (1 + recover)
-                  for port in ports for i, ev_sign, d in port) for li, ports in enumerate(kept)]
+    def drain_us(li: int, source: int, sign: int, delay_us: float) -> float:
+        spread = cal.event_range[li][event_index(source, sign, net.layers[li].n_inputs)]
+        return (spread + margin) * tau_us + delay_us * (1 + recover)
+
+    drains = [max(drain_us(li, i, ev_sign, d) for port in ports for i, ev_sign, d in port)
+              for li, ports in enumerate(kept)]
     decodes = [window + relay_us for window in windows]
     period_us = max(max(drain + lead * tau_us * (1 + recover), decode + lead * tau_us)
                     for drain, decode in zip(drains, decodes))
@@ -323,8 +326,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
                                 cal.offset_mk[li], tuple(ports), tuple(leads.tolist())))
     # The realised delays (rate granularity) may hold a class a little longer than the targets.
-    period_us = max([period_us] + [(cal.event_range[li][event_index(s.source, s.sign, layer.n_inputs)] + margin) * tau_us
-                                   + s.delay_us * (1 + recover)
+    period_us = max([period_us] + [drain_us(li, s.source, s.sign, s.delay_us)
                                    for li, layer in enumerate(layers) for p in layer.ports for s in p.synapses])
     network = {"path": None if network_path is None else str(network_path),
                "sha256": None if network_path is None else hashlib.sha256(Path(network_path).read_bytes()).hexdigest(),

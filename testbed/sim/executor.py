@@ -9,8 +9,8 @@ realisations' semantics:
   port q's copy leaves (P − 1 − q)·flood_copy_us after the first (`flood_offsets_us`);
 - delay: each port's class for (i, sign) holds the event its realised `delay_us` (the model's
   delay plus the event's lead; primer arithmetic and rate granularity already folded in by the
-  compiler); unshaped events pass at
-  once; an event the port has no synapse for (pruned by the compiler) never arrives;
+  compiler); unshaped events pass at once; an event the port has no synapse for (pruned by the
+  compiler) never arrives;
 - loss: where a port's gate tree has a random-drop filter (probability 1/N, testbed.plan.tc
   `drop_probability`), each arriving spike is dropped with that probability before the gate,
   independently (the kernel draws its own random numbers, so only the statistics agree);
