@@ -48,6 +48,25 @@ class PruneMargin(click.ParamType):
         return margin
 
 
+class LogitScale(click.ParamType):
+    """λ > 0 (a finite number), or "auto" (None: calibrate λ to the teacher's logit spread)."""
+
+    name = "λ|auto"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            scale = float(value)
+        except ValueError:
+            scale = float("nan")
+        if not 0 < scale < float("inf"):
+            self.fail(f"{value!r} is neither a finite λ > 0 nor 'auto'", param, ctx)
+        return scale
+
+
 def compile_options(command):  # type: ignore[no-untyped-def]
     """--profile, --tau, --relay, --prune and --lead: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
 

@@ -61,13 +61,23 @@ def test_train_rejects_a_bad_k_before_training(tmp_path):
     assert not (tmp_path / "n.npz").exists()
 
 
+@pytest.mark.parametrize("scale", ["0", "-1", "inf", "wide"])
+def test_train_rejects_a_bad_logit_scale_before_training(tmp_path, scale):
+    result = CliRunner().invoke(pi2, ["train", "--k", "4,2", "--logit-scale", scale, "-o", str(tmp_path / "n.npz")])
+    assert result.exit_code == 2 and "neither a finite λ > 0 nor 'auto'" in result.output
+    assert not (tmp_path / "n.npz").exists()
+
+
 @pytest.mark.torch
 def test_train_writes_a_network_and_reports_json(tmp_path):
     out = tmp_path / "n.npz"
     result = CliRunner().invoke(pi2, ["train", "--dataset", "digits", "--arch", "mlp:64-8-10", "--k", "4,2",
-                                      "--teacher-epochs", "5", "--epochs", "2", "--seed", "1", "-o", str(out), "--json"])
+                                      "--teacher-epochs", "5", "--epochs", "2", "--logit-scale", "0.5", "--seed", "1", "-o", str(out),
+                                      "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["k"] == [4, 2] and report["accuracy"]["quantised"] is None and out.is_file()
+    assert report["logit_scale"] == 0.5
     shown = json.loads(CliRunner().invoke(pi2, ["show", str(out), "--json"]).output)
+    assert shown["provenance"]["training"]["logit_scale"] == 0.5
     assert shown["provenance"]["accuracy"]["student"] == pytest.approx(report["accuracy"]["student"], abs=1e-3)
