@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -20,21 +21,28 @@ NET = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def show_plan(plan: FabricPlan) -> None:
+    """The summary as text that fits an 80-column terminal (the numbers are what matter, not the box)."""
     info = plan.summary()
+    packets = info["packets_per_sample"]
+    loss = max(row["loss"] for row in info["layers"])
     console = Console()
     console.print(f"[bold]plan[/]: profile {info['profile']} (delay {info['delay']}, gate {info['gate']}), "
                   f"τ = {info['tau_us']:g} µs, one sample every {info['period_us'] / 1e3:.1f} ms "
                   f"(≤ {info['samples_per_s_bound']:.1f} samples/s)")
-    console.print(f"objects: {info['namespaces']} namespaces, {info['bridges']} bridges, {info['veth_pairs']} veth pairs; "
-                  f"packets per sample: {info['packets_per_sample']}")
-    table = Table(title_justify="left")
-    for column in ("layer", "inputs", "neurons", "K", "ports", "pruned", "classes", "filters", "gates", "lead ms", "window ms", "M_K"):
-        table.add_column(column, justify="right")
+    console.print(f"objects: {info['namespaces']} namespaces, {info['bridges']} bridges, {info['veth_pairs']} veth pairs")
+    console.print(f"packets per sample: {packets['injected']} injected, {packets['port_copies']} port copies, "
+                  f"{packets['pruned']} pruned, {packets['shaped']} shaped; "
+                  + (f"spike loss {100 * loss:g} % per port" if loss else "no spike loss"))
+    rows = {"inputs": "inputs", "neurons": "neurons", "k": "K", "ports": "neuron ports", "classes": "delay classes",
+            "pruned": "pruned synapses", "filters": "classifier filters", "gates": "first-K gates"}
+    table = Table("", box=box.SIMPLE_HEAD, padding=(0, 1))
     for row in info["layers"]:
-        table.add_row(str(row["layer"]), str(row["inputs"]), str(row["neurons"]), str(row["k"]), str(row["ports"]),
-                      str(row["pruned"]), str(row["classes"]), str(row["filters"]), str(row["gates"]), f"{row['origin_us'] / 1e3:.2f}",
-                      f"{row['window_us'] / 1e3:.2f}",
-                      f"{row['offset_mk']:.3f}")
+        table.add_column(f"layer {row['layer']}", justify="right")
+    for key, label in rows.items():
+        table.add_row(label, *(str(row[key]) for row in info["layers"]))
+    table.add_row("lead (ms)", *(f"{row['origin_us'] / 1e3:.2f}" for row in info["layers"]))
+    table.add_row("window (ms)", *(f"{row['window_us'] / 1e3:.2f}" for row in info["layers"]))
+    table.add_row("M_K (model units)", *(f"{row['offset_mk']:.3f}" for row in info["layers"]))
     console.print(table)
 
 

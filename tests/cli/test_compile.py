@@ -1,5 +1,5 @@
-"""`pi2 compile --loss`: the drop probability reaches the plan where the profile realises it, and is a
-one-line error where it cannot be realised exactly."""
+"""`pi2 compile`: the `--show` summary, and `--loss`: the drop probability reaches the plan where the profile
+realises it, and is a one-line error where it cannot be realised exactly."""
 
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ def test_loss_reaches_every_port_of_the_plan(tmp_path):
     assert [layer["loss"] for layer in json.loads(result.output)["layers"]] == [0.1, 0.1]
     plan = load_plan(out)
     assert {drop_probability(p.gate_tc) for layer in plan.layers for p in layer.ports} == {0.1}
+
+
+def test_show_prints_every_layer_and_the_loss_within_80_columns():
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--profile", "full",
+                                                           "--tau", "20ms", "--calibration", "50", "--loss", "0.1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in result.output
+    words = " ".join(result.output.split())  # rich wraps the header lines at 80 columns
+    assert "spike loss 10 % per port" in words and "injected," in words and "shaped;" in words
+    classes = next(line for line in lines if line.strip().startswith("delay classes")).split()[2:]
+    assert len(classes) == 2 and all(count.isdigit() for count in classes)
 
 
 def test_loss_that_is_not_one_in_n_or_not_realised_is_a_one_line_error():
