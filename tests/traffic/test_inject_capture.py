@@ -1,7 +1,7 @@
 """Injector and receiver on a real veth pair between two namespaces.
 
 The injector sends a paced schedule; the receiver's kernel RX timestamps must reproduce the
-schedule's spacing (loosely: 1 ms, timing precision belongs to benchmarks), every frame must
+schedule's spacing (loosely: to half of it, timing precision belongs to benchmarks), every frame must
 arrive with its fields intact, and the kernel's TX stamps must come back for every frame.
 """
 
@@ -23,9 +23,11 @@ from testbed.traffic.inject import Injector, Schedule
 from testbed.traffic.packets import parse_spike_frame, spike_frame
 from testbed.traffic.pcap import read_spikes, write_pcap
 
-SPACING_NS = 1_000_000
+SPACING_NS = 20_000_000
 N_FRAMES = 60
-LOOSE_NS = 1_000_000  # no timing assertion tighter than 1 ms in a pass/fail test
+# Half the spacing: wide enough for a busy 2-core CI machine's softirq delays (1 ms tripped once),
+# narrow enough that a burst instead of a paced train, or stamps on the wrong clock, still fail.
+LOOSE_NS = SPACING_NS // 2
 
 
 @pytest.fixture
