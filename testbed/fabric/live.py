@@ -143,7 +143,7 @@ def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Cal
         k = spec.params.get("k", port.k)
         if k != port.k:
             raise KernelError(f"port {port.host_if}: gate k={k} but the port's k={port.k}; recompile the plan")
-        gate = load_first_k_gate(k, name=object_name(run_id, port.host_if))
+        gate = load_first_k_gate(k, name=object_name(run_id, port.host_if), drop_one_in=spec.params.get("drop_one_in"))
         loaded.append(gate)
         return gate.fd
 

@@ -48,8 +48,9 @@ CMPXCHG = 0xF0 | FETCH
 # ld_imm64 with this src loads a map's kernel pointer from its fd.
 PSEUDO_MAP_FD = 1
 
-# Helper ids (enum bpf_func_id); neither is GPL-only.
+# Helper ids (enum bpf_func_id); none is GPL-only.
 HELPER_MAP_LOOKUP_ELEM = 1
+HELPER_GET_PRANDOM_U32 = 7
 HELPER_SKB_PULL_DATA = 39
 
 # struct __sk_buff field offsets (bytes): the context of a tc program.

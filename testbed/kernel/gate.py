@@ -6,6 +6,8 @@ which spikes count:
 
 - a spike (IPv4 without options, UDP to `wire.SPIKE_PORT`, kind 0) passes if fewer than K spikes of its
   sample id have passed on this port, and is dropped (TC_ACT_SHOT) otherwise;
+- with loss (`drop_one_in` N), a spike is first dropped with probability 1/N (bpf_get_prandom_u32 mod N,
+  counted as `spikes_dropped_lost`): the run's random packet loss, decided before the gate counts it;
 - a primer (kind 1) is always dropped: it only exists to set a token bucket's delay upstream;
 - anything else (ARP, other UDP ports, fragments, IP options, short or unknown-kind payloads) is
   left alone (TC_ACT_UNSPEC, so filters after the gate still run; with none, the frame is delivered).
@@ -47,10 +49,11 @@ from typing import Any
 from testbed.errors import KernelError
 from testbed.kernel import bpf
 from testbed.kernel.bpf import (
-    B, DW, FP, H, JEQ, JGE, JGT, JLT, JNE, JSET, JSGT, LSH, OR, RSH, SUB, W, ADD, AND, CMPXCHG,
+    B, DW, FP, H, JEQ, JGE, JGT, JLT, JNE, JSET, JSGT, LSH, MOD, OR, RSH, SUB, W, ADD, AND, CMPXCHG,
     R0, R1, R2, R3, R4, R5, R6, R7, R8, R9,
 )
 from testbed.plan import wire
+from testbed.plan.tc import MAX_DROP_ONE_IN
 
 # Frame offsets (bytes from the Ethernet header, which is where a tc program's data starts).
 _IP = wire.ETH_HEADER_BYTES
@@ -90,6 +93,7 @@ class GateCounters:
     spikes_dropped_after_k: int = 0  # the sample already had K spikes through this port
     spikes_dropped_stale: int = 0  # a sample ≥ slots newer holds the slot: too late to count
     spikes_dropped_contended: int = 0  # lost CAS_RETRIES races for the slot in a row
+    spikes_dropped_lost: int = 0  # the run's random loss (probability 1/drop_one_in), before counting
     primers_dropped: int = 0
 
     def to_dict(self) -> dict[str, int]:
@@ -100,8 +104,9 @@ COUNTER_NAMES = tuple(f.name for f in fields(GateCounters))
 _COUNTER_OFFSET = {name: 8 * i for i, name in enumerate(COUNTER_NAMES)}  # u64 each in one map value
 
 
-def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None) -> bytes:
-    """Bytecode of the gate for one port: K and the ring size are immediates, maps are fds."""
+def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None,
+                       drop_one_in: int | None = None) -> bytes:
+    """Bytecode of the gate for one port: K, the ring size and the loss's N are immediates, maps are fds."""
     a = bpf.Assembler()
     # R6 = skb while parsing. Frames shorter than a spike cannot be spikes.
     a.emit(bpf.mov64(R6, R1), bpf.ldx(W, R2, R6, bpf.SKB_LEN), bpf.jmp(JLT, R2, SPIKE_FRAME_MIN_BYTES, "other"))
@@ -123,6 +128,8 @@ def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None
         bpf.ldx(B, R2, R7, KIND_OFFSET), bpf.jmp(JEQ, R2, wire.KIND_PRIMER, "primer"),
         bpf.jmp(JNE, R2, wire.KIND_SPIKE, "other"),
     )
+    if drop_one_in is not None:  # R0 = a random u32 mod N; 0 (probability 1/N) loses the spike
+        a.emit(bpf.call(bpf.HELPER_GET_PRANDOM_U32), bpf.alu32(MOD, R0, drop_one_in), bpf.jmp(JEQ, R0, 0, "lost"))
     # R7 = sample id (host order, zero-extended); R9 = its slot word in the state map.
     a.emit(
         bpf.ldx(W, R7, R7, SAMPLE_OFFSET), bpf.to_be(R7, 32),
@@ -171,6 +178,7 @@ def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None
         ("after_k", "spikes_dropped_after_k", bpf.TC_ACT_SHOT),
         ("stale", "spikes_dropped_stale", bpf.TC_ACT_SHOT),
         ("contended", "spikes_dropped_contended", bpf.TC_ACT_SHOT),
+        *([("lost", "spikes_dropped_lost", bpf.TC_ACT_SHOT)] if drop_one_in is not None else []),  # else unreachable
         ("primer", "primers_dropped", bpf.TC_ACT_SHOT),
     ):
         a.label(label)
@@ -195,15 +203,19 @@ class GateProgram:
     that was attached keeps the program and maps alive until the filter or its device goes.
     """
 
-    def __init__(self, k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME) -> None:
+    def __init__(self, k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME,
+                 drop_one_in: int | None = None) -> None:
         if not 1 <= k <= MAX_K:
             raise KernelError(f"first-K gate {name!r}: k={k}; expected 1..{MAX_K}")
+        if drop_one_in is not None and not 1 <= drop_one_in <= MAX_DROP_ONE_IN:
+            raise KernelError(f"first-K gate {name!r}: drop_one_in={drop_one_in}; expected 1..{MAX_DROP_ONE_IN}")
         if not (1 <= slots <= MAX_SLOTS and slots & (slots - 1) == 0):
             raise KernelError(f"first-K gate {name!r}: slots={slots}; expected a power of two in 1..{MAX_SLOTS}")
         bpf.check_name(name)
         self.k = k
         self.slots = slots
         self.name = name
+        self.drop_one_in = drop_one_in
         self._state: bpf.BpfMap | None = None
         self._counters: bpf.BpfMap | None = None
         self._fd: int | None = None
@@ -212,7 +224,8 @@ class GateProgram:
             self._state = bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 8, slots, name[:13] + ".s")
             if counters:
                 self._counters = bpf.BpfMap(bpf.MAP_TYPE_PERCPU_ARRAY, 8 * len(COUNTER_NAMES), 1, name[:13] + ".c")
-            code = build_first_k_gate(k, slots, self._state.fd, None if self._counters is None else self._counters.fd)
+            code = build_first_k_gate(k, slots, self._state.fd, None if self._counters is None else self._counters.fd,
+                                      drop_one_in)
             self._fd = bpf.load_program(code, name)
         except BaseException:
             self.close()
@@ -260,6 +273,8 @@ class GateProgram:
         self.close()
 
 
-def load_first_k_gate(k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME) -> GateProgram:
-    """Load the gate passing the first `k` spikes per sample id, with a window of `slots` samples."""
-    return GateProgram(k, slots=slots, counters=counters, name=name)
+def load_first_k_gate(k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME,
+                      drop_one_in: int | None = None) -> GateProgram:
+    """Load the gate passing the first `k` spikes per sample id, with a window of `slots` samples,
+    after losing each spike with probability 1/`drop_one_in` (None: no loss)."""
+    return GateProgram(k, slots=slots, counters=counters, name=name, drop_one_in=drop_one_in)

@@ -13,9 +13,10 @@ Delays are realised as the profile's `delay` primitive can:
   realised delay for the integer rate.
 - ``netem``: an unshaped htb class whose leaf netem holds every packet `delay_us` (whole µs).
 
-Loss (optional, `loss`, a drop probability): with a profile whose loss kind is ``gact-random`` each
-neuron port drops every arriving spike with probability 1/N before its gate (a u32 filter with a
-gact action, testbed.plan.tc ``drop_one_in``); the simulator drops with the same probability.
+Loss (optional, `loss`, a drop probability): each neuron port drops every arriving spike with
+probability 1/N before its gate counts it, as the profile's loss kind says: ``bpf-drop``, the gate
+program itself (its ``drop_one_in``, testbed.kernel.gate), or ``gact-random``, a u32 filter with a
+gact action in front of the gate (testbed.plan.tc). The simulator drops with the same probability.
 
 Time windows come from calibration data: a layer's deadline is the latest K-th arrival seen on
 that data plus a margin; arrivals after it are timed out, in the simulator and the kernel alike.
@@ -58,7 +59,7 @@ from testbed.plan.wire import SPIKE_FRAME_BYTES
 MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
 MAX_CLASS_MINOR = 0xFFFE  # minors 2i + sign + 1; netem leaves take handle minor + 1
 # What `pi2 compile`/`pi2 infer` prune by default (model units; see the module docstring). Margin
-# 0 prunes 57 % of the bundled digits network's shaped packets and changes none of its 360 test
+# 0 prunes 60 % of the bundled digits network's shaped packets and changes none of its 360 test
 # decisions in simulation (pi2 simulate: agreement with the golden model 100 %).
 DEFAULT_PRUNE_MARGIN = 0.0
 # Default model time unit: on this 2-core machine the shaper fabric's spikes arrive ≈0.1–0.35 ms
@@ -66,6 +67,7 @@ DEFAULT_PRUNE_MARGIN = 0.0
 # samples/s; kernels with netem and more cores do with less.
 DEFAULT_TAU_US = 6000.0
 DEFAULT_LEAD = 1.0  # model units over which a layer's events are spread ahead of their times
+LOSS_KINDS = ("bpf-drop", "gact-random")  # the profile loss kinds the compiler builds
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,12 @@ def drop_one_in(loss: float, real: Realisation) -> int | None:
         raise PlanError(f"loss {loss!r}: expected a drop probability in [0, 1)")
     if loss == 0:
         return None
-    if real.loss_kind != "gact-random":
+    if real.loss_kind not in LOSS_KINDS:
         raise PlanError(f"profile {real.profile}: its loss kind {real.loss_kind!r} is not built by the compiler; "
-                        "use --profile full (gact random drop)")
+                        "use --profile shaper (the gate drops) or full (gact drops)")
     n = round(1 / loss)
     if n > MAX_DROP_ONE_IN or abs(1 / n - loss) > 0.01 * loss:
-        raise PlanError(f"loss {loss:g}: gact drops with probability 1/N for an integer N ≤ {MAX_DROP_ONE_IN}; "
+        raise PlanError(f"loss {loss:g}: spikes drop with probability 1/N for an integer N ≤ {MAX_DROP_ONE_IN}; "
                         f"the nearest are {1 / n:g} (N = {n}) and {1 / (n + 1):g} (N = {n + 1})")
     return n
 
@@ -234,14 +236,19 @@ def event_leads(n_inputs: int, lead_us: float) -> np.ndarray:
     return lead_us * np.arange(events) / (events - 1)
 
 
-def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | None) -> TcTree:
+def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | None, loss_kind: str) -> TcTree:
     """clsact ingress of a neuron port's host end: the random drop (if the run has loss), then the
-    first-K gate, so the gate counts only the spikes that survived."""
-    filters = [] if loss_one_in is None else [
-        FilterSpec("u32", CLSACT_INGRESS, 1, {"key": 0, "mask": 0, "offset_bytes": 0, "drop_one_in": loss_one_in})]
-    filters.append(FilterSpec("bpf", CLSACT_INGRESS, len(filters) + 1,
-                              {"program": "first_k_gate", "k": k, "drop_primers": int(drop_primers),
-                               "window_us": int(round(window_us)), "direct_action": 1}))
+    first-K gate, so the gate counts only the spikes that survived. A ``bpf-drop`` loss is the
+    gate's own first step; a ``gact-random`` one is a match-all u32 filter in front of it."""
+    gate = {"program": "first_k_gate", "k": k, "drop_primers": int(drop_primers),
+            "window_us": int(round(window_us)), "direct_action": 1}
+    filters = []
+    if loss_one_in is not None and loss_kind == "bpf-drop":
+        gate["drop_one_in"] = loss_one_in
+    elif loss_one_in is not None:
+        filters.append(FilterSpec("u32", CLSACT_INGRESS, 1,
+                                  {"key": 0, "mask": 0, "offset_bytes": 0, "drop_one_in": loss_one_in}))
+    filters.append(FilterSpec("bpf", CLSACT_INGRESS, len(filters) + 1, gate))
     return TcTree((QdiscSpec("clsact", "ffff:", "root"),), (), tuple(filters))
 
 
@@ -322,7 +329,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
             tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
             ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
                                     _port_tc(li, events, real, targets, 2 * layer.n_inputs),
-                                    _gate_tc(layer.k, windows[li], real.delay_kind == "htb-primer", loss_one_in)))
+                                    _gate_tc(layer.k, windows[li], real.delay_kind == "htb-primer", loss_one_in,
+                                             real.loss_kind)))
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
                                 cal.offset_mk[li], tuple(ports), tuple(leads.tolist())))
     # The realised delays (rate granularity) may hold a class a little longer than the targets.

@@ -105,6 +105,7 @@ KINDS: dict[str, dict[str, KindSpec]] = {
     },
     "loss": {
         "netem-loss": KindSpec(frozenset({"netem"}), {}),
+        # the first-K gate program loses each spike with probability 1/N before counting it (its drop_one_in).
         "bpf-drop": KindSpec(frozenset({"clsact", "bpf"}), {"program": NAME}),
         # a u32 match-all filter before the gate whose gact action drops a spike with probability 1/N
         # (`pi2 compile --loss`; testbed.plan.tc drop_one_in).

@@ -17,8 +17,9 @@ Accepted parameters per kind (anything else is an error, never silently dropped)
   flowid (handle: matching packets go to that class) or drop_one_in (int N in 1..65535: a gact action drops
   a matching packet with probability 1/N, drawn per packet by the kernel's PRNG (gact ``random netrand``),
   and lets the others continue to the next filter; `drop_probability` reads it back)
-- filter ``bpf``: program (a testbed program: "first_k_gate" or "synapse_classifier"), direct_action
-  (1: the program returns a tc verdict; 0: it returns a classid), and program parameters (k, layer, ...)
+- filter ``bpf``: program (a testbed program: "first_k_gate", "synapse_classifier" or "synapse_filter"),
+  direct_action (1: the program returns a tc verdict; 0: it returns a classid), and program parameters
+  (k, layer, ...; the gate's drop_one_in N loses each spike with probability 1/N before counting it)
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ CLASS_PARAMS: dict[str, frozenset[str]] = {
 }
 FILTER_PARAMS: dict[str, frozenset[str]] = {
     "u32": frozenset({"key", "mask", "offset_bytes", "flowid", "drop_one_in"}),
-    "bpf": frozenset({"program", "k", "drop_primers", "window_us", "layer", "events", "direct_action"}),
+    "bpf": frozenset({"program", "k", "drop_primers", "window_us", "layer", "events", "direct_action",
+                      "drop_one_in"}),
 }
 CLSACT_INGRESS = "ffff:fff2"
 CLSACT_EGRESS = "ffff:fff3"
@@ -124,10 +126,10 @@ class TcTree:
 
 
 def drop_probability(tree: TcTree) -> float:
-    """The probability that a packet crossing `tree`'s filters is dropped by a random-drop filter
-    (u32 with drop_one_in N: 1/N each, independently); 0 if it has none."""
+    """The probability that a spike crossing `tree`'s filters is dropped at random (every filter
+    with drop_one_in N, a u32 gact or the gate itself: 1/N each, independently); 0 if none has one."""
     kept = Fraction(1)
     for f in tree.filters:
-        if f.kind == "u32" and "drop_one_in" in f.params:
+        if "drop_one_in" in f.params:
             kept *= Fraction(f.params["drop_one_in"] - 1, f.params["drop_one_in"])
     return float(1 - kept)

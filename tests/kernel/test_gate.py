@@ -57,7 +57,7 @@ def test_payload_offsets_match_the_wire_format() -> None:
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"k": 0}, "k=0"), ({"k": 1, "slots": 3}, "slots=3"), ({"k": 1, "slots": 1 << 17}, "slots=131072"),
-    ({"k": 1, "name": "gate"}, "object name"),
+    ({"k": 1, "name": "gate"}, "object name"), ({"k": 1, "drop_one_in": 0}, "drop_one_in=0"),
 ])
 def test_bad_parameters_are_refused_before_touching_the_kernel(kwargs: dict, match: str) -> None:
     with pytest.raises(KernelError, match=match):
@@ -119,6 +119,21 @@ def test_reset_forgets_samples_and_counts(gate: GateProgram) -> None:
     gate.reset()
     assert gate.counters() == GateCounters()
     assert verdicts(gate, [frame(3), frame(3), frame(3)]) == [PASS, PASS, DROP]
+
+
+@pytest.mark.root
+def test_loss_drops_one_spike_in_n_before_counting_and_never_a_primer() -> None:
+    with load_first_k_gate(1000, slots=1, drop_one_in=4) as g:
+        got = verdicts(g, [frame(1)] * 800 + [frame(1, kind=KIND_PRIMER, payload_bytes=1000)] * 50)
+        counts = g.counters()
+    # 800 spikes each lost with probability 1/4: 200 ± 12 (sd); 130..270 is 5.8 sd either way.
+    assert 130 < counts.spikes_dropped_lost < 270
+    assert counts == GateCounters(spikes_passed=800 - counts.spikes_dropped_lost,
+                                  spikes_dropped_lost=counts.spikes_dropped_lost, primers_dropped=50)
+    assert got.count(PASS) == counts.spikes_passed  # lost spikes did not use up K
+    with load_first_k_gate(1, slots=1, drop_one_in=1) as everything_lost:
+        assert verdicts(everything_lost, [frame(1), frame(2)]) == [DROP, DROP]
+        assert everything_lost.counters() == GateCounters(spikes_dropped_lost=2)
 
 
 @pytest.mark.root

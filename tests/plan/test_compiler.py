@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -142,16 +144,27 @@ def test_loss_puts_a_random_drop_before_every_gate():
     assert compile_network(net, FULL, 1000.0, np.zeros((1, 3))).summary()["layers"][0]["loss"] == 0.0
 
 
+def test_bpf_drop_loss_is_the_gates_own_first_step():
+    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), loss=0.25)
+    for port in plan.layers[0].ports:
+        (gate,) = port.gate_tc.filters
+        assert (gate.kind, gate.params["program"], gate.params["drop_one_in"]) == ("bpf", "first_k_gate", 4)
+    assert plan.summary()["layers"][0]["loss"] == 0.25
+    plain = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)))
+    assert all("drop_one_in" not in port.gate_tc.filters[0].params for port in plain.layers[0].ports)
+
+
 def test_loss_survives_the_plan_json(tmp_path):
     plan = compile_network(tiny(), FULL, 1000.0, np.zeros((1, 3)), loss=0.25)
     assert load_plan(plan.save(tmp_path / "p.json")) == plan
 
 
 @pytest.mark.parametrize(("real", "loss", "words"), [
-    (FULL, 0.3, r"loss 0.3: gact drops with probability 1/N .* 0.333333 \(N = 3\) and 0.25 \(N = 4\)"),
+    (FULL, 0.3, r"loss 0.3: spikes drop with probability 1/N .* 0.333333 \(N = 3\) and 0.25 \(N = 4\)"),
     (FULL, 1.0, r"expected a drop probability in \[0, 1\)"),
     (FULL, 1e-6, r"N ≤ 65535"),
-    (NETEM, 0.5, r"profile netem: its loss kind 'bpf-drop' is not built by the compiler; use --profile full"),
+    (replace(NETEM, loss_kind="netem-loss"), 0.5,
+     r"profile netem: its loss kind 'netem-loss' is not built by the compiler; use --profile shaper"),
 ])
 def test_loss_the_profile_cannot_realise_is_refused(real, loss, words):
     with pytest.raises(PlanError, match=words):
