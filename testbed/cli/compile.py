@@ -53,13 +53,9 @@ def show_plan(plan: FabricPlan) -> None:
 @click.option("--calibration", default=500, show_default=True, help="Training samples that fix each layer's window.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan JSON here.")
 @click.option("--show", is_flag=True, help="Print a readable summary of the plan.")
-@click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Drop each spike at each neuron port with this probability, 1/N for an integer N (e.g. 0.1); "
-                   "needs a profile whose loss kind is gact-random (--profile full). `pi2 infer PLAN` and "
-                   "`pi2 simulate PLAN` then both drop spikes.")
 @json_option
 def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None, lead: float,
-                dataset: str | None, calibration: int, output: Path | None, show: bool, loss: float,
+                loss: float, dataset: str | None, calibration: int, output: Path | None, show: bool,
                 as_json: bool) -> None:
     """Compile the π² network NET into a FabricPlan (plan.json).
 

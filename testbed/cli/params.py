@@ -68,7 +68,8 @@ class LogitScale(click.ParamType):
 
 
 def compile_options(command):  # type: ignore[no-untyped-def]
-    """--profile, --tau, --relay, --prune and --lead: how a network is compiled into a plan (pi2 compile, pi2 infer)."""
+    """--profile, --tau, --relay, --prune, --lead and --loss: how a network is compiled into a plan (pi2 compile,
+    pi2 infer)."""
 
     for option in reversed((
         click.option("--profile", default="auto", show_default=True,
@@ -87,6 +88,10 @@ def compile_options(command):  # type: ignore[no-untyped-def]
                           "(more where the slowest layer leaves room), each event's delay classes holding it that "
                           "much longer (arrivals unchanged): the zero inputs' burst at T0 becomes a train the "
                           "kernel enqueues on time. 0 sends every event at its time."),
+        click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                     help="Drop each spike at each neuron port with this probability, 1/N for an integer N (e.g. "
+                          "0.1), before its gate counts it: the shaper profile's gate drops it (eBPF), the full "
+                          "profile's gact action does; the simulator drops with the same probability."),
     )):
         command = option(command)
     return command

@@ -34,7 +34,7 @@ def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, da
                 calibration: int, prune_margin: float | None = None, loss: float = 0.0,
                 lead: float = DEFAULT_LEAD) -> FabricPlan:
     """Compile a network file, calibrating windows (and pruning) on its data set's training split;
-    `loss`: drop probability per spike at each neuron port (profiles with gact-random loss)."""
+    `loss`: drop probability per spike at each neuron port (profiles whose loss kind the compiler builds)."""
     net = load_network(net_path)
     caps = probed_capabilities(f"--profile {profile}") if profile == "auto" else None
     real = realisation_for(profile, caps)
@@ -54,12 +54,13 @@ def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
 
 
 def plan_and_network(source: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                     calibration: int, prune_margin: float | None, lead: float) -> tuple[FabricPlan, Pi2Network]:
+                     calibration: int, prune_margin: float | None, lead: float,
+                     loss: float = 0.0) -> tuple[FabricPlan, Pi2Network]:
     """A plan file (and the network it names, checked by hash), or a network file compiled now."""
     if source.suffix == ".json":
         plan = load_plan(source)
         return plan, network_of(plan, source)
-    plan = compile_for(source, profile, tau_us, relay_us, dataset, calibration, prune_margin, lead=lead)
+    plan = compile_for(source, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead)
     return plan, load_network(source)
 
 
@@ -73,6 +74,7 @@ class InferOptions:
     relay_us: float = 3000.0
     prune_margin: float | None = DEFAULT_PRUNE_MARGIN
     lead: float = DEFAULT_LEAD
+    loss: float = 0.0  # drop probability per spike at each neuron port
     calibration: int = 500
     inject_cpu: int | None = 0
     pcap_dir: Path | None = None
@@ -88,7 +90,7 @@ def infer(source: Path, options: InferOptions, progress: Callable[[int], None] |
     from testbed.fabric.live import build_fabric
 
     plan, net = plan_and_network(source, options.profile, options.tau_us, options.relay_us, options.dataset,
-                                 options.calibration, options.prune_margin, options.lead)
+                                 options.calibration, options.prune_margin, options.lead, options.loss)
     inputs = network_inputs(net, options.dataset, "test", options.limit)
     x = inputs.x.reshape(len(inputs.x), -1)
     if started is not None:

@@ -20,6 +20,7 @@ import numpy as np
 from testbed.infer.session import KernelRun
 from testbed.model.network import Pi2Network
 from testbed.plan.fabric_plan import FabricPlan
+from testbed.plan.tc import drop_probability
 from testbed.sim.executor import simulate, simulate_layer
 
 
@@ -46,6 +47,7 @@ class InferenceReport:
     backend: str
     profile: str
     tau_us: float
+    loss: float  # drop probability per spike at each neuron port; kernel and simulation draw independently
     kernel_accuracy: float
     sim_accuracy: float
     golden_accuracy: float
@@ -109,6 +111,7 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
     rate = run.samples / run.wall_s if run.wall_s > 0 else float("nan")
     return InferenceReport(
         samples=run.samples, dataset=dataset, backend=backend, profile=plan.profile, tau_us=plan.timing.tau_us,
+        loss=max(drop_probability(p.gate_tc) for layer in plan.layers for p in layer.ports),
         kernel_accuracy=float(np.mean(kernel_pred == labels)), sim_accuracy=float(np.mean(sim_pred == labels)),
         golden_accuracy=float(np.mean(golden_pred == labels)),
         kernel_sim_agreement=float(np.mean(kernel_pred == sim_pred)),

@@ -1,0 +1,26 @@
+"""`pi2 infer` through click on the real kernel: the bundled network, a few samples, with spike loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from testbed.cli import pi2
+from testbed.kernel import netns
+
+pytestmark = pytest.mark.root
+
+
+def test_infer_with_loss_reports_the_spikes_each_layer_lost():
+    before = set(netns.list_names())
+    result = CliRunner().invoke(pi2, ["infer", "--profile", "shaper", "--limit", "4", "--loss", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["samples"], report["profile"], report["loss"]) == (4, "shaper", 0.5)
+    for gates in report["gates"]:
+        # Each port gets every kept synapse's spike; half of them are lost before the gate counts them.
+        seen = gates["spikes_passed"] + gates["spikes_dropped_after_k"] + gates["spikes_dropped_lost"]
+        assert 0.35 < gates["spikes_dropped_lost"] / seen < 0.65, gates
+    assert set(netns.list_names()) == before  # torn down
