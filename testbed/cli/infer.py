@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -83,20 +84,31 @@ def render(report: InferenceReport) -> None:
     table.add_row("accuracy", f"{report.kernel_accuracy:.2%}", f"{report.sim_accuracy:.2%}", f"{report.golden_accuracy:.2%}")
     table.add_row("agrees with kernel", "", f"{report.kernel_sim_agreement:.2%}", f"{report.kernel_golden_agreement:.2%}")
     console.print(table)
+    packets = report.packets_per_sample
     console.print(f"throughput: {report.samples_per_s:.1f} samples/s, {report.synaptic_events_per_s:,.0f} synaptic "
-                  f"events/s; packets per sample {report.packets_per_sample}")
-    layers = Table(title="per layer: kernel − simulated arrival of gated spikes (µs)", title_justify="left")
-    for column in ("layer", "spikes", "short ports", "mean", "median", "sd", "p99 |err|", "inject late p99",
-                   "delay err median", "delay err p99"):
-        layers.add_column(column, justify="right")
-    for row in report.layers:
-        layers.add_row(str(row.layer), f"{row.spikes_received}/{row.spikes_expected}", str(row.ports_short),
-                       f"{row.error_us_mean:.0f}", f"{row.error_us_median:.0f}", f"{row.error_us_sd:.0f}",
-                       f"{row.error_us_p99:.0f}", f"{row.inject_late_us_p99:.0f}", f"{row.delay_error_us_median:.0f}",
-                       f"{row.delay_error_us_p99:.0f}")
+                  f"events/s; per sample {packets['injected']} frames injected, {packets['port_copies']} port copies, "
+                  f"{packets['pruned']} pruned, {packets['shaped']} shaped")
+    layers = Table("", *(f"layer {row.layer}" for row in report.layers), box=box.SIMPLE_HEAD, padding=(0, 1),
+                   title="kernel − simulated arrival of gated spikes (µs)", title_justify="left")
+    for column in layers.columns[1:]:
+        column.justify = "right"
+    rows = (("spikes received", lambda r: f"{r.spikes_received}/{r.spikes_expected}"),
+            ("ports short of K", lambda r: str(r.ports_short)),
+            ("error mean", lambda r: f"{r.error_us_mean:.0f}"), ("error median", lambda r: f"{r.error_us_median:.0f}"),
+            ("error sd", lambda r: f"{r.error_us_sd:.0f}"), ("|error| p99", lambda r: f"{r.error_us_p99:.0f}"),
+            ("injection late p99", lambda r: f"{r.inject_late_us_p99:.0f}"),
+            ("delay error median", lambda r: f"{r.delay_error_us_median:.0f}"),
+            ("|delay error| p99", lambda r: f"{r.delay_error_us_p99:.0f}"))
+    for label, cell in rows:
+        layers.add_row(label, *(cell(row) for row in report.layers))
     console.print(layers)
-    for li, gates in enumerate(report.gates):
-        console.print(f"layer {li} gates: " + ", ".join(f"{k} {v}" for k, v in gates.items()))
+    gates = Table("", *(f"layer {li}" for li in range(len(report.gates))), box=box.SIMPLE_HEAD, padding=(0, 1),
+                  title="where the gates sent spikes and primers", title_justify="left")
+    for column in gates.columns[1:]:
+        column.justify = "right"
+    for key in report.gates[0]:
+        gates.add_row(key.replace("_", " "), *(str(layer[key]) for layer in report.gates))
+    console.print(gates)
     if report.late_slots or report.receiver_drops or report.injector_refused:
         console.print(f"[yellow]late slots {report.late_slots}, receiver drops {report.receiver_drops}, "
                       f"injected frames refused by the kernel {report.injector_refused}[/]")

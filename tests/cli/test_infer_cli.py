@@ -24,3 +24,14 @@ def test_infer_with_loss_reports_the_spikes_each_layer_lost():
         seen = gates["spikes_passed"] + gates["spikes_dropped_after_k"] + gates["spikes_dropped_lost"]
         assert 0.35 < gates["spikes_dropped_lost"] / seen < 0.65, gates
     assert set(netns.list_names()) == before  # torn down
+
+
+def test_infer_prints_tables_that_fit_80_columns():
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(pi2, ["infer", "--profile", "shaper", "--limit", "2",
+                                                           "--loss", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert max(map(len, result.output.splitlines())) <= 80 and "…" not in result.output
+    words = " ".join(result.output.split())
+    assert "spike loss 50 %" in words and "lose different spikes" in words
+    lost = next(line for line in result.output.splitlines() if line.strip().startswith("spikes dropped lost"))
+    assert all(int(n) > 0 for n in lost.split()[3:])  # one count per layer
