@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.cli.params import DURATION, PruneMargin
+from testbed.cli.params import DURATION, PRUNE_MARGIN, argparse_type
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.kernel import cleanup
 from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
@@ -91,9 +91,9 @@ def main() -> None:
     parser.add_argument("--net", type=Path, default=BUNDLED_NETWORK)
     parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
     parser.add_argument("--profile", default="shaper")
-    parser.add_argument("--tau", type=lambda text: DURATION.convert(text, None, None), default=DEFAULT_TAU_US, help="e.g. 5ms")
+    parser.add_argument("--tau", type=argparse_type(DURATION), default=DEFAULT_TAU_US, help="e.g. 5ms")
     parser.add_argument("--lead", type=float, default=DEFAULT_LEAD, help="event leads (model units)")
-    parser.add_argument("--prune", type=lambda text: PruneMargin().convert(text, None, None),
+    parser.add_argument("--prune", type=argparse_type(PRUNE_MARGIN),
                         default=DEFAULT_PRUNE_MARGIN, help="prune margin (model units) or 'off'")
     parser.add_argument("--backends", default="netns,mininet")
     parser.add_argument("-o", "--out", type=Path)

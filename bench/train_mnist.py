@@ -23,6 +23,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from testbed.cli.params import LOGIT_SCALE, argparse_type
 from testbed.model.netfile import save_network
 from testbed.train.recipe import TrainConfig, train_network
 
@@ -31,11 +32,6 @@ NOTES = ("Distillation keeps the spec's T = 5, alpha = 0.5. The student's pi2 sc
          "teacher weights are ~6x smaller in spread than the teacher's logits, so the plain loss first pulls the "
          "student away from the teacher (validation accuracy falls ~2 pt in the first epoch); the loss therefore "
          "sees lambda*scores (logit_scale_used; the network and its argmax are unchanged).")
-
-
-def _logit_scale(text: str) -> float | None:
-    """'auto' → None (calibrate), else a float λ."""
-    return None if text == "auto" else float(text)
 
 
 def main() -> None:
@@ -50,7 +46,7 @@ def main() -> None:
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--logit-scale", type=_logit_scale, default=None, metavar="auto|λ",
+    parser.add_argument("--logit-scale", type=argparse_type(LOGIT_SCALE), default=None, metavar="auto|λ",
                         help="multiply the student's scores by λ in the distillation loss only; 'auto' (default) "
                              "calibrates λ to the teacher's logit spread, 1 is the spec's plain loss")
     parser.add_argument("--seed", type=int, default=0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import re
+from typing import Any, Callable
 
 import click
 
@@ -29,42 +32,41 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 
-class PruneMargin(click.ParamType):
-    """A margin in model units (≥ 0), or "off"."""
+class NumberOr(click.ParamType):
+    """A number that `accept`s, or one word that stands for None ("--prune off", "--logit-scale auto")."""
 
-    name = "margin|off"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if value is None or isinstance(value, float):
-            return value
-        if str(value).strip().lower() == "off":
-            return None
-        try:
-            margin = float(value)
-        except ValueError:
-            margin = -1.0
-        if not margin >= 0:
-            self.fail(f"{value!r} is neither a margin ≥ 0 (model units) nor 'off'", param, ctx)
-        return margin
-
-
-class LogitScale(click.ParamType):
-    """λ > 0 (a finite number), or "auto" (None: calibrate λ to the teacher's logit spread)."""
-
-    name = "λ|auto"
+    def __init__(self, word: str, accept: Callable[[float], bool], expected: str, metavar: str) -> None:
+        self.word, self.accept, self.expected = word, accept, expected
+        self.name = f"{metavar}|{word}"
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
         if value is None or isinstance(value, float):
             return value
-        if str(value).strip().lower() == "auto":
+        if str(value).strip().lower() == self.word:
             return None
         try:
-            scale = float(value)
+            number = float(value)
         except ValueError:
-            scale = float("nan")
-        if not 0 < scale < float("inf"):
-            self.fail(f"{value!r} is neither a finite λ > 0 nor 'auto'", param, ctx)
-        return scale
+            number = float("nan")
+        if not self.accept(number):
+            self.fail(f"{value!r} is neither {self.expected} nor {self.word!r}", param, ctx)
+        return number
+
+
+PRUNE_MARGIN = NumberOr("off", lambda m: m >= 0, "a margin ≥ 0 (model units)", "margin")
+LOGIT_SCALE = NumberOr("auto", lambda v: 0 < v < math.inf, "a finite λ > 0", "λ")
+
+
+def argparse_type(param_type: click.ParamType) -> Callable[[str], Any]:
+    """One of these types as an argparse `type` (the benchmarks): bad values are usage errors, not tracebacks."""
+
+    def convert(text: str) -> Any:
+        try:
+            return param_type.convert(text, None, None)
+        except click.BadParameter as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return convert
 
 
 def compile_options(command):  # type: ignore[no-untyped-def]
@@ -79,7 +81,7 @@ def compile_options(command):  # type: ignore[no-untyped-def]
                           "more time per burst of spikes (more precise), smaller τ more samples/s."),
         click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
                      help="Time the relay gets to decode a layer before the next layer's injections."),
-        click.option("--prune", "prune_margin", type=PruneMargin(), default=str(DEFAULT_PRUNE_MARGIN), show_default=True,
+        click.option("--prune", "prune_margin", type=PRUNE_MARGIN, default=str(DEFAULT_PRUNE_MARGIN), show_default=True,
                      help="Leave out synapses whose arrival never came within this many model units of their "
                           "port's K-th earliest on the calibration data (they cannot change the port's output "
                           "there, yet cost the kernel two shaped packets per sample); 'off' keeps every synapse."),

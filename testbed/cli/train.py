@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from testbed.cli.output import emit_json, json_option
-from testbed.cli.params import LogitScale
+from testbed.cli.params import LOGIT_SCALE
 from testbed.model.netfile import save_network
 from testbed.train.datasets import LOADERS
 from testbed.train.recipe import TrainConfig, train_network
@@ -42,7 +42,7 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True,
               help="Adam learning rate of distillation (teacher and fine-tuning use their own defaults).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
-@click.option("--logit-scale", type=LogitScale(), metavar="λ|auto", default=DEFAULTS.logit_scale, show_default=True,
+@click.option("--logit-scale", type=LOGIT_SCALE, metavar="λ|auto", default=DEFAULTS.logit_scale, show_default=True,
               help="λ multiplying the student's scores inside the distillation loss only. λ < 1 makes the student "
                    "learn score gaps 1/λ times the teacher's: more timing margin before a fabric's jitter flips a "
                    "decision (the bundled network uses 0.6). 'auto' matches the teacher's logit spread (large nets).")
