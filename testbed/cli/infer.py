@@ -40,7 +40,8 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
     PLAN (from `pi2 compile`) is used as is. The fabric is built from namespaces, veths, bridges
     and qdiscs, samples stream through it several at a time, and everything is torn down at the
     end, on errors and on Ctrl-C. Reports kernel, plan-simulation and golden-model accuracy, their
-    per-sample agreement, arrival-time errors per layer, throughput and why spikes were dropped.
+    per-sample agreement, arrival-time errors per layer, throughput and why spikes were dropped,
+    and warns when spikes went missing or arrived far off the plan (τ too small for this machine).
 
     \b
     Examples:
@@ -109,6 +110,8 @@ def render(report: InferenceReport) -> None:
     for key in report.gates[0]:
         gates.add_row(key.replace("_", " "), *(str(layer[key]) for layer in report.gates))
     console.print(gates)
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     if report.late_slots or report.receiver_drops or report.injector_refused:
         console.print(f"[yellow]late slots {report.late_slots}, receiver drops {report.receiver_drops}, "
                       f"injected frames refused by the kernel {report.injector_refused}[/]")

@@ -64,6 +64,7 @@ class InferenceReport:
     idle_polling: bool  # CPUs polled instead of sleeping during the run (testbed.kernel.idle)
     layers: tuple[LayerStats, ...]
     gates: tuple[dict[str, int], ...]  # per layer, summed over ports: why spikes were dropped
+    warnings: tuple[str, ...]  # signs that the kernel could not keep up with the plan, and what to do
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,17 +102,39 @@ def _sum_counters(per_port: list[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+LATE_FRACTION_OF_TAU = 0.05  # a median arrival error beyond this many τ means the kernel fell behind
+
+
+def kernel_warnings(layers: tuple[LayerStats, ...], tau_us: float, loss: float) -> tuple[str, ...]:
+    """What a reader of the report must not miss: spikes that never came (without loss, every
+    port gets its K), and arrivals far off the plan, both signs of a fabric CPU that could not
+    keep up at this τ."""
+    found = []
+    for row in layers:
+        if not loss and row.spikes_received < row.spikes_expected:
+            found.append(f"layer {row.layer}: {row.spikes_expected - row.spikes_received} of {row.spikes_expected} "
+                         f"gated spikes never arrived ({row.ports_short} sample-ports got fewer than K)")
+        if abs(row.error_us_median) > LATE_FRACTION_OF_TAU * tau_us:
+            found.append(f"layer {row.layer}: spikes arrive a median {row.error_us_median:.0f} µs off the plan, "
+                         f"{abs(row.error_us_median) / tau_us:.2f} τ")
+    if found:
+        found.append("the kernel could not keep up with this τ: use a larger --tau")
+    return tuple(found)
+
+
 def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarray, labels: np.ndarray,
                  dataset: str, backend: str, gate_counters: list[list[dict[str, int]]]) -> InferenceReport:
     s = plan.constants["s"]
     kernel_pred = (-s * run.y[-1]).argmax(axis=1)
     sim_pred = simulate(plan, x).predictions
     golden_pred = net.with_bits(plan.network["bits"]).predict(x)
+    layers = tuple(layer_stats(plan, run, li) for li in range(len(plan.layers)))
+    loss = max(drop_probability(p.gate_tc) for layer in plan.layers for p in layer.ports)
     events = sum(2 * layer.n_inputs * len(layer.ports) for layer in plan.layers)
     rate = run.samples / run.wall_s if run.wall_s > 0 else float("nan")
     return InferenceReport(
         samples=run.samples, dataset=dataset, backend=backend, profile=plan.profile, tau_us=plan.timing.tau_us,
-        loss=max(drop_probability(p.gate_tc) for layer in plan.layers for p in layer.ports),
+        loss=loss,
         kernel_accuracy=float(np.mean(kernel_pred == labels)), sim_accuracy=float(np.mean(sim_pred == labels)),
         golden_accuracy=float(np.mean(golden_pred == labels)),
         kernel_sim_agreement=float(np.mean(kernel_pred == sim_pred)),
@@ -120,5 +143,5 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
         samples_per_s=rate, synaptic_events_per_s=rate * events, packets_per_sample=plan.packets_per_sample,
         wall_s=run.wall_s, late_slots=run.late_slots, receiver_drops=run.receiver_drops,
         injector_refused=run.injector_refused, idle_polling=run.idle_polling,
-        layers=tuple(layer_stats(plan, run, li) for li in range(len(plan.layers))),
-        gates=tuple(_sum_counters(per_port) for per_port in gate_counters))
+        layers=layers, gates=tuple(_sum_counters(per_port) for per_port in gate_counters),
+        warnings=kernel_warnings(layers, plan.timing.tau_us, loss))
