@@ -6,11 +6,9 @@ from pathlib import Path
 
 import click
 import numpy as np
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from testbed.cli.output import emit_json, json_option
+from testbed.cli.output import emit_json, json_option, per_layer_table
 from testbed.cli.params import compile_options
 from testbed.infer.inputs import network_inputs
 from testbed.infer.pipeline import compile_for, network_of
@@ -35,9 +33,7 @@ def show_plan(plan: FabricPlan) -> None:
                   + (f"spike loss {100 * loss:g} % per port" if loss else "no spike loss"))
     rows = {"inputs": "inputs", "neurons": "neurons", "k": "K", "ports": "neuron ports", "classes": "delay classes",
             "pruned": "pruned synapses", "filters": "classifier filters", "gates": "first-K gates"}
-    table = Table("", box=box.SIMPLE_HEAD, padding=(0, 1))
-    for row in info["layers"]:
-        table.add_column(f"layer {row['layer']}", justify="right")
+    table = per_layer_table(len(info["layers"]))
     for key, label in rows.items():
         table.add_row(label, *(str(row[key]) for row in info["layers"]))
     table.add_row("lead (ms)", *(f"{row['origin_us'] / 1e3:.2f}" for row in info["layers"]))

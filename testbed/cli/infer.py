@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from testbed.cli.output import emit_json, json_option
+from testbed.cli.output import emit_json, json_option, per_layer_table
 from testbed.cli.params import compile_options
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.infer.report import InferenceReport
@@ -89,10 +88,7 @@ def render(report: InferenceReport) -> None:
     console.print(f"throughput: {report.samples_per_s:.1f} samples/s, {report.synaptic_events_per_s:,.0f} synaptic "
                   f"events/s; per sample {packets['injected']} frames injected, {packets['port_copies']} port copies, "
                   f"{packets['pruned']} pruned, {packets['shaped']} shaped")
-    layers = Table("", *(f"layer {row.layer}" for row in report.layers), box=box.SIMPLE_HEAD, padding=(0, 1),
-                   title="kernel − simulated arrival of gated spikes (µs)", title_justify="left")
-    for column in layers.columns[1:]:
-        column.justify = "right"
+    layers = per_layer_table(len(report.layers), "kernel − simulated arrival of gated spikes (µs)")
     rows = (("spikes received", lambda r: f"{r.spikes_received}/{r.spikes_expected}"),
             ("ports short of K", lambda r: str(r.ports_short)),
             ("error mean", lambda r: f"{r.error_us_mean:.0f}"), ("error median", lambda r: f"{r.error_us_median:.0f}"),
@@ -103,10 +99,7 @@ def render(report: InferenceReport) -> None:
     for label, cell in rows:
         layers.add_row(label, *(cell(row) for row in report.layers))
     console.print(layers)
-    gates = Table("", *(f"layer {li}" for li in range(len(report.gates))), box=box.SIMPLE_HEAD, padding=(0, 1),
-                  title="where the gates sent spikes and primers", title_justify="left")
-    for column in gates.columns[1:]:
-        column.justify = "right"
+    gates = per_layer_table(len(report.gates), "where the gates sent spikes and primers")
     for key in report.gates[0]:
         gates.add_row(key.replace("_", " "), *(str(layer[key]) for layer in report.gates))
     console.print(gates)
