@@ -27,14 +27,16 @@ def idle_polling(path: str = CPU_LATENCY_QOS) -> Iterator[bool]:
     try:
         fd = os.open(path, os.O_WRONLY)
     except OSError:
+        fd = None
+    if fd is None:  # yield outside the handler, or the run's own errors would show as raised during it
         yield False
         return
     try:
         try:
             os.write(fd, struct.pack("=i", 0))
+            taken = True
         except OSError:
-            yield False
-            return
-        yield True
+            taken = False
+        yield taken
     finally:
         os.close(fd)

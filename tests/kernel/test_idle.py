@@ -24,6 +24,13 @@ def test_without_the_device_the_run_goes_on(tmp_path):
         assert not held
 
 
+def test_a_runs_own_error_is_not_chained_to_the_missing_device(tmp_path):
+    with pytest.raises(ValueError) as raised:
+        with idle_polling(str(tmp_path / "missing")):
+            raise ValueError("the run failed")
+    assert raised.value.__context__ is None
+
+
 @pytest.mark.root
 @pytest.mark.skipif(not os.path.exists(CPU_LATENCY_QOS), reason="this kernel has no PM QoS device")
 def test_the_kernel_holds_the_request_only_while_the_file_is_open():
