@@ -39,7 +39,8 @@ PERIOD_NS = 9_000_000  # > longest delay (5.7 ms) + the class's token debt
 def plan_for_bench():
     rng = np.random.default_rng(3)
     net = Pi2Network((DenseLayer(rng.uniform(-2.7, 2.7, (4, 16)), 8),), (4,))
-    return compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, rng.random((4, 4)))
+    return compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, rng.random((4, 4)),
+                           prune_margin=None, lead=0.0)
 
 
 def run_condition(plan, fabric_cpus, samples: int, busy_cpu: int, sample0: int) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def big_plan():
     rng = np.random.default_rng(1)
     net = Pi2Network((DenseLayer(rng.uniform(-2.9, 2.9, (64, 40)), 1), DenseLayer(rng.uniform(-2.9, 2.9, (40, 10)), 1)),
                      (64,))
-    return compile_network(net, SHAPER, 1000.0, rng.random((8, 64)))
+    return compile_network(net, SHAPER, 1000.0, rng.random((8, 64)), prune_margin=None, lead=0.0)
 
 
 def tc_commands(dev: str, tree: TcTree) -> list[str]:

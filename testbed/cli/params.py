@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
+from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, DEFAULT_TAU_US
 
 _UNITS_US = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(us|µs|ms|s)\s*$")
@@ -79,7 +79,8 @@ def compile_options(command):  # type: ignore[no-untyped-def]
         click.option("--tau", "tau_us", type=DURATION, default=f"{DEFAULT_TAU_US / 1e3:g}ms", show_default=True,
                      help="Wall-clock length of one model time unit (e.g. 500us, 2ms). Larger τ gives the kernel "
                           "more time per burst of spikes (more precise), smaller τ more samples/s."),
-        click.option("--relay", "relay_us", type=DURATION, default="3ms", show_default=True,
+        click.option("--relay", "relay_us", type=DURATION, default=f"{DEFAULT_RELAY_US / 1e3:g}ms",
+                     show_default=True,
                      help="Time the relay gets to decode a layer before the next layer's injections."),
         click.option("--prune", "prune_margin", type=PRUNE_MARGIN, default=str(DEFAULT_PRUNE_MARGIN), show_default=True,
                      help="Leave out synapses whose arrival never came within this many model units of their "

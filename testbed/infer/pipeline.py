@@ -14,7 +14,8 @@ from testbed.infer.report import InferenceReport, build_report
 from testbed.infer.session import KernelRun, run_inference
 from testbed.model.netfile import load_network
 from testbed.model.network import Pi2Network
-from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US, compile_network
+from testbed.plan.compiler import (DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, DEFAULT_TAU_US,
+                                   compile_network)
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.plan.select import realisation_for
 
@@ -31,7 +32,7 @@ def probed_capabilities(purpose: str):  # type: ignore[no-untyped-def]
 
 
 def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                calibration: int, prune_margin: float | None = None, loss: float = 0.0,
+                calibration: int, prune_margin: float | None = DEFAULT_PRUNE_MARGIN, loss: float = 0.0,
                 lead: float = DEFAULT_LEAD) -> FabricPlan:
     """Compile a network file, calibrating windows (and pruning) on its data set's training split;
     `loss`: drop probability per spike at each neuron port (profiles whose loss kind the compiler builds)."""
@@ -71,7 +72,7 @@ class InferOptions:
     backend: str = "netns"
     profile: str = "auto"
     tau_us: float = DEFAULT_TAU_US
-    relay_us: float = 3000.0
+    relay_us: float = DEFAULT_RELAY_US
     prune_margin: float | None = DEFAULT_PRUNE_MARGIN
     lead: float = DEFAULT_LEAD
     loss: float = 0.0  # drop probability per spike at each neuron port

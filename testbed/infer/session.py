@@ -25,7 +25,7 @@ from testbed.model.encoding import encode
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
 from testbed.sim.executor import flood_offsets_us, port_delays_us
-from testbed.traffic.capture import ARRIVAL_DTYPE, Receiver
+from testbed.traffic.capture import Receiver
 from testbed.traffic.decode import PortRole, decode_layer
 from testbed.traffic.inject import Injector, Schedule, pinned
 from testbed.traffic.packets import spike_frame
@@ -225,7 +225,3 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                     progress(1)
         run.wall_s = time.perf_counter() - began
     return run
-
-
-def empty_arrivals() -> np.ndarray:
-    return np.zeros(0, dtype=ARRIVAL_DTYPE)

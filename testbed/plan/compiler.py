@@ -67,6 +67,7 @@ DEFAULT_PRUNE_MARGIN = 0.0
 # samples/s; kernels with netem and more cores do with less.
 DEFAULT_TAU_US = 6000.0
 DEFAULT_LEAD = 1.0  # model units over which a layer's events are spread ahead of their times
+DEFAULT_RELAY_US = 3000.0  # time the relay gets to decode a layer before the next layer's injections
 LOSS_KINDS = ("bpf-drop", "gact-random")  # the profile loss kinds the compiler builds
 
 
@@ -254,8 +255,8 @@ def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | No
 
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
                     network_path: str | Path | None = None, margin: float | None = None,
-                    relay_us: float = 3000.0, prune_margin: float | None = None, loss: float = 0.0,
-                    lead: float = 0.0) -> FabricPlan:
+                    relay_us: float = DEFAULT_RELAY_US, prune_margin: float | None = DEFAULT_PRUNE_MARGIN,
+                    loss: float = 0.0, lead: float = DEFAULT_LEAD) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
@@ -266,6 +267,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     `loss` (a probability, 1/N) is dropped at every neuron port's ingress, where the profile realises loss.
     `lead` (model units; 0: off) spreads each layer's events ahead of their times over at least
     this span, and over all the slack the slowest layer leaves a faster one (module docstring).
+    The defaults are `pi2 compile`'s.
     """
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")

@@ -18,7 +18,8 @@ from testbed.plan.profiles import load_profile
 @pytest.fixture
 def plan_file(tmp_path):
     net = Pi2Network((DenseLayer(np.array([[0.5, -1.5], [1.5, 2.5]]), 1),), (2,))
-    plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, np.zeros((1, 2)))
+    plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, np.zeros((1, 2)),
+                           prune_margin=None, lead=0.0)
     return plan.save(tmp_path / "plan.json")
 
 

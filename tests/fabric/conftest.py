@@ -32,7 +32,8 @@ SRC_MAC, BROADCAST = "02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"
 @pytest.fixture(scope="session")
 def tiny_plan() -> FabricPlan:
     net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
-    return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)))
+    return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
+                           prune_margin=None, lead=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,7 @@ def pruned_tiny_plan() -> FabricPlan:
     earliest synapse, the synapse filter drops the other five events."""
     net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
     return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
-                           prune_margin=0.0)
+                           prune_margin=0.0, lead=0.0)
 
 
 def event_frames(plan: FabricPlan, sample: int, events: list[tuple[int, int]], seq0: int = 0) -> list[bytes]:

@@ -31,7 +31,8 @@ def test_the_gate_loses_half_the_spikes_before_counting(backend, spikes):
     if backend == "mininet":
         pytest.importorskip("mininet")
     net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
-    plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, np.zeros((1, 3)), loss=0.5)
+    plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, np.zeros((1, 3)), loss=0.5,
+                           prune_margin=None, lead=0.0)
     assert {drop_probability(p.gate_tc) for p in plan.layers[0].ports} == {0.5}
     frames = [f for s in range(SAMPLES) for f in spikes.event_frames(plan, 1 + s, [(0, 0)], seq0=s)]
     offsets = np.repeat(np.arange(SAMPLES, dtype=np.int64) * GAP_NS, 2)  # primer and spike back to back

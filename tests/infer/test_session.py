@@ -39,7 +39,8 @@ def tiny():
     net = Pi2Network((DenseLayer(rng.normal(0, 1.2, size=(6, 4)), 1), DenseLayer(rng.normal(0, 1.2, size=(4, 3)), 2)),
                      (6,), bits=4)
     x = rng.uniform(0, 1.5, size=(40, 6))
-    plan = compile_network(net, Realisation.from_profile(load_profile(PROFILE)), TAU_US, x, lead=DEFAULT_LEAD)
+    plan = compile_network(net, Realisation.from_profile(load_profile(PROFILE)), TAU_US, x, prune_margin=None,
+                           lead=DEFAULT_LEAD)
     return net, plan, x[:8]
 
 

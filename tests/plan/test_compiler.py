@@ -22,7 +22,7 @@ def tiny(bits=None, k=(1, 2)):
 
 def test_counts_of_ports_classes_filters_and_gates():
     net = tiny()
-    plan = compile_network(net, SHAPER, 1000.0, np.random.default_rng(0).random((20, 3)))
+    plan = compile_network(net, SHAPER, 1000.0, np.random.default_rng(0).random((20, 3)), prune_margin=None, lead=0.0)
     assert [len(layer.ports) for layer in plan.layers] == [4, 4]
     for layer in plan.layers:
         for port in layer.ports:
@@ -42,7 +42,7 @@ def test_counts_of_ports_classes_filters_and_gates():
 
 def test_port_delays_mirror_the_model():
     net = tiny(bits=4)
-    plan = compile_network(net, NETEM, 500.0, np.zeros((1, 3)))
+    plan = compile_network(net, NETEM, 500.0, np.zeros((1, 3)), prune_margin=None, lead=0.0)
     d_plus, d_minus = delays(net.layers[0].weight, 3.0, 4)
     for port in plan.layers[0].ports:
         j = port.neuron
@@ -54,7 +54,7 @@ def test_port_delays_mirror_the_model():
 
 
 def test_classes_are_numbered_as_the_classifier_computes_them():
-    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)))
+    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=None, lead=0.0)
     port = plan.layers[1].ports[3]
     assert port.delay_tc.filters[0].params["layer"] == 1
     shaped = {s.classid for s in port.synapses if s.classid is not None}
@@ -72,14 +72,15 @@ def test_primer_rates_realise_the_target_delay():
 
 
 def test_plan_json_round_trip(tmp_path):
-    plan = compile_network(tiny(bits=4), SHAPER, 1000.0, np.random.default_rng(1).random((10, 3)))
+    plan = compile_network(tiny(bits=4), SHAPER, 1000.0, np.random.default_rng(1).random((10, 3)),
+                           prune_margin=None, lead=0.0)
     assert load_plan(plan.save(tmp_path / "plan.json")) == plan
 
 
 def test_windows_cover_the_calibration_data():
     net = tiny()
     x = np.random.default_rng(2).random((50, 3)) * 2
-    plan = compile_network(net, NETEM, 1000.0, x, margin=0.5)
+    plan = compile_network(net, NETEM, 1000.0, x, margin=0.5, prune_margin=None, lead=0.0)
     assert all(layer.window_us > 0 for layer in plan.layers)
     assert plan.timing.period_us >= max(layer.window_us for layer in plan.layers) - 0.5 * 1000.0
 
@@ -87,20 +88,20 @@ def test_windows_cover_the_calibration_data():
 def test_convolutions_are_refused_with_a_reason():
     conv = Pi2Network((ConvLayer(np.ones((2, 1, 3, 3)), 1, (1, 4, 4)),), (1, 4, 4))
     with pytest.raises(PlanError, match="dense π² layers only"):
-        compile_network(conv, SHAPER, 1000.0, np.zeros((1, 1, 4, 4)))
+        compile_network(conv, SHAPER, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0)
 
 
 def test_bad_tau_is_refused():
     with pytest.raises(PlanError, match="tau"):
-        compile_network(tiny(), SHAPER, 0.0, np.zeros((1, 3)))
+        compile_network(tiny(), SHAPER, 0.0, np.zeros((1, 3)), prune_margin=None, lead=0.0)
 
 
 def test_pruning_leaves_out_synapses_that_never_reach_the_first_k():
     rng = np.random.default_rng(3)
     net = Pi2Network((DenseLayer(rng.normal(size=(10, 4)), 2), DenseLayer(rng.normal(size=(4, 3)), 1)), (10,))
     x = rng.random((50, 10))
-    full = compile_network(net, SHAPER, 1000.0, x)
-    pruned = compile_network(net, SHAPER, 1000.0, x, prune_margin=0.0)
+    full = compile_network(net, SHAPER, 1000.0, x, prune_margin=None, lead=0.0)
+    pruned = compile_network(net, SHAPER, 1000.0, x, prune_margin=0.0, lead=0.0)
     for layer_full, layer in zip(full.layers, pruned.layers):
         for port_full, port in zip(layer_full.ports, layer.ports):
             kept = {(s.source, s.sign) for s in port.synapses}
@@ -120,13 +121,13 @@ def test_pruning_leaves_out_synapses_that_never_reach_the_first_k():
     assert counts["port_copies"] == full.packets_per_sample["port_copies"]
     assert counts["shaped"] < full.packets_per_sample["shaped"]
     # A larger margin keeps at least as much.
-    wider = compile_network(net, SHAPER, 1000.0, x, prune_margin=1.0)
+    wider = compile_network(net, SHAPER, 1000.0, x, prune_margin=1.0, lead=0.0)
     assert wider.packets_per_sample["pruned"] <= counts["pruned"]
 
 
 def test_negative_prune_margin_is_refused():
     with pytest.raises(PlanError, match="prune margin"):
-        compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=-0.1)
+        compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=-0.1, lead=0.0)
 
 
 FULL = Realisation("full", "netem", min_delay_us=0.0, loss_kind="gact-random")
@@ -134,28 +135,30 @@ FULL = Realisation("full", "netem", min_delay_us=0.0, loss_kind="gact-random")
 
 def test_loss_puts_a_random_drop_before_every_gate():
     net = tiny()
-    plan = compile_network(net, FULL, 1000.0, np.random.default_rng(0).random((20, 3)), loss=0.1)
+    plan = compile_network(net, FULL, 1000.0, np.random.default_rng(0).random((20, 3)), loss=0.1,
+                           prune_margin=None, lead=0.0)
     for layer in plan.layers:
         for port in layer.ports:
             drop, gate = port.gate_tc.filters
             assert (drop.kind, drop.prio, drop.params["drop_one_in"], drop.params["mask"]) == ("u32", 1, 10, 0)
             assert (gate.kind, gate.prio, gate.params["program"]) == ("bpf", 2, "first_k_gate")
     assert [row["loss"] for row in plan.summary()["layers"]] == [0.1, 0.1]
-    assert compile_network(net, FULL, 1000.0, np.zeros((1, 3))).summary()["layers"][0]["loss"] == 0.0
+    assert compile_network(net, FULL, 1000.0, np.zeros((1, 3)),
+                           prune_margin=None, lead=0.0).summary()["layers"][0]["loss"] == 0.0
 
 
 def test_bpf_drop_loss_is_the_gates_own_first_step():
-    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), loss=0.25)
+    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), loss=0.25, prune_margin=None, lead=0.0)
     for port in plan.layers[0].ports:
         (gate,) = port.gate_tc.filters
         assert (gate.kind, gate.params["program"], gate.params["drop_one_in"]) == ("bpf", "first_k_gate", 4)
     assert plan.summary()["layers"][0]["loss"] == 0.25
-    plain = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)))
+    plain = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=None, lead=0.0)
     assert all("drop_one_in" not in port.gate_tc.filters[0].params for port in plain.layers[0].ports)
 
 
 def test_loss_survives_the_plan_json(tmp_path):
-    plan = compile_network(tiny(), FULL, 1000.0, np.zeros((1, 3)), loss=0.25)
+    plan = compile_network(tiny(), FULL, 1000.0, np.zeros((1, 3)), loss=0.25, prune_margin=None, lead=0.0)
     assert load_plan(plan.save(tmp_path / "p.json")) == plan
 
 
@@ -168,14 +171,14 @@ def test_loss_survives_the_plan_json(tmp_path):
 ])
 def test_loss_the_profile_cannot_realise_is_refused(real, loss, words):
     with pytest.raises(PlanError, match=words):
-        compile_network(tiny(), real, 1000.0, np.zeros((1, 3)), loss=loss)
+        compile_network(tiny(), real, 1000.0, np.zeros((1, 3)), loss=loss, prune_margin=None, lead=0.0)
 
 
 def test_leads_spread_each_layers_events_and_classes_hold_them_longer():
     net = tiny(bits=4)
     x = np.random.default_rng(5).random((20, 3))
-    plain = compile_network(net, NETEM, 1000.0, x)
-    led = compile_network(net, NETEM, 1000.0, x, lead=0.5)
+    plain = compile_network(net, NETEM, 1000.0, x, prune_margin=None, lead=0.0)
+    led = compile_network(net, NETEM, 1000.0, x, lead=0.5, prune_margin=None)
     assert all(max(layer.leads_us) == 0 for layer in plain.layers)
     for p_layer, l_layer in zip(plain.layers, led.layers):
         leads = np.asarray(l_layer.leads_us)
@@ -196,14 +199,14 @@ def test_leads_spread_each_layers_events_and_classes_hold_them_longer():
 
 def test_a_lead_beyond_the_profiles_longest_delay_is_refused():
     short = Realisation("shaper", "htb-primer", min_delay_us=20.0, max_delay_us=10_000.0)
-    compile_network(tiny(), short, 1000.0, np.zeros((1, 3)), lead=3.0)  # 2c·τ + 3τ = 9 ms fits
+    compile_network(tiny(), short, 1000.0, np.zeros((1, 3)), lead=3.0, prune_margin=None)  # 2c·τ + 3τ = 9 ms fits
     with pytest.raises(PlanError, match="--lead"):
-        compile_network(tiny(), short, 1000.0, np.zeros((1, 3)), lead=5.0)
+        compile_network(tiny(), short, 1000.0, np.zeros((1, 3)), lead=5.0, prune_margin=None)
 
 
 def test_negative_lead_is_refused():
     with pytest.raises(PlanError, match="lead must be"):
-        compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), lead=-1.0)
+        compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), lead=-1.0, prune_margin=None)
 
 
 @pytest.mark.parametrize("lead", [0.0, 1.0])
@@ -215,7 +218,7 @@ def test_the_period_lets_every_class_recover_before_the_next_sample_reuses_it(le
     x = np.random.default_rng(6).random((40, 3)) * 3
     # Little slack: margin 0.05 τ only covers the simulated layer-1 inputs differing from the
     # golden model's (quantised delays) by µs.
-    plan = compile_network(net, SHAPER, 1000.0, x, margin=0.05, lead=lead)
+    plan = compile_network(net, SHAPER, 1000.0, x, margin=0.05, lead=lead, prune_margin=None)
     recover = 1 + SPIKE_FRAME_BYTES / (SHAPER.primer_bytes - SHAPER.burst_bytes)
     for layer, result in zip(plan.layers, simulate(plan, x).layers):
         held = np.where(np.isfinite(port_delays_us(layer)), port_delays_us(layer), 0.0) * recover  # (ports, n, 2)

@@ -12,7 +12,8 @@ from testbed.plan.fabric_plan import load_plan, plan_from_dict
 @pytest.fixture
 def plan_dict():
     net = Pi2Network((DenseLayer(np.eye(2), 1),), (2,))
-    return compile_network(net, Realisation("shaper", "htb-primer"), 1000.0, np.zeros((1, 2))).to_dict()
+    return compile_network(net, Realisation("shaper", "htb-primer"), 1000.0, np.zeros((1, 2)),
+                           prune_margin=None, lead=0.0).to_dict()
 
 
 def test_missing_file_says_how_to_make_one(tmp_path):

@@ -19,7 +19,7 @@ def test_simulation_equals_golden_model_without_quantisation(k):
     net = random_net(rng, k)
     x = rng.random((64, 12)) * 2
     # τ = 1 s makes netem's whole-µs rounding negligible (1e-6 model units).
-    plan = compile_network(net, IDEAL, 1e6, x, margin=1.0)
+    plan = compile_network(net, IDEAL, 1e6, x, margin=1.0, prune_margin=None, lead=0.0)
     result = simulate(plan, x)
     np.testing.assert_allclose(result.scores, net.scores(x), atol=1e-3)
     top2 = np.sort(net.scores(x), axis=1)[:, -2:]
@@ -32,7 +32,7 @@ def test_deadline_times_out_late_spikes():
     rng = np.random.default_rng(1)
     net = random_net(rng, (24, 1))  # K = 2n: every arrival counts
     x = rng.random((16, 12))
-    plan = compile_network(net, IDEAL, 1000.0, x, margin=0.0)
+    plan = compile_network(net, IDEAL, 1000.0, x, margin=0.0, prune_margin=None, lead=0.0)
     # Inputs far larger than the calibration data arrive after the deadline.
     late = simulate(plan, x * 50)
     assert late.layers[0].timed_out.sum() > 0
@@ -44,8 +44,9 @@ def test_flood_copy_order_shifts_earlier_ports():
     rng = np.random.default_rng(2)
     net = random_net(rng)
     x = rng.random((4, 12))
-    flat = compile_network(net, IDEAL, 1000.0, x)
-    slow = compile_network(net, Realisation("netem", "netem", min_delay_us=0.0, flood_copy_us=10.0), 1000.0, x)
+    flat = compile_network(net, IDEAL, 1000.0, x, prune_margin=None, lead=0.0)
+    slow = compile_network(net, Realisation("netem", "netem", min_delay_us=0.0, flood_copy_us=10.0), 1000.0, x,
+                           prune_margin=None, lead=0.0)
     a = simulate(flat, x).layers[0].passed_us
     b = simulate(slow, x).layers[0].passed_us
     shift = np.nanmean(b - a, axis=(0, 2))
@@ -57,7 +58,8 @@ def plain_and_variant(seed: int, samples: int, **variant):
     rng = np.random.default_rng(seed)
     net = random_net(rng, (4, 3))
     x = rng.random((samples, 12)) * 2
-    return x, compile_network(net, IDEAL, 1e6, x, margin=1.0), compile_network(net, IDEAL, 1e6, x, margin=1.0, **variant)
+    options = {"margin": 1.0, "prune_margin": None, "lead": 0.0}
+    return x, compile_network(net, IDEAL, 1e6, x, **options), compile_network(net, IDEAL, 1e6, x, **{**options, **variant})
 
 
 def test_pruned_synapses_change_nothing_on_the_calibration_data():
@@ -76,8 +78,8 @@ def test_loss_drops_spikes_before_the_gate_with_the_plans_probability():
     x = rng.random((400, 12))
     lossy = Realisation("full", "netem", min_delay_us=0.0, flood_copy_us=0.0, max_delay_us=1e9, loss_kind="gact-random")
     # A window far beyond every arrival: only the losses keep spikes from the gate.
-    plan = compile_network(net, lossy, 1000.0, x, margin=1e3, loss=0.5)
-    clean = compile_network(net, lossy, 1000.0, x, margin=1e3)
+    plan = compile_network(net, lossy, 1000.0, x, margin=1e3, loss=0.5, prune_margin=None, lead=0.0)
+    clean = compile_network(net, lossy, 1000.0, x, margin=1e3, prune_margin=None, lead=0.0)
     # K = n = 12 of 2n = 24 arrivals: a port passes K only when at least 12 of its 24 spikes survive.
     passed = np.isfinite(simulate(plan, x).layers[0].passed_us)
     assert 0.53 < passed.all(axis=2).mean() < 0.63  # P(Binomial(24, 1/2) ≥ 12) = 0.58
