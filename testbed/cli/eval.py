@@ -21,12 +21,13 @@ from testbed.train.evaluate import EvalConfig, evaluate_network
               help="Override delay quantisation: 1..16 bits, or 0 for float delays. Default: the network's own.")
 @click.option("--jitter", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Gaussian jitter σ (model time units) added to every layer's output times.")
-@click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Fraction of input events lost at random (0.1 keeps 90 %).")
+@click.option("--event-loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction of every layer's input events lost at random: a lost event reaches no neuron "
+                   "(0.1 keeps 90 %). pi2 compile/infer --loss instead drops each port's copy independently.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the jitter/loss noise.")
 @json_option
-def eval_command(network: Path, dataset: str | None, split: str, bits: int | None, jitter: float, loss: float,
+def eval_command(network: Path, dataset: str | None, split: str, bits: int | None, jitter: float, event_loss: float,
                  limit: int | None, seed: int, as_json: bool) -> None:
     """Accuracy of the π² NETWORK file on a data set split, using its stored input normalisation.
 
@@ -34,11 +35,11 @@ def eval_command(network: Path, dataset: str | None, split: str, bits: int | Non
     Example:
       pi2 eval testbed/networks/digits-mlp.npz --dataset digits --bits 3 --jitter 0.1
     """
-    result = evaluate_network(load_network(network), EvalConfig(dataset, split, bits, jitter, loss, limit, seed))
+    result = evaluate_network(load_network(network), EvalConfig(dataset, split, bits, jitter, event_loss, limit, seed))
     result["network"] = str(network)
     if as_json:
         emit_json(result)
         return
     bits_text = "float delays" if result["bits"] is None else f"{result['bits']}-bit delays"
     click.echo(f"{network}: {result['accuracy']:.2f} % on {result['dataset']} {result['split']} "
-               f"({result['samples']} samples, K={result['k']}, {bits_text}, jitter σ={jitter}, loss {loss})")
+               f"({result['samples']} samples, K={result['k']}, {bits_text}, jitter σ={jitter}, event loss {event_loss})")

@@ -92,9 +92,10 @@ def compile_options(command):  # type: ignore[no-untyped-def]
                           "much longer (arrivals unchanged): the zero inputs' burst at T0 becomes a train the "
                           "kernel enqueues on time. 0 sends every event at its time."),
         click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-                     help="Drop each spike at each neuron port with this probability, 1/N for an integer N (e.g. "
-                          "0.1), before its gate counts it: the shaper profile's gate drops it (eBPF), the full "
-                          "profile's gact action does; the simulator drops with the same probability."),
+                     help="Drop each port's copy of a spike with this probability, independently at every neuron "
+                          "port, 1/N for an integer N (e.g. 0.1), before its gate counts it: the shaper profile's "
+                          "gate drops it (eBPF), the full profile's gact action does; the simulator drops with the "
+                          "same probability. (pi2 eval/train --event-loss loses a whole event, at every port.)"),
     )):
         command = option(command)
     return command

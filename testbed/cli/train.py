@@ -32,13 +32,14 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
               help="Quantise synapse delays to 2^bits levels on [0, 2c]; fine-tunes quantisation-aware. Default: float.")
 @click.option("--jitter", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Fine-tune under Gaussian jitter σ (model time units) on every layer's output times.")
-@click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Fine-tune under random event loss: fraction of input events dropped (0.1 keeps 90 %).")
+@click.option("--event-loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fine-tune under random event loss: fraction of every layer's input events dropped, each at "
+                   "every neuron (0.1 keeps 90 %; pi2 compile/infer --loss drops port copies independently).")
 @click.option("--teacher-epochs", type=click.IntRange(min=0), default=DEFAULTS.teacher_epochs, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=0), default=DEFAULTS.epochs, show_default=True,
               help="Distillation epochs.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, show_default=True,
-              help="Fine-tuning epochs (only with --bits, --jitter or --loss).")
+              help="Fine-tuning epochs (only with --bits, --jitter or --event-loss).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True,
               help="Adam learning rate of distillation (teacher and fine-tuning use their own defaults).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
@@ -52,7 +53,7 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Network file to write (.npz).")
 @json_option
-def train(dataset: str, arch: str, k: str, bits: int | None, jitter: float, loss: float, teacher_epochs: int,
+def train(dataset: str, arch: str, k: str, bits: int | None, jitter: float, event_loss: float, teacher_epochs: int,
           epochs: int, finetune_epochs: int, lr: float, batch_size: int, logit_scale: float | None, seed: int,
           threads: int, output: Path, as_json: bool) -> None:
     """Train a MAC teacher and distil it into a π² network (needs the train extra: torch).
@@ -68,7 +69,7 @@ def train(dataset: str, arch: str, k: str, bits: int | None, jitter: float, loss
     if not output.parent.is_dir():
         raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="-o/--output")
     command = shlex.join(["pi2", *sys.argv[1:]])
-    config = TrainConfig(dataset, arch, k, bits, jitter, loss, teacher_epochs, epochs, finetune_epochs,
+    config = TrainConfig(dataset, arch, k, bits, jitter, event_loss, teacher_epochs, epochs, finetune_epochs,
                          lr=lr, batch_size=batch_size, logit_scale=logit_scale, seed=seed, threads=threads,
                          command=command)
     console = Console(stderr=True)

@@ -26,7 +26,7 @@ class EvalConfig:
     split: str = "test"
     bits: int | None = None
     jitter: float = 0.0
-    loss: float = 0.0           # fraction of input events lost (keep = 1 − loss)
+    event_loss: float = 0.0     # fraction of input events lost, each at every neuron (keep = 1 − event_loss)
     limit: int | None = None
     seed: int = 0
 
@@ -35,8 +35,8 @@ class EvalConfig:
             raise ModelError(f"--bits must be 0 (float delays) or 1..16, got {self.bits}")
         if self.limit is not None and self.limit < 1:
             raise DatasetError(f"--limit must be ≥ 1 samples, got {self.limit}")
-        if not 0 <= self.loss < 1:
-            raise ModelError(f"--loss must be a fraction in [0, 1), got {self.loss}")
+        if not 0 <= self.event_loss < 1:
+            raise ModelError(f"--event-loss must be a fraction in [0, 1), got {self.event_loss}")
 
 
 def numpy_accuracy(net: Pi2Network, x: np.ndarray, y: np.ndarray, perturb: Perturbation | None = None) -> float:
@@ -50,7 +50,7 @@ def numpy_accuracy(net: Pi2Network, x: np.ndarray, y: np.ndarray, perturb: Pertu
 
 
 def evaluate_network(net: Pi2Network, config: EvalConfig) -> dict[str, Any]:
-    """Accuracy (%) of `net` on a split, with optional bits override, jitter and loss."""
+    """Accuracy (%) of `net` on a split, with optional bits override, jitter and event loss."""
     stored = net.provenance.get("dataset")
     name = config.dataset
     if name is None:
@@ -68,11 +68,12 @@ def evaluate_network(net: Pi2Network, config: EvalConfig) -> dict[str, Any]:
                            f"{tuple(net.input_shape)}")
     if config.bits is not None:
         net = net.with_bits(config.bits or None)
-    perturb = Perturbation(config.jitter, 1.0 - config.loss, config.seed) if config.jitter or config.loss else None
+    perturb = (Perturbation(config.jitter, 1.0 - config.event_loss, config.seed)
+               if config.jitter or config.event_loss else None)
     return {
         "dataset": name, "split": config.split, "samples": len(labels),
         "accuracy": numpy_accuracy(net, norm.apply(raw), labels, perturb),
-        "bits": net.bits, "jitter": config.jitter, "loss": config.loss, "seed": config.seed, "k": list(net.k),
+        "bits": net.bits, "jitter": config.jitter, "event_loss": config.event_loss, "seed": config.seed, "k": list(net.k),
         "normalisation": {"scale": norm.scale, "offset": norm.offset,
                           "from": "network" if stored is not None else "data set default"},
         "recorded_accuracy": net.provenance.get("accuracy"),

@@ -4,7 +4,7 @@
 2. Copy its weights into a π² student of the same topology (testbed.train.teacher.student_template).
 3. Distil (testbed.train.distill): KL to the teacher at T = 5 plus cross-entropy, α = 0.5, with the
    student's scores multiplied by `logit_scale` in the loss (None: calibrated to the teacher's spread).
-4. If asked for n-bit delays, jitter σ or loss, fine-tune with those switched on.
+4. If asked for n-bit delays, jitter σ or event loss, fine-tune with those switched on.
 
 Every π² accuracy is measured with the numpy model (Pi2Network.predict), so what training reports
 is what `pi2 eval` and the fabric compute. Runs are deterministic for a given seed and thread count:
@@ -42,7 +42,7 @@ class TrainConfig:
     k: str
     bits: int | None = None
     jitter: float = 0.0      # σ of the Gaussian output-time jitter in fine-tuning (model units)
-    loss: float = 0.0        # fraction of input events lost in fine-tuning (keep = 1 − loss)
+    event_loss: float = 0.0  # fraction of input events lost in fine-tuning, each at every neuron
     teacher_epochs: int = 100
     epochs: int = 100        # distillation epochs
     finetune_epochs: int = 40
@@ -60,8 +60,8 @@ class TrainConfig:
             raise TrainingError(f"--bits must be in 1..16, got {self.bits}")
         if not self.jitter >= 0:
             raise TrainingError(f"--jitter σ must be ≥ 0 model units, got {self.jitter}")
-        if not 0 <= self.loss < 1:
-            raise TrainingError(f"--loss must be a fraction in [0, 1), got {self.loss}")
+        if not 0 <= self.event_loss < 1:
+            raise TrainingError(f"--event-loss must be a fraction in [0, 1), got {self.event_loss}")
         if min(self.teacher_epochs, self.epochs, self.finetune_epochs) < 0 or self.batch_size < 1 or self.threads < 1:
             raise TrainingError("epochs must be ≥ 0, and batch size and threads ≥ 1")
         if self.logit_scale is not None and not (self.logit_scale > 0 and np.isfinite(self.logit_scale)):
@@ -69,7 +69,7 @@ class TrainConfig:
 
     @property
     def perturbed(self) -> bool:
-        return self.bits is not None or self.jitter > 0 or self.loss > 0
+        return self.bits is not None or self.jitter > 0 or self.event_loss > 0
 
 
 def _inputs(dataset: Dataset, arch: Arch) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +131,7 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         distil_s = time.perf_counter() - started - teacher_s
 
         if config.perturbed:
-            student.bits, student.jitter, student.keep = config.bits, config.jitter, 1.0 - config.loss
+            student.bits, student.jitter, student.keep = config.bits, config.jitter, 1.0 - config.event_loss
             distill(student, targets, xt, yt, DistillConfig(config.finetune_epochs, config.finetune_lr,
                                                             config.batch_size, logit_scale=scale), generator,
                     hook("fine-tune", config.finetune_epochs))
@@ -142,10 +142,10 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
                                                                                   config.bits))
                                             for layer in net.layers))
         accuracy["quantised"] = None if config.bits is None else numpy_accuracy(net, x_test, dataset.y_test)
-        if config.jitter > 0 or config.loss > 0:
+        if config.jitter > 0 or config.event_loss > 0:
             if config.bits is None:  # the fine-tuned weights, clean
                 accuracy["fine_tuned"] = numpy_accuracy(net, x_test, dataset.y_test)
-            perturb = Perturbation(config.jitter, 1.0 - config.loss, config.seed)
+            perturb = Perturbation(config.jitter, 1.0 - config.event_loss, config.seed)
             accuracy["perturbed"] = numpy_accuracy(net, x_test, dataset.y_test, perturb)
         total_s = time.perf_counter() - started
     finally:
@@ -156,7 +156,7 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
                              scale)
     report = {
         "dataset": dataset.name, "arch": str(arch), "k": list(k), "bits": config.bits, "jitter": config.jitter,
-        "loss": config.loss, "seed": config.seed, "threads": config.threads, "logit_scale": scale,
+        "event_loss": config.event_loss, "seed": config.seed, "threads": config.threads, "logit_scale": scale,
         "accuracy": accuracy,
         "train_samples": len(x_train), "test_samples": len(x_test),
         "seconds": {"teacher": teacher_s, "distil": distil_s, "total": total_s},

@@ -31,7 +31,7 @@ def test_bundled_network_evaluates_to_its_recorded_accuracy():
 
 def test_eval_with_perturbations_and_limit():
     result = CliRunner().invoke(pi2, ["eval", str(BUNDLED), "--dataset", "digits", "--limit", "50", "--jitter",
-                                      "0.1", "--loss", "0.1", "--bits", "3"])
+                                      "0.1", "--event-loss", "0.1", "--bits", "3"])
     assert result.exit_code == 0, result.output
     assert "on digits test (50 samples" in result.output and "3-bit delays" in result.output
 

@@ -31,7 +31,7 @@ def test_bad_k_is_explained(text):
         parse_k(text, parse_arch("mlp:64-16-10"))
 
 
-@pytest.mark.parametrize("field, value", [("bits", 0), ("loss", 1.0), ("jitter", -0.1), ("threads", 0),
+@pytest.mark.parametrize("field, value", [("bits", 0), ("event_loss", 1.0), ("jitter", -0.1), ("threads", 0),
                                           ("logit_scale", 0.0)])
 def test_bad_options_are_explained(field, value):
     with pytest.raises(TrainingError):
