@@ -24,7 +24,6 @@ from testbed.kernel.idle import idle_polling
 from testbed.model.encoding import encode
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
-from testbed.sim.executor import flood_offsets_us, port_delays_us
 from testbed.traffic.capture import Receiver
 from testbed.traffic.decode import PortRole, decode_layer
 from testbed.traffic.inject import Injector, Schedule, pinned
@@ -136,8 +135,8 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
         delay_error_us=[[] for _ in plan.layers],
     )
     # The plan's delay of event (source, sign) on each port, plus the port's place in the flood order.
-    delays_us = [port_delays_us(layer) for layer in plan.layers]
-    expected_us = [d + flood_offsets_us(layer, plan.timing.flood_copy_us)[:, None, None]
+    delays_us = [layer.port_delays_us() for layer in plan.layers]
+    expected_us = [d + layer.flood_offsets_us(plan.timing.flood_copy_us)[:, None, None]
                    for d, layer in zip(delays_us, plan.layers)]
     # Events injected at the same instant reach the kernel one after another, and the kernel works
     # through a burst (e.g. every zero input at T0) in that order: the ones that can arrive first

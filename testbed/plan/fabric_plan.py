@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from testbed.errors import PlanError
 from testbed.plan.tc import TcTree, drop_probability
 
@@ -113,6 +115,28 @@ class LayerPlan:
 
     def lead_us(self, source: int, sign: int) -> float:
         return self.leads_us[event_index(source, sign, self.n_inputs)]
+
+    def port_delays_us(self) -> np.ndarray:
+        """(ports, n, 2) realised delay of event (i, sign) on each port; inf where the port drops it."""
+        out = np.full((len(self.ports), self.n_inputs, 2), np.inf)
+        for q, port in enumerate(self.ports):
+            for syn in port.synapses:
+                if syn.source >= self.n_inputs:
+                    raise PlanError(f"layer {self.index}: a synapse of port {port.switch_if} names source "
+                                    f"{syn.source}; the layer has {self.n_inputs} inputs")
+                out[q, syn.source, syn.sign] = syn.delay_us
+        return out
+
+    def flood_offsets_us(self, copy_us: float) -> np.ndarray:
+        """(ports,) when each port's copy of an event leaves the switch, after the first copy, for a
+        bridge taking `copy_us` per copy (`Timing.flood_copy_us`).
+
+        Both backends attach a layer's ports to its bridge in plan order, and Linux puts a new port
+        at the head of the bridge's port list, which a flood walks from the head: port P − 1 is
+        served first (measured: with one event at a time, a primer reaches port q ≈4 µs per
+        later port after the event's TX stamp).
+        """
+        return (len(self.ports) - 1 - np.arange(len(self.ports))) * copy_us
 
 
 @dataclass(frozen=True)

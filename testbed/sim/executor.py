@@ -6,7 +6,7 @@ realisations' semantics:
 - injection: event (i, sign) of a sample enters layer l's switch at its lead a before origin_l + t·τ
   (origin_l: the layer's model time zero, which all times below count from);
 - broadcast: the bridge floods the port attached last first: of P ports attached in plan order,
-  port q's copy leaves (P − 1 − q)·flood_copy_us after the first (`flood_offsets_us`);
+  port q's copy leaves (P − 1 − q)·flood_copy_us after the first (`LayerPlan.flood_offsets_us`);
 - delay: each port's class for (i, sign) holds the event its realised `delay_us` (the model's
   delay plus the event's lead; primer arithmetic and rate granularity already folded in by the
   compiler); unshaped events pass at once; an event the port has no synapse for (pruned by the
@@ -55,29 +55,6 @@ class SimResult:
     predictions: np.ndarray
 
 
-def port_delays_us(layer: LayerPlan) -> np.ndarray:
-    """(ports, n, 2) realised delay of event (i, sign) on each port; inf where the port drops it."""
-    out = np.full((len(layer.ports), layer.n_inputs, 2), np.inf)
-    for q, port in enumerate(layer.ports):
-        for syn in port.synapses:
-            if syn.source >= layer.n_inputs:
-                raise PlanError(f"layer {layer.index}: a synapse of port {port.switch_if} names source {syn.source}; "
-                                f"the layer has {layer.n_inputs} inputs")
-            out[q, syn.source, syn.sign] = syn.delay_us
-    return out
-
-
-def flood_offsets_us(layer: LayerPlan, copy_us: float) -> np.ndarray:
-    """(ports,) when each port's copy of an event leaves the switch, after the first copy.
-
-    Both backends attach a layer's ports to its bridge in plan order, and Linux puts a new port
-    at the head of the bridge's port list, which a flood walks from the head: port P − 1 is
-    served first (measured: with one event at a time, a primer reaches port q ≈4 µs per
-    later port after the event's TX stamp).
-    """
-    return (len(layer.ports) - 1 - np.arange(len(layer.ports))) * copy_us
-
-
 def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
                    rng: np.random.Generator | None = None) -> LayerResult:
     """Simulate one layer for inputs x (batch, n) in model value units; `rng` draws the losses
@@ -86,8 +63,8 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
     t_plus, t_minus = encode(x, plan.constants["t0"])
     leads = np.asarray(layer.leads_us).reshape(2, layer.n_inputs).T  # (n, 2): leads_us lists t⁺ events, then t⁻
     inject = np.stack([t_plus, t_minus], axis=-1) * tau - leads[None]  # (batch, n, 2)
-    flood = flood_offsets_us(layer, plan.timing.flood_copy_us)
-    arrive = inject[:, None] + port_delays_us(layer)[None] + flood[None, :, None, None]
+    flood = layer.flood_offsets_us(plan.timing.flood_copy_us)
+    arrive = inject[:, None] + layer.port_delays_us()[None] + flood[None, :, None, None]
     arrive = arrive.reshape(len(x), len(layer.ports), -1)
     loss = np.array([drop_probability(p.gate_tc) for p in layer.ports])
     if loss.any():

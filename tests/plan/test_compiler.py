@@ -212,7 +212,7 @@ def test_negative_lead_is_refused():
 @pytest.mark.parametrize("lead", [0.0, 1.0])
 def test_the_period_lets_every_class_recover_before_the_next_sample_reuses_it(lead):
     from testbed.plan.wire import SPIKE_FRAME_BYTES
-    from testbed.sim.executor import port_delays_us, simulate
+    from testbed.sim.executor import simulate
 
     net = tiny(bits=4)
     x = np.random.default_rng(6).random((40, 3)) * 3
@@ -221,7 +221,7 @@ def test_the_period_lets_every_class_recover_before_the_next_sample_reuses_it(le
     plan = compile_network(net, SHAPER, 1000.0, x, margin=0.05, lead=lead, prune_margin=None)
     recover = 1 + SPIKE_FRAME_BYTES / (SHAPER.primer_bytes - SHAPER.burst_bytes)
     for layer, result in zip(plan.layers, simulate(plan, x).layers):
-        held = np.where(np.isfinite(port_delays_us(layer)), port_delays_us(layer), 0.0) * recover  # (ports, n, 2)
+        held = np.where(np.isfinite(layer.port_delays_us()), layer.port_delays_us(), 0.0) * recover  # (ports, n, 2)
         free = result.inject_us[:, None] + held[None]  # (samples, ports, n, 2): class free again
         # Any sample after any other, a period later: its event enters no class still busy.
         next_in = result.inject_us.min(axis=0) + plan.timing.period_us
