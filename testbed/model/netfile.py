@@ -1,17 +1,24 @@
 """Network files: one ``.npz`` holding the weights and a JSON metadata record.
 
-Arrays are ``layer<i>.weight``; the metadata sits in the array ``meta.json`` (UTF-8 bytes) so
-the file loads with ``allow_pickle=False``. Metadata (format_version 1)::
+Arrays are ``layer<i>.weight`` (and ``layer<i>.affine_scale``/``layer<i>.affine_shift`` for a
+layer with an affine map); the metadata sits in the array ``meta.json`` (UTF-8 bytes) so the
+file loads with ``allow_pickle=False``. Metadata (format_version 2)::
 
     format            "pi2-network"
-    format_version    1
+    format_version    2 (version 1 files, which have none of the optional fields, load too)
     input_shape       [64] or [1, 28, 28]
     topology          [{"type": "dense", "k": 1}, {"type": "conv", "k": 12, "stride": 1,
                        "padding": 2, "pool": 2}, ...]   (shapes come from the arrays)
+                      optional per layer: "s": number > 0 (this layer's s instead of the
+                      constant), "affine": true (arrays above), "residual": index of the
+                      layer whose input is added (see testbed.model.network)
     constants         {"t0": 3.0, "c": 3.0, "s": 10.0}
     neuron            {"kind": "pi2"} or {"kind": "temp", "gamma": 1.0}
     quantisation      {"bits": 4} or null
+    scores            optional: "linear" (the default) or "rectified"
     provenance        {"dataset": {"name", "scale", "offset"}, "accuracy": {...}, "seed", "command", ...}
+                      the input normalisation x = raw·scale + offset: scale and offset are
+                      numbers, or lists with one number per input channel
 
 Loading validates every field and raises `ModelError` naming the field and what was expected.
 """
@@ -26,24 +33,33 @@ import numpy as np
 
 from testbed.errors import ModelError
 from testbed.model.encoding import Constants
-from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.model.network import Affine, ConvLayer, DenseLayer, Pi2Network
 
 FORMAT = "pi2-network"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
+OPTIONAL_LAYER_KEYS = {"s", "affine", "residual"}
 META_KEY = "meta.json"
 
 
 def network_meta(net: Pi2Network) -> dict[str, Any]:
     """The JSON metadata record of `net` (everything but the weight arrays)."""
-    topology = []
+    topology: list[dict[str, Any]] = []
     for layer in net.layers:
         if isinstance(layer, DenseLayer):
-            topology.append({"type": "dense", "k": int(layer.k)})
+            entry: dict[str, Any] = {"type": "dense", "k": int(layer.k)}
         else:
-            topology.append({"type": "conv", "k": int(layer.k), "stride": layer.stride,
-                             "padding": layer.padding, "pool": layer.pool})
+            entry = {"type": "conv", "k": int(layer.k), "stride": layer.stride, "padding": layer.padding,
+                     "pool": layer.pool}
+        if layer.s is not None:
+            entry["s"] = float(layer.s)
+        if layer.affine is not None:
+            entry["affine"] = True
+        if layer.residual is not None:
+            entry["residual"] = int(layer.residual)
+        topology.append(entry)
     c = net.constants
-    return {
+    meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "input_shape": list(net.input_shape),
@@ -53,12 +69,19 @@ def network_meta(net: Pi2Network) -> dict[str, Any]:
         "quantisation": None if net.bits is None else {"bits": net.bits},
         "provenance": dict(net.provenance),
     }
+    if net.rectified:
+        meta["scores"] = "rectified"
+    return meta
 
 
 def save_network(net: Pi2Network, path: str | Path) -> Path:
     """Write `net` to `path` (``.npz``); returns the path written."""
     path = Path(path)
     arrays = {f"layer{i}.weight": np.asarray(layer.weight, dtype=np.float32) for i, layer in enumerate(net.layers)}
+    for i, layer in enumerate(net.layers):
+        if layer.affine is not None:  # float64: a folded BatchNorm is not a delay and keeps its precision
+            arrays[f"layer{i}.affine_scale"] = layer.affine.scale
+            arrays[f"layer{i}.affine_shift"] = layer.affine.shift
     arrays[META_KEY] = np.frombuffer(json.dumps(network_meta(net), indent=1).encode(), dtype=np.uint8)
     with path.open("wb") as fh:
         np.savez_compressed(fh, **arrays)
@@ -100,9 +123,11 @@ def network_from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     if meta.get("format") != FORMAT:
         raise ModelError(f"{where}: field 'format' = {meta.get('format')!r}; expected {FORMAT!r}")
     version = _field(meta, "format_version", int, where, f"the integer {FORMAT_VERSION}")
-    if version != FORMAT_VERSION:
-        raise ModelError(f"{where}: field 'format_version' = {version}; this pi2 reads version {FORMAT_VERSION}")
-    known = {"format", "format_version", "input_shape", "topology", "constants", "neuron", "quantisation", "provenance"}
+    if version not in READS_VERSIONS:
+        raise ModelError(f"{where}: field 'format_version' = {version}; this pi2 reads versions "
+                         f"{', '.join(map(str, READS_VERSIONS))}")
+    known = {"format", "format_version", "input_shape", "topology", "constants", "neuron", "quantisation", "scores",
+             "provenance"}
     unknown = set(meta) - known
     if unknown:
         raise ModelError(f"{where}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
@@ -127,45 +152,97 @@ def network_from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
         bits = quant["bits"]
     else:
         raise ModelError(f"{where}: field 'quantisation' = {quant!r}; expected null or {{\"bits\": 1..16}}")
+    scores = meta.get("scores", "linear")
+    if scores not in ("linear", "rectified"):
+        raise ModelError(f"{where}: field 'scores' = {scores!r}; expected 'linear' or 'rectified'")
     provenance = meta.get("provenance", {})
     if not isinstance(provenance, dict):
         raise ModelError(f"{where}: field 'provenance' must be an object, got {type(provenance).__name__}")
+    if "dataset" in provenance:
+        _check_dataset(provenance["dataset"], shape, where)
     topology = _field(meta, "topology", list, where, "a non-empty list of layers")
     layers = []
     in_shape = tuple(shape)
+    used: set[str] = set()
     for i, spec in enumerate(topology):
-        layer = _layer(spec, arrays.get(f"layer{i}.weight"), in_shape, f"{where}: topology[{i}]")
+        layer = _layer(spec, arrays, i, in_shape, f"{where}: topology[{i}]", used)
         layers.append(layer)
         in_shape = layer.out_shape
-    extra = set(arrays) - {f"layer{i}.weight" for i in range(len(topology))}
+    extra = set(arrays) - used
     if extra:
         raise ModelError(f"{where}: arrays {sorted(extra)} belong to no layer of the {len(topology)}-layer topology")
-    return Pi2Network(tuple(layers), tuple(shape), constants, bits, gamma, provenance)
+    try:
+        return Pi2Network(tuple(layers), tuple(shape), constants, bits, gamma, provenance, scores == "rectified")
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
 
 
-def _layer(spec: Any, weight: np.ndarray | None, in_shape: tuple[int, ...], where: str) -> DenseLayer | ConvLayer:
+def _check_dataset(record: Any, shape: list[int], where: str) -> None:
+    """provenance["dataset"]: {"name", "scale", "offset"}, each of scale/offset a number or one per channel."""
+    expected = ('{"name": str, "scale": s, "offset": o} with s, o numbers or lists of one number per input '
+                f"channel ({shape[0]})")
+    if not (isinstance(record, dict) and isinstance(record.get("name"), str)):
+        raise ModelError(f"{where}: field 'provenance.dataset' = {record!r}; expected {expected}")
+    for key in ("scale", "offset"):
+        value = record.get(key)
+        values = value if isinstance(value, list) else [value]
+        if not (values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                               for v in values) and (not isinstance(value, list) or len(value) == shape[0])):
+            raise ModelError(f"{where}: field 'provenance.dataset.{key}' = {value!r}; expected {expected}")
+
+
+def _layer(spec: Any, arrays: Mapping[str, np.ndarray], i: int, in_shape: tuple[int, ...], where: str,
+           used: set[str]) -> DenseLayer | ConvLayer:
     if not isinstance(spec, dict):
         raise ModelError(f"{where}: expected an object, got {spec!r}")
-    if weight is None:
-        raise ModelError(f"{where}: its weight array is missing from the file")
-    if not np.issubdtype(weight.dtype, np.floating) or not np.isfinite(weight).all():
-        raise ModelError(f"{where}: weights must be finite floats (dtype {weight.dtype})")
+    weight = _array(arrays, f"layer{i}.weight", where, used)
     kind = spec.get("type")
     k = spec.get("k")
     if not isinstance(k, int) or isinstance(k, bool):
         raise ModelError(f"{where}: field 'k' = {k!r}; expected a positive integer")
-    if kind == "dense":
-        if set(spec) != {"type", "k"}:
-            raise ModelError(f"{where}: dense layer has keys {sorted(spec)}; expected ['k', 'type']")
-        return DenseLayer(weight.astype(np.float64), k)
-    if kind == "conv":
-        keys = {"type", "k", "stride", "padding", "pool"}
-        if set(spec) != keys:
-            raise ModelError(f"{where}: conv layer has keys {sorted(spec)}; expected {sorted(keys)}")
+    required = {"dense": {"type", "k"}, "conv": {"type", "k", "stride", "padding", "pool"}}.get(kind)
+    if required is None:
+        raise ModelError(f"{where}: field 'type' = {kind!r}; expected 'dense' or 'conv'")
+    if not required <= set(spec) <= required | OPTIONAL_LAYER_KEYS:
+        raise ModelError(f"{where}: {kind} layer has keys {sorted(spec)}; expected {sorted(required)} "
+                         f"and optionally {sorted(OPTIONAL_LAYER_KEYS)}")
+    s = spec.get("s")
+    if s is not None and not (isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s > 0):
+        raise ModelError(f"{where}: field 's' = {s!r}; expected a finite number > 0 (or no 's': the constant)")
+    residual = spec.get("residual")
+    if residual is not None and not (isinstance(residual, int) and not isinstance(residual, bool)
+                                     and 0 <= residual <= i):
+        raise ModelError(f"{where}: field 'residual' = {residual!r}; expected the index 0..{i} of this or an "
+                         "earlier layer, whose input is added")
+    affine = None
+    if "affine" in spec:
+        if spec["affine"] is not True:
+            raise ModelError(f"{where}: field 'affine' = {spec['affine']!r}; expected true (with arrays "
+                             f"layer{i}.affine_scale and layer{i}.affine_shift), or no 'affine'")
+        scale, shift = (_array(arrays, f"layer{i}.affine_{part}", where, used) for part in ("scale", "shift"))
+        try:
+            affine = Affine(scale.astype(np.float64), shift.astype(np.float64))
+        except ModelError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+    extra = {"s": None if s is None else float(s), "affine": affine, "residual": residual}
+    try:
+        if kind == "dense":
+            return DenseLayer(weight.astype(np.float64), k, **extra)
         if len(in_shape) != 3:
-            raise ModelError(f"{where}: conv needs a (C, H, W) input, gets shape {in_shape}")
+            raise ModelError(f"conv needs a (C, H, W) input, gets shape {in_shape}")
         for key in ("stride", "padding", "pool"):
             if not isinstance(spec[key], int) or isinstance(spec[key], bool):
-                raise ModelError(f"{where}: field '{key}' = {spec[key]!r}; expected an integer")
-        return ConvLayer(weight.astype(np.float64), k, in_shape, spec["stride"], spec["padding"], spec["pool"])
-    raise ModelError(f"{where}: field 'type' = {kind!r}; expected 'dense' or 'conv'")
+                raise ModelError(f"field '{key}' = {spec[key]!r}; expected an integer")
+        return ConvLayer(weight.astype(np.float64), k, in_shape, spec["stride"], spec["padding"], spec["pool"], **extra)
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
+
+
+def _array(arrays: Mapping[str, np.ndarray], name: str, where: str, used: set[str]) -> np.ndarray:
+    if name not in arrays:
+        raise ModelError(f"{where}: array '{name}' is missing from the file")
+    value = arrays[name]
+    if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+        raise ModelError(f"{where}: array '{name}' must hold finite floats (dtype {value.dtype})")
+    used.add(name)
+    return value

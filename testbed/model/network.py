@@ -6,6 +6,13 @@ Layer l maps values x to times (differential encoding around T0), times to outpu
     y = T⁺ − T⁻;   hidden layers pass x' = ReLU(−s·y) (then optional max pooling);
     the last layer's class scores are −s·y, and the prediction is their argmax.
 
+That is the uniform recipe of pi2-model.md. Networks such as the authors' LeNet-5 and ResNet-9
+need per-layer output constants, all optional: s per layer (LeNet-5: 1 after conv1, 10 after the
+rest), rectified class scores ReLU(−s·y), and, for ResNet-9, a per-channel affine map (a folded
+BatchNorm) and residual additions. A hidden layer l then passes on::
+
+    x' = pool( ReLU(affine_l(−s_l·y)) + x_r )     x_r: the input of layer r = residual_l (if any)
+
 Dense weights are stored in×out (n×m), convolution weights Cout×Cin×kh×kw (as torch).
 """
 
@@ -22,16 +29,75 @@ from testbed.model.layers import dense_times, im2col, max_pool
 
 
 @dataclass(frozen=True, eq=False)
+class Affine:
+    """A per-channel map v ↦ scale·v + shift on a layer's −s·y: an eval-mode BatchNorm, folded.
+
+    BatchNorm(v) = γ·(v − μ)/√(σ² + ε) + β, so scale = γ/√(σ² + ε) and shift = β − scale·μ
+    (`from_batchnorm`). One entry per output channel of a conv layer, per neuron of a dense one.
+    It is multiply-accumulate work the golden model does for networks such as ResNet-9; the
+    kernel fabric has no such stage.
+    """
+
+    scale: np.ndarray
+    shift: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "shift"):
+            value = getattr(self, name)
+            if not (isinstance(value, np.ndarray) and value.ndim == 1 and value.size
+                    and np.issubdtype(value.dtype, np.floating) and np.isfinite(value).all()):
+                raise ModelError(f"affine {name} must be a non-empty 1-D array of finite floats")
+        if self.scale.shape != self.shift.shape:
+            raise ModelError(f"affine scale has {self.scale.size} channels but shift has {self.shift.size}")
+
+    @classmethod
+    def from_batchnorm(cls, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                       eps: float) -> "Affine":
+        """The affine map an eval-mode BatchNorm applies (running mean and variance, ε)."""
+        scale = np.asarray(weight, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+        return cls(scale, np.asarray(bias, np.float64) - scale * np.asarray(mean, np.float64))
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.size)
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        """scale·v + shift with channels on axis 1 of v: (batch, C) or (batch, C, H, W)."""
+        shape = (1, self.channels) + (1,) * (v.ndim - 2)
+        return v * self.scale.reshape(shape) + self.shift.reshape(shape)
+
+
+def _check_output(layer: "DenseLayer | ConvLayer", channels: int, kind: str) -> None:
+    """The per-layer output constants shared by both layer types: s, affine, residual."""
+    if layer.s is not None and not (isinstance(layer.s, (int, float)) and not isinstance(layer.s, bool)
+                                    and np.isfinite(layer.s) and layer.s > 0):
+        raise ModelError(f"{kind} layer s must be a finite number > 0 (or None: the network's s), got {layer.s!r}")
+    if layer.affine is not None and layer.affine.channels != channels:
+        raise ModelError(f"{kind} layer affine has {layer.affine.channels} channels; the layer has {channels}")
+    if layer.residual is not None and not (isinstance(layer.residual, (int, np.integer))
+                                           and not isinstance(layer.residual, bool) and layer.residual >= 0):
+        raise ModelError(f"{kind} layer residual must be a layer index ≥ 0 (or None), got {layer.residual!r}")
+
+
+@dataclass(frozen=True, eq=False)
 class DenseLayer:
-    """A π²_K dense layer; `weight` is (n_inputs, n_neurons)."""
+    """A π²_K dense layer; `weight` is (n_inputs, n_neurons).
+
+    Output constants (all optional): `s` overrides the network's s for this layer, `affine` maps
+    −s·y per neuron, and `residual` = r adds the input of layer r to this layer's rectified output.
+    """
 
     weight: np.ndarray
     k: int
+    s: float | None = None
+    affine: Affine | None = None
+    residual: int | None = None
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2:
             raise ModelError(f"dense weight must be 2-D (inputs × neurons), got shape {self.weight.shape}")
         _check_k(self.k, 2 * self.weight.shape[0], "dense")
+        _check_output(self, self.n_neurons, "dense")
 
     @property
     def n_inputs(self) -> int:
@@ -42,13 +108,21 @@ class DenseLayer:
         return int(self.weight.shape[1])
 
     @property
+    def conv_shape(self) -> tuple[int, ...]:
+        """The output's shape before pooling (a dense layer never pools)."""
+        return (self.n_neurons,)
+
+    @property
     def out_shape(self) -> tuple[int, ...]:
         return (self.n_neurons,)
 
 
 @dataclass(frozen=True, eq=False)
 class ConvLayer:
-    """A π²_K convolution over inputs of shape `in_shape` (C, H, W), then `pool`×`pool` max pooling."""
+    """A π²_K convolution over inputs of shape `in_shape` (C, H, W), then `pool`×`pool` max pooling.
+
+    `s`, `affine` (per output channel) and `residual` as for `DenseLayer`; pooling comes last.
+    """
 
     weight: np.ndarray
     k: int
@@ -56,6 +130,9 @@ class ConvLayer:
     stride: int = 1
     padding: int = 0
     pool: int = 1
+    s: float | None = None
+    affine: Affine | None = None
+    residual: int | None = None
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 4:
@@ -65,6 +142,7 @@ class ConvLayer:
         if self.stride < 1 or self.padding < 0 or self.pool < 1:
             raise ModelError(f"conv needs stride ≥ 1, padding ≥ 0, pool ≥ 1; got {self.stride}, {self.padding}, {self.pool}")
         _check_k(self.k, 2 * self.n_inputs, "conv")
+        _check_output(self, int(self.weight.shape[0]), "conv")
 
     @property
     def n_inputs(self) -> int:
@@ -82,6 +160,11 @@ class ConvLayer:
         """Neurons: one per output channel and output position (before pooling)."""
         ho, wo = self.conv_hw
         return int(self.weight.shape[0] * ho * wo)
+
+    @property
+    def conv_shape(self) -> tuple[int, ...]:
+        """The output's shape before pooling: (Cout, Ho, Wo)."""
+        return (int(self.weight.shape[0]), *self.conv_hw)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -129,7 +212,11 @@ class Perturbation:
 
 @dataclass(frozen=True, eq=False)
 class Pi2Network:
-    """A feed-forward π² network; `bits` quantises every synapse delay at inference."""
+    """A feed-forward π² network; `bits` quantises every synapse delay at inference.
+
+    With `rectified` the class scores are ReLU(−s·y) of the last layer instead of −s·y: ties at
+    zero happen, and the prediction, an argmax, takes the first index (as torch's does).
+    """
 
     layers: tuple[Layer, ...]
     input_shape: tuple[int, ...]
@@ -137,22 +224,48 @@ class Pi2Network:
     bits: int | None = None
     gamma: float | None = None  # None: π²_K neurons; a number: TEMP neurons with this γ
     provenance: Mapping[str, object] = field(default_factory=dict)
+    rectified: bool = False
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise ModelError("a network needs at least one layer")
+        if not isinstance(self.rectified, bool):
+            raise ModelError(f"rectified must be True or False, got {self.rectified!r}")
         shape = tuple(self.input_shape)
+        inputs: list[tuple[int, ...]] = []
         for i, layer in enumerate(self.layers):
             if isinstance(layer, ConvLayer):
                 if tuple(layer.in_shape) != shape:
                     raise ModelError(f"layer {i}: conv expects input shape {tuple(layer.in_shape)}, gets {shape}")
             elif int(np.prod(shape)) != layer.n_inputs:
                 raise ModelError(f"layer {i}: dense expects {layer.n_inputs} inputs, gets {int(np.prod(shape))} {shape}")
+            inputs.append(shape if isinstance(layer, ConvLayer) else (layer.n_inputs,))
+            if layer.residual is not None:
+                r = int(layer.residual)
+                if i == len(self.layers) - 1 or r > i:
+                    raise ModelError(f"layer {i}: residual = {r}; expected the index of this or an earlier layer, "
+                                     "on a hidden layer")
+                if int(np.prod(inputs[r])) != int(np.prod(layer.conv_shape)) or (
+                        isinstance(layer, ConvLayer) and inputs[r] != layer.conv_shape):
+                    raise ModelError(f"layer {i}: residual adds the input of layer {r}, shape {inputs[r]}, to an "
+                                     f"output of shape {layer.conv_shape}")
             shape = layer.out_shape
 
     @property
     def k(self) -> tuple[int, ...]:
         return tuple(int(layer.k) for layer in self.layers)
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """s of every layer: its own, else the network's constant."""
+        return tuple(float(self.constants.s if layer.s is None else layer.s) for layer in self.layers)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether the network is the uniform recipe of pi2-model.md: one s, linear scores, no
+        per-layer affine maps or residual additions (what the kernel fabric computes)."""
+        return (not self.rectified and set(self.scales) == {float(self.constants.s)}
+                and all(layer.affine is None and layer.residual is None for layer in self.layers))
 
     @property
     def n_classes(self) -> int:
@@ -167,26 +280,46 @@ class Pi2Network:
         if x.shape[1:] != tuple(self.input_shape):
             raise ModelError(f"input batch has sample shape {x.shape[1:]}, the network expects {tuple(self.input_shape)}")
         rng = np.random.default_rng(perturb.seed) if perturb is not None else None
-        if isinstance(self.layers[0], DenseLayer):
-            x = x.reshape(len(x), -1)  # a dense first layer over e.g. (1, 28, 28) images sees them flat
-        traces = []
+        traces: list[LayerTrace] = []
+        inputs: list[np.ndarray] = []
         for i, layer in enumerate(self.layers):
-            trace = self._layer(layer, x, perturb, rng)
-            traces.append(trace)
+            if isinstance(layer, DenseLayer):
+                x = x.reshape(len(x), -1)  # a dense layer over e.g. (C, H, W) sees it flat, channel-major
+            inputs.append(x)
+            traces.append(self._layer(layer, x, perturb, rng))
             if i < len(self.layers) - 1:
-                x = np.maximum(-self.constants.s * trace.y, 0.0)
-                if isinstance(layer, ConvLayer) and layer.pool > 1:
-                    x = max_pool(x, layer.pool)
-                if isinstance(self.layers[i + 1], DenseLayer):
-                    x = x.reshape(len(x), -1)
+                x = self.hidden_output(i, traces[-1].y, inputs)
         return traces
 
+    def hidden_output(self, i: int, y: np.ndarray, inputs: list[np.ndarray]) -> np.ndarray:
+        """What hidden layer i passes on: ReLU(affine(−s·y)) + the residual layer's input, then pooled.
+
+        `inputs` holds the value each layer so far was fed (for the residual addition)."""
+        layer = self.layers[i]
+        v = -self.scales[i] * y
+        if layer.affine is not None:
+            v = layer.affine.apply(v)
+        x = np.maximum(v, 0.0)
+        if layer.residual is not None:
+            x = x + inputs[layer.residual].reshape(x.shape)
+        if isinstance(layer, ConvLayer) and layer.pool > 1:
+            x = max_pool(x, layer.pool)
+        return x
+
+    def output_scores(self, y: np.ndarray) -> np.ndarray:
+        """Class scores (batch, classes) from the last layer's y: −s·y, its affine map, rectified if so."""
+        v = -self.scales[-1] * y
+        if self.layers[-1].affine is not None:
+            v = self.layers[-1].affine.apply(v)
+        v = v.reshape(len(v), -1)
+        return np.maximum(v, 0.0) if self.rectified else v
+
     def scores(self, x: np.ndarray, perturb: Perturbation | None = None) -> np.ndarray:
-        """Class scores −s·y of the last layer, (batch, classes)."""
-        y = self.trace(x, perturb)[-1].y
-        return -self.constants.s * y.reshape(len(y), -1)
+        """Class scores of a batch, (batch, classes)."""
+        return self.output_scores(self.trace(x, perturb)[-1].y)
 
     def predict(self, x: np.ndarray, perturb: Perturbation | None = None) -> np.ndarray:
+        """The argmax of the scores; ties (e.g. rectified scores all 0) go to the first class, as in torch."""
         return self.scores(x, perturb).argmax(axis=1)
 
     def causal_offsets(self, x: np.ndarray) -> tuple[float, ...]:

@@ -11,7 +11,7 @@ Convention (version `CONVENTION`)::
     input            Input(shape = input_shape)
     flatten          Flatten(start_dim=0)              only if input_shape has more than one axis
     layer<l>.synapse Linear(weight = W_lᵀ)             W_l is the layer's in×out weight, float64
-    layer<l>.neuron  Scale(scale = −s, one per neuron) metadata pi2_k = K_l
+    layer<l>.neuron  Scale(scale = −s_l, one per neuron) metadata pi2_k = K_l  (s_l: the layer's s)
     output           Output(shape = [classes])
     edges            a single chain input → [flatten →] layer0.synapse → layer0.neuron → … → output
 
@@ -55,6 +55,10 @@ def network_to_nir(net: Pi2Network) -> Any:
     for i, layer in enumerate(net.layers):
         if not isinstance(layer, DenseLayer):
             raise ModelError(f"NIR export covers dense π² networks only; layer {i} is a {type(layer).__name__}")
+        if layer.affine is not None or layer.residual is not None:
+            raise ModelError(f"NIR export covers chains of π² layers; layer {i} has an affine map or a residual addition")
+    if net.rectified:
+        raise ModelError("NIR export covers linear class scores −s·y; this network rectifies them")
     c = net.constants
     meta: dict[str, Any] = {"pi2_convention": CONVENTION, "pi2_t0": float(c.t0), "pi2_c": float(c.c),
                             "pi2_neuron": "pi2" if net.gamma is None else "temp",
@@ -70,7 +74,7 @@ def network_to_nir(net: Pi2Network) -> Any:
         chain.append("flatten")
     for i, layer in enumerate(net.layers):
         nodes[f"layer{i}.synapse"] = nir.Linear(weight=np.ascontiguousarray(layer.weight.T, dtype=np.float64))
-        nodes[f"layer{i}.neuron"] = nir.Scale(scale=np.full(layer.n_neurons, -float(c.s)),
+        nodes[f"layer{i}.neuron"] = nir.Scale(scale=np.full(layer.n_neurons, -net.scales[i]),
                                               metadata={"pi2_k": int(layer.k)})
         chain += [f"layer{i}.synapse", f"layer{i}.neuron"]
     nodes["output"] = nir.Output(output_type=np.array([net.n_classes]))
@@ -143,7 +147,9 @@ def network_from_nir(graph: Any, k: Sequence[int] | None = None, where: str = "N
         constants, gamma, bits, provenance = _graph_constants(meta, scales, where)
     else:
         constants, gamma, bits, provenance = Constants(), None, None, {"import": {"source": where, "format": "nir"}}
-    layers = tuple(DenseLayer(w, kk) for w, kk in zip(weights, ks))
+    # a layer whose Scale differs from the last one's keeps its own s (testbed.model.network)
+    own = [None if not ours or scales[i] == constants.s else scales[i] for i in range(len(weights))]
+    layers = tuple(DenseLayer(w, kk, s=si) for w, kk, si in zip(weights, ks, own))
     return Pi2Network(layers, input_shape, constants, bits, gamma, provenance)
 
 
@@ -236,10 +242,8 @@ def _graph_constants(meta: dict[str, Any], scales: list[float], where: str
     for key in ("pi2_t0", "pi2_c", "pi2_neuron", "pi2_provenance"):
         if key not in meta:
             raise ImportFormatError(f"{where}: graph metadata lacks {key} (see testbed.model.nir_io)")
-    if len(set(scales)) != 1:
-        raise ImportFormatError(f"{where}: π² neurons scale by different s {sorted(set(scales))}; s is one constant per network")
     constants = Constants(_scalar(meta["pi2_t0"], float, where, "pi2_t0"), _scalar(meta["pi2_c"], float, where, "pi2_c"),
-                          scales[0])
+                          scales[-1])
     kind = _scalar(meta["pi2_neuron"], str, where, "pi2_neuron")
     if kind == "pi2" and "pi2_gamma" not in meta:
         gamma = None

@@ -278,6 +278,10 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     if any(not isinstance(layer, DenseLayer) for layer in net.layers):
         raise PlanError("the kernel fabric compiles dense π² layers only; this network has convolutions "
                         "(evaluate it with `pi2 eval`, or flatten it into dense layers)")
+    if not net.uniform:
+        raise PlanError(f"the kernel fabric passes ReLU(−s·y) with one s = {net.constants.s:g} to every layer and "
+                        f"decodes linear scores; this network has per-layer constants (s {list(net.scales)}, "
+                        f"rectified scores {net.rectified}, affine or residual layers): evaluate it with `pi2 eval`")
     for i, layer in enumerate(net.layers):
         if 2 * layer.n_neurons > MAX_PORTS_PER_LAYER:
             raise PlanError(f"layer {i} has {layer.n_neurons} neurons = {2 * layer.n_neurons} ports; the kernel fabric "

@@ -7,7 +7,10 @@ Forward (pi2-model.md; testbed.model.layers and network for the numpy reference)
     z⁺ = {t⁺ + d⁺, t⁻ + d⁻},  z⁻ = {t⁺ + d⁻, t⁻ + d⁺}
     T± = mean of the K earliest of z±    (finite ones; none at all: the time-out)
     T± += N(0, σ²) jitter;  y = T⁺ − T⁻
-    hidden: x' = ReLU(−s·y), then max pooling;  last layer: scores −s·y
+    hidden: x' = ReLU(−s_l·y), then max pooling;  last layer: scores −s·y (ReLU(−s·y) if rectified)
+
+s_l is each layer's own s (testbed.model.network). Affine maps and residual additions (ResNet-9)
+are evaluated by the numpy model only; this module refuses them.
 
 `torch.topk` selects the K earliest; its backward sends the mean's 1/K to exactly the selected
 arrivals and 0 to the rest, which is the selection gradient the training recipe prescribes.
@@ -123,7 +126,7 @@ class Pi2Layer(nn.Module):
 
 
 class Pi2TorchNetwork(nn.Module):
-    """A π² network in torch: scores −s·y of the last layer, with optional hardware perturbations.
+    """A π² network in torch: the class scores of the last layer, with optional hardware perturbations.
 
     `bits` quantises delays (straight-through), `jitter` adds N(0, σ²) to every layer's output
     times, and `keep` < 1 loses each input event of every layer with probability 1 − keep.
@@ -133,9 +136,13 @@ class Pi2TorchNetwork(nn.Module):
         super().__init__()
         if net.gamma is not None:
             raise TrainingError(f"TEMP neurons (gamma={net.gamma}) are not trainable here; train π²_K neurons")
+        if any(layer.affine is not None or layer.residual is not None for layer in net.layers):
+            raise TrainingError("networks with affine (BatchNorm) or residual layers are not trainable here")
         self.layers = nn.ModuleList(Pi2Layer(layer, dtype) for layer in net.layers)
         self.input_shape = tuple(net.input_shape)
         self.constants = net.constants
+        self.scales = net.scales
+        self.rectified = net.rectified
         self.dtype = dtype
         self.bits: int | None = net.bits
         self.jitter = 0.0
@@ -143,17 +150,17 @@ class Pi2TorchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores (batch, classes) of a batch of normalised inputs."""
-        s = self.constants.s
         x = x.to(self.dtype).reshape(len(x), *self.input_shape)
         y = self._y(self.layers[0], x)
-        for previous, layer in zip(self.layers, self.layers[1:]):
+        for s, previous, layer in zip(self.scales, self.layers, self.layers[1:]):
             x = F.relu(-s * y)
             if previous.conv and previous.pool > 1:
                 x = F.max_pool2d(x, previous.pool)
             if not layer.conv:
                 x = x.reshape(len(x), -1)
             y = self._y(layer, x)
-        return -s * y.reshape(len(y), -1)
+        scores = -self.scales[-1] * y.reshape(len(y), -1)
+        return F.relu(scores) if self.rectified else scores
 
     def _y(self, layer: Pi2Layer, x: torch.Tensor) -> torch.Tensor:
         """y = T⁺ − T⁻ of one layer, with this network's perturbations."""

@@ -10,7 +10,7 @@ import pytest
 from testbed.errors import ModelError
 from testbed.model.encoding import Constants
 from testbed.model.netfile import META_KEY, load_network, network_meta, save_network
-from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.model.network import Affine, ConvLayer, DenseLayer, Pi2Network
 
 
 def f32(a):
@@ -41,6 +41,35 @@ def test_round_trip_temp_network(tmp_path):
     np.testing.assert_array_equal(loaded.scores(x), net.scores(x))
 
 
+def constants_net():
+    """Every optional per-layer constant: s per layer, a folded BatchNorm, a residual, rectified scores."""
+    rng = np.random.default_rng(4)
+    affine = Affine(rng.normal(size=2), rng.normal(size=2))
+    conv0 = ConvLayer(f32(rng.normal(size=(2, 2, 3, 3))), 4, (2, 6, 6), 1, 1, 1, s=1.0, affine=affine)
+    conv1 = ConvLayer(f32(rng.normal(size=(2, 2, 3, 3))), 5, (2, 6, 6), 1, 1, 2, residual=0)
+    dense = DenseLayer(f32(rng.normal(size=(18, 4))), 5, s=2.5, affine=Affine(np.ones(4) * 2, np.arange(4.0)))
+    return Pi2Network((conv0, conv1, dense), (2, 6, 6), rectified=True,
+                      provenance={"dataset": {"name": "cifar10", "scale": [0.1, 0.2], "offset": [-1.0, 0.5]}})
+
+
+def test_round_trip_per_layer_constants(tmp_path):
+    net = constants_net()
+    loaded = load_network(save_network(net, tmp_path / "net.npz"))
+    x = np.random.default_rng(1).normal(size=(5, 2, 6, 6))
+    np.testing.assert_array_equal(loaded.scores(x), net.scores(x))
+    assert network_meta(loaded) == network_meta(net)
+    assert network_meta(net)["scores"] == "rectified"
+    assert [layer.get("s") for layer in network_meta(net)["topology"]] == [1.0, None, 2.5]
+    np.testing.assert_array_equal(loaded.layers[0].affine.shift, net.layers[0].affine.shift)  # float64 kept
+
+
+def test_version_1_files_load(tmp_path):
+    meta, arrays = parts()
+    meta["format_version"] = 1
+    net = load_network(write(tmp_path / "v1.npz", meta, arrays))
+    assert net.uniform and not net.rectified and net.scales == (8.0, 8.0)
+
+
 def write(path, meta, arrays):
     np.savez(path, **arrays, **{META_KEY: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
     return path
@@ -64,7 +93,7 @@ CASES = {
     "missing topology": (lambda m, a: drop(m, "topology"), "missing field 'topology'"),
     "missing constants": (lambda m, a: drop(m, "constants"), "missing field 'constants'"),
     "wrong format": (lambda m, a: m.__setitem__("format", "keras"), "field 'format'"),
-    "wrong version": (lambda m, a: m.__setitem__("format_version", 2), "field 'format_version' = 2"),
+    "wrong version": (lambda m, a: m.__setitem__("format_version", 3), "field 'format_version' = 3; this pi2 reads versions 1, 2"),
     "version type": (lambda m, a: m.__setitem__("format_version", "1"), "field 'format_version' = '1'"),
     "input_shape type": (lambda m, a: m.__setitem__("input_shape", "1,6,6"), "field 'input_shape'"),
     "input_shape values": (lambda m, a: m.__setitem__("input_shape", [1, 0, 6]), "field 'input_shape'"),
@@ -82,15 +111,41 @@ CASES = {
     "bad K type": (set_layer(1, "k", "5"), r"topology\[1\]: field 'k' = '5'"),
     "conv stride type": (set_layer(0, "stride", "1"), r"topology\[0\]: field 'stride' = '1'"),
     "conv pool float": (set_layer(0, "pool", 2.0), r"topology\[0\]: field 'pool' = 2.0"),
-    "missing array": (lambda m, a: drop(a, "layer1.weight"), r"topology\[1\]: its weight array is missing"),
+    "missing array": (lambda m, a: drop(a, "layer1.weight"), r"topology\[1\]: array 'layer1.weight' is missing"),
     "extra array": (lambda m, a: a.__setitem__("layer2.weight", np.zeros((4, 2), np.float32)),
                     r"arrays \['layer2.weight'\] belong to no layer"),
     "non-finite weight": (lambda m, a: a["layer1.weight"].__setitem__((0, 0), np.nan),
-                          r"topology\[1\]: weights must be finite floats"),
+                          r"topology\[1\]: array 'layer1.weight' must hold finite floats"),
     "integer weight": (lambda m, a: a.__setitem__("layer1.weight", np.zeros((18, 4), np.int32)),
-                       r"topology\[1\]: weights must be finite floats"),
+                       r"topology\[1\]: array 'layer1.weight' must hold finite floats"),
     "shape mismatch": (lambda m, a: a.__setitem__("layer1.weight", np.zeros((17, 4), np.float32)),
                        "layer 1: dense expects 17 inputs, gets 18"),
+    # the per-layer output constants of format version 2
+    "s zero": (set_layer(1, "s", 0), r"topology\[1\]: field 's' = 0; expected a finite number > 0"),
+    "s bool": (set_layer(0, "s", True), r"topology\[0\]: field 's' = True"),
+    "s text": (set_layer(0, "s", "10"), r"topology\[0\]: field 's' = '10'"),
+    "affine not true": (set_layer(0, "affine", 1), r"topology\[0\]: field 'affine' = 1; expected true"),
+    "affine arrays missing": (set_layer(0, "affine", True), r"topology\[0\]: array 'layer0.affine_scale' is missing"),
+    "affine channels": (lambda m, a: (set_layer(0, "affine", True)(m, a), a.update(
+        {"layer0.affine_scale": np.ones(3), "layer0.affine_shift": np.zeros(3)})),
+        r"topology\[0\]: conv layer affine has 3 channels; the layer has 2"),
+    "affine non-finite": (lambda m, a: (set_layer(0, "affine", True)(m, a), a.update(
+        {"layer0.affine_scale": np.array([1.0, np.inf]), "layer0.affine_shift": np.zeros(2)})),
+        r"topology\[0\]: array 'layer0.affine_scale' must hold finite floats"),
+    "affine arrays without the key": (lambda m, a: a.update({"layer0.affine_scale": np.ones(2)}),
+                                      r"arrays \['layer0.affine_scale'\] belong to no layer"),
+    "residual later layer": (set_layer(0, "residual", 1), r"topology\[0\]: field 'residual' = 1; expected the index 0..0"),
+    "residual type": (set_layer(1, "residual", "0"), r"topology\[1\]: field 'residual' = '0'"),
+    "residual shape": (set_layer(0, "residual", 0), r"layer 0: residual adds the input of layer 0, shape \(1, 6, 6\), "
+                                                    r"to an output of shape \(2, 6, 6\)"),
+    "residual on the output layer": (set_layer(1, "residual", 1), r"layer 1: residual = 1; expected .* on a hidden layer"),
+    "scores": (lambda m, a: m.__setitem__("scores", "softmax"), r"field 'scores' = 'softmax'; expected 'linear' or 'rectified'"),
+    "dataset record": (lambda m, a: m["provenance"].__setitem__("dataset", "mnist"), r"field 'provenance.dataset' = 'mnist'"),
+    "dataset scale per channel": (lambda m, a: m["provenance"]["dataset"].__setitem__("scale", [0.1, 0.2]),
+                                  r"field 'provenance.dataset.scale' = \[0.1, 0.2\]; expected .* one number per input "
+                                  r"channel \(1\)"),
+    "dataset offset": (lambda m, a: m["provenance"]["dataset"].__setitem__("offset", None),
+                       r"field 'provenance.dataset.offset' = None"),
 }
 
 

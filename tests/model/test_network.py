@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from testbed.errors import ModelError
 from testbed.model.encoding import delays, encode
 from testbed.model.layers import arrivals, kth_earliest, max_pool, mean_k_earliest
-from testbed.model.network import ConvLayer, DenseLayer, Perturbation, Pi2Network
+from testbed.model.network import Affine, ConvLayer, DenseLayer, Perturbation, Pi2Network
 
 
 def mlp(seed=0, sizes=(12, 8, 5), k=(3, 4)):
@@ -112,6 +114,13 @@ def test_with_bits_quantises_delays():
     (lambda: ConvLayer(np.zeros((2, 3, 3, 3)), 1, (1, 5, 5)), "3 input channels but the input has 1"),
     (lambda: ConvLayer(np.zeros((2, 1, 3, 3)), 1, (1, 5, 5), stride=0), "stride ≥ 1"),
     (lambda: Pi2Network((ConvLayer(np.zeros((2, 1, 3, 3)), 1, (1, 5, 5)),), (1, 6, 6)), "conv expects input shape"),
+    (lambda: DenseLayer(np.zeros((4, 3)), 1, s=0.0), "dense layer s must be a finite number > 0"),
+    (lambda: DenseLayer(np.zeros((4, 3)), 1, s=np.inf), "dense layer s must be a finite number > 0"),
+    (lambda: DenseLayer(np.zeros((4, 3)), 1, affine=Affine(np.ones(2), np.zeros(2))), "affine has 2 channels; the layer has 3"),
+    (lambda: DenseLayer(np.zeros((4, 3)), 1, residual=-1), "residual must be a layer index ≥ 0"),
+    (lambda: Affine(np.ones(2), np.zeros(3)), "affine scale has 2 channels but shift has 3"),
+    (lambda: Affine(np.ones((2, 2)), np.zeros((2, 2))), "affine scale must be a non-empty 1-D array"),
+    (lambda: Pi2Network((DenseLayer(np.zeros((4, 3)), 1),), (4,), rectified="yes"), "rectified must be True or False"),
     (lambda: Perturbation(keep=0.0), "keep fraction"),
     (lambda: Perturbation(jitter=-1.0), "jitter"),
 ])
@@ -123,3 +132,46 @@ def test_validation_errors(build, match):
 def test_wrong_input_shape():
     with pytest.raises(ModelError, match=r"sample shape \(5,\), the network expects \(12,\)"):
         mlp().scores(np.zeros((2, 5)))
+
+
+def test_per_layer_constants_are_the_documented_equations():
+    # x' = pool(ReLU(affine(−s_l·y)) + input of layer r); scores ReLU(affine(−s·y)) when rectified
+    rng = np.random.default_rng(6)
+    affine = Affine(rng.normal(size=2), rng.normal(size=2))
+    c0 = ConvLayer(rng.normal(size=(2, 2, 3, 3)), 5, (2, 6, 6), 1, 1, 1, s=1.0, affine=affine)
+    c1 = ConvLayer(rng.normal(size=(2, 2, 3, 3)), 7, (2, 6, 6), 1, 1, 3, residual=1)  # its own input
+    d = DenseLayer(rng.normal(size=(8, 3)), 4, s=2.0, affine=Affine(np.array([1.0, -1.0, 2.0]), np.zeros(3)))
+    net = Pi2Network((c0, c1, d), (2, 6, 6), rectified=True)
+    x = rng.normal(size=(4, 2, 6, 6))
+    plain = lambda layer: Pi2Network((replace(layer, s=None, affine=None, residual=None, pool=1)
+                                      if isinstance(layer, ConvLayer) else replace(layer, s=None, affine=None),),
+                                     layer.in_shape if isinstance(layer, ConvLayer) else (layer.n_inputs,))
+    y0 = plain(c0).trace(x)[0].y
+    x1 = np.maximum(-1.0 * y0 * affine.scale[None, :, None, None] + affine.shift[None, :, None, None], 0)
+    y1 = plain(c1).trace(x1)[0].y
+    x2 = max_pool(np.maximum(-10.0 * y1, 0) + x1, 3).reshape(4, -1)
+    y2 = plain(d).trace(x2)[0].y
+    expected = np.maximum(-2.0 * y2 * np.array([1.0, -1.0, 2.0]), 0)
+    np.testing.assert_allclose(net.scores(x), expected, rtol=0, atol=1e-12)
+    assert net.scales == (1.0, 10.0, 2.0) and not net.uniform
+
+
+def test_rectified_ties_go_to_the_first_class():
+    # negative weights make every score < 0, so all are 0 after the rectifier: argmax picks class 0, as torch's does
+    rng = np.random.default_rng(0)
+    net = Pi2Network((DenseLayer(rng.uniform(-3, -1, (6, 4)), 5),), (6,))
+    x = rng.uniform(0, 1, (5, 6))
+    assert (net.scores(x) < 0).all() and net.predict(x).tolist() == [2, 0, 1, 2, 1]
+    rect = replace(net, rectified=True)
+    assert (rect.scores(x) == 0).all() and rect.predict(x).tolist() == [0] * 5
+
+
+@pytest.mark.parametrize("layers, match", [
+    (lambda: (DenseLayer(np.zeros((4, 4)), 1, residual=1), DenseLayer(np.zeros((4, 2)), 1)),
+     r"layer 0: residual = 1; expected the index of this or an earlier layer"),
+    (lambda: (DenseLayer(np.zeros((4, 3)), 1, residual=0), DenseLayer(np.zeros((3, 2)), 1)),
+     r"layer 0: residual adds the input of layer 0, shape \(4,\), to an output of shape \(3,\)"),
+])
+def test_residual_validation(layers, match):
+    with pytest.raises(ModelError, match=match):
+        Pi2Network(layers(), (4,))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,6 +30,8 @@ NETS = {
     "temp, bits, constants": mlp(constants=Constants(2.0, 2.5, 7.0), bits=4, gamma=1.25,
                                  provenance={"dataset": {"name": "digits", "scale": 0.2, "offset": -1.0}, "seed": 5}),
 }
+# a hidden layer with its own s (the last layer's s becomes the network's constant on import)
+NETS["per-layer s"] = Pi2Network((replace(NETS["plain"].layers[0], s=1.0), NETS["plain"].layers[1]), (12,))
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -40,6 +43,14 @@ def test_file_round_trip_same_scores(tmp_path, name):
     assert network_meta(back) == network_meta(net)
     for a, b in zip(back.layers, net.layers):
         np.testing.assert_array_equal(a.weight, b.weight)
+
+
+@pytest.mark.parametrize("change", [lambda net: replace(net, rectified=True),
+                                    lambda net: replace(net, layers=(replace(net.layers[0], residual=0),
+                                                                     net.layers[1]))], ids=["rectified", "residual"])
+def test_export_refuses_what_nir_chains_cannot_say(change):
+    with pytest.raises(ModelError, match="NIR export covers"):
+        network_to_nir(change(Pi2Network(tuple(DenseLayer(np.ones((4, 4)), 1) for _ in range(2)), (4,))))
 
 
 def test_graph_shape_follows_the_convention():
@@ -137,8 +148,6 @@ REFUSALS = {
                                                       g.nodes.pop("layer0.neuron"),
                                                       g.edges.insert(0, ("layer0.synapse", "layer1.synapse")))),
                               r"layers \[0\] have a Linear node but no π² neuron"),
-    "mixed s": (lambda: ours(lambda g: setattr(g.nodes["layer0.neuron"], "scale", np.full(8, -5.0))),
-                "π² neurons scale by different s"),
     "positive scale": (lambda: ours(lambda g: setattr(g.nodes["layer0.neuron"], "scale", np.full(8, 5.0))),
                        r"node 'layer0.neuron' \(Scale\) must scale every neuron by the same −s < 0"),
     "missing t0": (lambda: ours(lambda g: g.metadata.pop("pi2_t0")), "graph metadata lacks pi2_t0"),

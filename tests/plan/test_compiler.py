@@ -91,6 +91,16 @@ def test_convolutions_are_refused_with_a_reason():
         compile_network(conv, SHAPER, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0)
 
 
+@pytest.mark.parametrize("change", [
+    lambda net: replace(net, layers=(replace(net.layers[0], s=1.0), net.layers[1])),
+    lambda net: replace(net, rectified=True),
+], ids=["per-layer s", "rectified scores"])
+def test_per_layer_constants_are_refused_with_a_reason(change):
+    # the fabric's relay and the simulator apply the plan's one s and decode linear scores
+    with pytest.raises(PlanError, match="per-layer constants .*evaluate it with `pi2 eval`"):
+        compile_network(change(tiny()), SHAPER, 1000.0, np.zeros((1, 3)))
+
+
 def test_bad_tau_is_refused():
     with pytest.raises(PlanError, match="tau"):
         compile_network(tiny(), SHAPER, 0.0, np.zeros((1, 3)), prune_margin=None, lead=0.0)

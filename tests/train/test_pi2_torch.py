@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,21 @@ def test_torch_scores_equal_numpy_scores(make, shape, bits):
     scores = Pi2TorchNetwork(net, torch.float64)(torch.tensor(x)).detach().numpy()
     np.testing.assert_allclose(scores, net.scores(x), rtol=0, atol=1e-6)
     assert (scores.argmax(1) == net.predict(x)).all()
+
+
+def authors_constants(net):
+    """Per-layer s (1 on the first layer) and rectified scores, as the authors' LeNet-5 has."""
+    return replace(net, layers=(replace(net.layers[0], s=1.0), *net.layers[1:]), rectified=True)
+
+
+@pytest.mark.parametrize("make, shape", [(mlp, (64, 20)), (convnet, (16, 1, 8, 8))], ids=["dense", "conv"])
+def test_torch_honours_per_layer_s_and_rectified_scores(make, shape):
+    net = authors_constants(make())
+    x = np.random.default_rng(5).normal(0, 2, shape)
+    scores = Pi2TorchNetwork(net, torch.float64)(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(scores, net.scores(x), rtol=0, atol=1e-6)
+    assert (scores == 0).any() and (scores >= 0).all()  # rectified, with zeros to tie on
+    assert not np.allclose(scores, np.maximum(make().scores(x), 0))  # the first layer's own s counts
 
 
 def test_float32_training_precision_stays_close_to_numpy():
