@@ -5,8 +5,10 @@ Every qdisc, class and u32 filter becomes one rtnetlink message packed here with
 so thousands of synapse classes go to the kernel in a few sendmsg calls. bpf filters attach a
 program the caller already loaded (testbed.kernel.bpf) by file descriptor.
 
-Units: plan rates are bits/s; the kernel's tc_ratespec holds bytes/s (rounded here to the
-nearest byte/s, 64-bit attribute above 2³²−1 B/s); bursts are bytes, turned into the kernel's
+Units: plan rates are bits/s in whole bytes/s (the compiler rounds them, testbed.plan.compiler
+realise_delay, so the plan's realised delays are the kernel's; a rate that is not whole bytes/s is
+an error here, not rounded a second time); the kernel's tc_ratespec holds bytes/s (64-bit attribute
+above 2³²−1 B/s); bursts are bytes, turned into the kernel's
 64 ns "psched ticks" (PSCHED_SHIFT 6; /proc/net/psched) where the uapi wants a time.
 Rate specs declare linklayer ethernet, so no 1 kB rate tables are sent (the kernel computes
 transmit times from the rate itself, see psched_ratecfg_precompute).
@@ -109,9 +111,10 @@ def _int(what: str, params: Mapping[str, Any], key: str, low: int = 0, high: int
 
 def _rate(what: str, rate_bps: Any, kind: int) -> tuple[bytes, bytes]:
     """(tc_ratespec, optional 64-bit rate attribute `kind`) for a rate in bits/s."""
-    if isinstance(rate_bps, bool) or not isinstance(rate_bps, (int, float)) or rate_bps < 8:
-        raise PlanError(f"{what}: rate {rate_bps!r} bit/s; expected a number ≥ 8 (the kernel counts bytes/s)")
-    rate = round(rate_bps / 8)
+    if isinstance(rate_bps, bool) or not isinstance(rate_bps, (int, float)) or rate_bps < 8 or rate_bps % 8:
+        raise PlanError(f"{what}: rate {rate_bps!r} bit/s; expected a multiple of 8 ≥ 8 (the kernel counts whole "
+                        "bytes/s; `pi2 compile` rounds rates to the profile's rate_quantum_bps)")
+    rate = int(rate_bps) // 8
     extra = attr(kind, struct.pack("=Q", rate)) if rate > U32_MAX else b""
     return RATESPEC.pack(0, TC_LINKLAYER_ETHERNET, 0, 0, 0, min(rate, U32_MAX)), extra
 

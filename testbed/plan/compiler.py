@@ -9,9 +9,11 @@ Delays are realised as the profile's `delay` primitive can:
 
 - ``htb-primer`` (kernels without netem): an htb class of rate r with a minimal bucket passes
   a primer of P bytes at once and holds the spike behind it until the bucket has paid off the
-  primer: delay = (P − burst)·8/r. The compiler picks r per class; the plan records the
-  realised delay for the integer rate.
-- ``netem``: an unshaped htb class whose leaf netem holds every packet `delay_us` (whole µs).
+  primer: delay = (P − burst)·8/r. The compiler picks r per class, a multiple of the profile's
+  ``rate_quantum_bps`` (8: whole bytes/s, what htb takes; testbed.kernel.tc converts without
+  rounding again), and the plan records the delay that rate realises.
+- ``netem``: an unshaped htb class whose leaf netem holds every packet `delay_us` (a multiple of
+  the profile's ``quantum_us``).
 
 Loss (optional, `loss`, a drop probability): each neuron port drops every arriving spike with
 probability 1/N before its gate counts it, as the profile's loss kind says: ``bpf-drop``, the gate
@@ -80,7 +82,11 @@ class Realisation:
     gate_kind: str = "bpf-first-k"
     primer_bytes: int = 1514  # a full 1500-MTU frame as qdiscs count it
     burst_bytes: int = 1  # htb class bucket for primer delays
+    rate_quantum_bps: int = 8  # htb-primer class rates are multiples of this (8: whole bytes/s)
+    class_rate_bps: int = 10**10  # netem: the unshaped htb class above each netem leaf
+    limit_packets: int = 1000  # netem: the leaf's queue
     min_delay_us: float = 20.0  # below this a synapse is unshaped (timer resolution)
+    quantum_us: float = 1.0  # netem delays are multiples of this
     flood_copy_us: float = 0.4  # bridge flood: per-port copy time (kernel-notes: 0.3–0.6 µs)
     max_delay_us: float = 1e6  # longest delay the realisation holds to its quantum
     margin_tau: float = 1.0  # a layer's deadline: latest calibrated K-th arrival + this many τ
@@ -88,16 +94,17 @@ class Realisation:
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "Realisation":
-        """The compiler's view of a tc profile (tc_profiles/*.yaml)."""
+        """The compiler's view of a tc profile (tc_profiles/*.yaml): it reads every parameter the
+        profile declares (tests/plan/test_profiles.py checks that none goes unread)."""
         delay = profile.primitive("delay")
-        gate = profile.primitive("gate")
-        broadcast = profile.primitive("broadcast")
-        primer = delay.params.get("primer_bytes", 0)
-        return cls(profile.name, delay.kind, gate.kind, primer_bytes=primer,
-                   burst_bytes=delay.params.get("burst_bytes", 1), min_delay_us=profile.delay_range.min_us,
-                   max_delay_us=profile.delay_range.max_us,
-                   flood_copy_us=broadcast.params.get("flood_copy_us", 0.0),
-                   margin_tau=profile.primitive("timeout").params.get("margin_tau", 1.0),
+        rng = profile.delay_range
+        kind_params = {"htb-primer": ("primer_bytes", "burst_bytes", "rate_quantum_bps"),
+                       "netem": ("class_rate_bps", "limit_packets")}[delay.kind]
+        return cls(profile.name, delay.kind, profile.primitive("gate").kind,
+                   **{key: delay.params[key] for key in kind_params},
+                   min_delay_us=rng.min_us, quantum_us=rng.quantum_us, max_delay_us=rng.max_us,
+                   flood_copy_us=profile.primitive("broadcast").params["flood_copy_us"],
+                   margin_tau=profile.primitive("timeout").params["margin_tau"],
                    loss_kind=profile.primitive("loss").kind)
 
     def __post_init__(self) -> None:
@@ -106,6 +113,9 @@ class Realisation:
                             "('htb-primer', 'netem')")
         if self.delay_kind == "htb-primer" and not 0 < self.burst_bytes < self.primer_bytes:
             raise PlanError(f"profile {self.profile}: need 0 < burst_bytes < primer_bytes, got {self.burst_bytes}, {self.primer_bytes}")
+        if self.rate_quantum_bps < 1 or self.rate_quantum_bps % 8 or not self.quantum_us > 0:
+            raise PlanError(f"profile {self.profile}: rate_quantum_bps must be a multiple of 8 (whole bytes/s) and "
+                            f"quantum_us > 0, got {self.rate_quantum_bps}, {self.quantum_us}")
 
 
 def primer_delay_us(rate_bps: int, primer_bytes: int, burst_bytes: int) -> float:
@@ -118,8 +128,9 @@ def realise_delay(target_us: float, real: Realisation) -> tuple[float, int | Non
     if target_us < real.min_delay_us:
         return 0.0, None
     if real.delay_kind == "netem":
-        return float(round(target_us)), None
-    rate = max(8, int(round((real.primer_bytes - real.burst_bytes) * 8e6 / target_us)))
+        return float(round(target_us / real.quantum_us) * real.quantum_us), None
+    q = real.rate_quantum_bps
+    rate = q * max(1, round((real.primer_bytes - real.burst_bytes) * 8e6 / target_us / q))
     return primer_delay_us(rate, real.primer_bytes, real.burst_bytes), rate
 
 
@@ -184,11 +195,19 @@ def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Real
                                                               "burst_bytes": real.burst_bytes,
                                                               "cburst_bytes": real.burst_bytes}))
         else:
-            # Unshaped htb class (10 Gbit/s) whose leaf netem holds each packet delay_us.
-            classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": 10**10, "ceil_bps": 10**10}))
+            # Unshaped htb class whose leaf netem holds each packet its realised delay.
+            classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": real.class_rate_bps,
+                                                              "ceil_bps": real.class_rate_bps}))
             # Leaf handles must differ from the htb root's 1:, hence minor + 1.
-            qdiscs.append(QdiscSpec("netem", f"{minor + 1:x}:", classid, {"delay_us": int(round(target))}))
+            qdiscs.append(QdiscSpec("netem", f"{minor + 1:x}:", classid,
+                                    {"delay_us": _whole(realise_delay(target, real)[0]),
+                                     "limit_packets": real.limit_packets}))
     return TcTree(tuple(qdiscs), tuple(classes), tuple(filters))
+
+
+def _whole(us: float) -> float | int:
+    """A delay as an int when it is whole (plans list whole-µs netem delays as integers)."""
+    return int(us) if float(us).is_integer() else us
 
 
 def drop_one_in(loss: float, real: Realisation) -> int | None:
@@ -237,12 +256,11 @@ def event_leads(n_inputs: int, lead_us: float) -> np.ndarray:
     return lead_us * np.arange(events) / (events - 1)
 
 
-def _gate_tc(k: int, window_us: float, drop_primers: bool, loss_one_in: int | None, loss_kind: str) -> TcTree:
+def _gate_tc(k: int, window_us: float, loss_one_in: int | None, loss_kind: str) -> TcTree:
     """clsact ingress of a neuron port's host end: the random drop (if the run has loss), then the
     first-K gate, so the gate counts only the spikes that survived. A ``bpf-drop`` loss is the
     gate's own first step; a ``gact-random`` one is a match-all u32 filter in front of it."""
-    gate = {"program": "first_k_gate", "k": k, "drop_primers": int(drop_primers),
-            "window_us": int(round(window_us)), "direct_action": 1}
+    gate = {"program": "first_k_gate", "k": k, "window_us": int(round(window_us)), "direct_action": 1}
     filters = []
     if loss_one_in is not None and loss_kind == "bpf-drop":
         gate["drop_one_in"] = loss_one_in
@@ -335,8 +353,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
             tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
             ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
                                     _port_tc(li, events, real, targets, 2 * layer.n_inputs),
-                                    _gate_tc(layer.k, windows[li], real.delay_kind == "htb-primer", loss_one_in,
-                                             real.loss_kind)))
+                                    _gate_tc(layer.k, windows[li], loss_one_in, real.loss_kind)))
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
                                 cal.offset_mk[li], tuple(ports), tuple(leads.tolist())))
     # The realised delays (rate granularity) may hold a class a little longer than the targets.

@@ -31,7 +31,7 @@ from testbed.errors import PlanError
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
-PLAN_VERSION = 2  # 2: per-event leads
+PLAN_VERSION = 3  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
 
 
@@ -180,7 +180,8 @@ class FabricPlan:
 
     def __post_init__(self) -> None:
         if self.version != PLAN_VERSION:
-            raise PlanError(f"plan version {self.version}: this pi2 reads version {PLAN_VERSION}")
+            raise PlanError(f"plan version {self.version}: this pi2 reads version {PLAN_VERSION}; recompile it with "
+                            "`pi2 compile`")
         if not self.layers:
             raise PlanError("a plan needs at least one layer")
         for i, layer in enumerate(self.layers):

@@ -6,8 +6,11 @@ capabilities it ``needs`` (names from `testbed.plan.capabilities`, as the probe 
 and that kind's parameters, units in the key names. It also states the delays it can realise
 (``delay_range``: min_us, max_us, quantum_us) and its ``auto_rank`` for ``--profile auto``.
 
-Every key is required and every unknown key is an error: a profile never means something its
-reader silently ignored. A primitive may be declared ``kind: unavailable`` with a ``reason``;
+Every key is required and every unknown key is an error, and every key is read by the compiler
+(`testbed.plan.compiler.Realisation.from_profile`; tests/plan/test_profiles.py fails for a key nothing
+reads): a profile never means something its reader silently ignored. What is not a choice is not a
+key: the bridges always flood like hubs (STP off, forward delay and ageing 0), the gate is always the
+testbed's first-K program, and it always drops primers. A primitive may be declared ``kind: unavailable`` with a ``reason``;
 such a profile is incomplete and is never selected.
 
 The YAML files ship inside the package (testbed/tc_profiles/, package data) so a
@@ -25,6 +28,7 @@ import yaml
 
 from testbed.errors import ProfileError
 from testbed.plan.capabilities import CAPABILITY_NAMES, Capabilities
+from testbed.plan.wire import MAX_FRAME_BYTES
 
 PRIMITIVES = ("delay", "gate", "timeout", "loss", "broadcast")
 TOP_KEYS = ("name", "description", "auto_rank", "needs", "delay_range", "primitives")
@@ -85,19 +89,21 @@ MARGIN = Param("number", 0)
 # a kind's minimum (e.g. the links it runs on), never fewer.
 KINDS: dict[str, dict[str, KindSpec]] = {
     "delay": {
-        # htb class (unshaped) per synapse with a netem leaf holding each packet delay_us.
+        # htb class of class_rate_bps (unshaped) per synapse with a netem leaf (queue limit_packets)
+        # holding each packet delay_us, a multiple of delay_range.quantum_us.
         "netem": KindSpec(frozenset({"htb", "netem", "bpf"}),
-                          {"class_rate_bps": POSITIVE_INT, "limit_packets": POSITIVE_INT}),
-        # htb class per synapse, rate = (primer − burst)·8/delay: the spike waits behind a primer.
+                          {"class_rate_bps": Param("int", 8), "limit_packets": POSITIVE_INT}),
+        # htb class per synapse, rate = (primer − burst)·8/delay rounded to a multiple of
+        # rate_quantum_bps: the spike waits behind a primer.
         "htb-primer": KindSpec(frozenset({"htb", "bpf"}),
                                {"primer_bytes": POSITIVE_INT, "burst_bytes": POSITIVE_INT,
-                                "max_frame_bytes": POSITIVE_INT, "rate_quantum_bps": POSITIVE_INT}),
+                                "rate_quantum_bps": POSITIVE_INT}),
     },
     "gate": {
         # cls_bpf direct-action on clsact ingress: pass the first K spikes per (port, sample).
         # (A police action, conform → pass / exceed → drop, passes exactly K only from a bucket refilled per
         # sample by user space, and it has no sample id: docs/cbs-neuron.md has the measurements.)
-        "bpf-first-k": KindSpec(frozenset({"clsact", "bpf"}), {"program": NAME, "drop_primers": Param("bool")}),
+        "bpf-first-k": KindSpec(frozenset({"clsact", "bpf"}), {}),
     },
     "timeout": {
         # the first-K gate's own window: spikes after (latest calibrated K-th arrival + margin) drop.
@@ -106,15 +112,14 @@ KINDS: dict[str, dict[str, KindSpec]] = {
     "loss": {
         "netem-loss": KindSpec(frozenset({"netem"}), {}),
         # the first-K gate program loses each spike with probability 1/N before counting it (its drop_one_in).
-        "bpf-drop": KindSpec(frozenset({"clsact", "bpf"}), {"program": NAME}),
+        "bpf-drop": KindSpec(frozenset({"clsact", "bpf"}), {}),
         # a u32 match-all filter before the gate whose gact action drops a spike with probability 1/N
         # (`pi2 compile --loss`; testbed.plan.tc drop_one_in).
         "gact-random": KindSpec(frozenset({"clsact", "u32", "gact"}), {}),
     },
     "broadcast": {
-        "bridge-flood": KindSpec(frozenset({"bridge", "veth"}),
-                                 {"stp": Param("bool"), "forward_delay_s": Param("number", 0),
-                                  "flood_copy_us": Param("number", 0)}),
+        # a Linux bridge per layer flooding like a hub; each port's copy leaves flood_copy_us after the last.
+        "bridge-flood": KindSpec(frozenset({"bridge", "veth"}), {"flood_copy_us": Param("number", 0)}),
     },
 }
 UNAVAILABLE_SPEC = KindSpec(frozenset(), {"reason": NAME})
@@ -252,7 +257,7 @@ def _primitive(source: str, primitive: str, raw: Any) -> PrimitiveRealisation:
 
 def _check_together(source: str, delay_range: DelayRange, parts: Mapping[str, PrimitiveRealisation]) -> None:
     """Constraints between primitives and against the declared delay range."""
-    delay, gate, loss = parts["delay"], parts["gate"], parts["loss"]
+    delay, loss = parts["delay"], parts["loss"]
     if loss.kind == "netem-loss" and delay.kind != "netem":
         raise ProfileError(f"{source}: primitives.loss.kind 'netem-loss' drops in the delay's netem leaf, but "
                            f"delay.kind is {delay.kind!r}; use loss.kind 'bpf-drop' or 'gact-random'")
@@ -261,12 +266,12 @@ def _check_together(source: str, delay_range: DelayRange, parts: Mapping[str, Pr
                            "whole-µs resolution; expected ≥ 1")
     if delay.kind == "htb-primer":
         p = delay.params
-        if gate.kind != "bpf-first-k" or not gate.params["drop_primers"]:
-            raise ProfileError(f"{source}: primitives.delay.kind 'htb-primer' sends primers that must not reach a "
-                               "neuron; expected gate.kind 'bpf-first-k' with drop_primers: true")
-        if not p["burst_bytes"] < p["primer_bytes"] <= p["max_frame_bytes"]:
-            raise ProfileError(f"{source}: primitives.delay: need burst_bytes < primer_bytes ≤ max_frame_bytes, got "
-                               f"{p['burst_bytes']}, {p['primer_bytes']}, {p['max_frame_bytes']}")
+        if not p["burst_bytes"] < p["primer_bytes"] <= MAX_FRAME_BYTES:
+            raise ProfileError(f"{source}: primitives.delay: need burst_bytes < primer_bytes ≤ {MAX_FRAME_BYTES} (a "
+                               f"full frame on a 1500-byte-MTU veth), got {p['burst_bytes']}, {p['primer_bytes']}")
+        if p["rate_quantum_bps"] % 8:
+            raise ProfileError(f"{source}: primitives.delay.rate_quantum_bps: {p['rate_quantum_bps']!r} is not whole "
+                               "bytes per second, which is what htb takes; expected a multiple of 8")
         # d = (P − b)·8e6/r µs, so one rate step Δr moves d by d²·Δr/((P − b)·8e6).
         step_us = delay_range.max_us ** 2 * p["rate_quantum_bps"] / ((p["primer_bytes"] - p["burst_bytes"]) * 8e6)
         if step_us > delay_range.quantum_us:

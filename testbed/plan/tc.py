@@ -18,8 +18,10 @@ Accepted parameters per kind (anything else is an error, never silently dropped)
   a matching packet with probability 1/N, drawn per packet by the kernel's PRNG (gact ``random netrand``),
   and lets the others continue to the next filter; `drop_probability` reads it back)
 - filter ``bpf``: program (a testbed program: "first_k_gate", "synapse_classifier" or "synapse_filter"),
-  direct_action (1: the program returns a tc verdict; 0: it returns a classid), and program parameters
-  (k, layer, ...; the gate's drop_one_in N loses each spike with probability 1/N before counting it)
+  direct_action (1: the program returns a tc verdict; 0: it returns a classid), and program parameters:
+  the gate's k and drop_one_in (N: it loses each spike with probability 1/N before counting it; it always
+  drops primers) and window_us (the layer's deadline, which the relay applies to what the gate passed,
+  testbed.infer.session); the synapse programs' layer and events
 """
 
 from __future__ import annotations
@@ -43,8 +45,7 @@ CLASS_PARAMS: dict[str, frozenset[str]] = {
 }
 FILTER_PARAMS: dict[str, frozenset[str]] = {
     "u32": frozenset({"key", "mask", "offset_bytes", "flowid", "drop_one_in"}),
-    "bpf": frozenset({"program", "k", "drop_primers", "window_us", "layer", "events", "direct_action",
-                      "drop_one_in"}),
+    "bpf": frozenset({"program", "k", "window_us", "layer", "events", "direct_action", "drop_one_in"}),
 }
 CLSACT_INGRESS = "ffff:fff2"
 CLSACT_EGRESS = "ffff:fff3"

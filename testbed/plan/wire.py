@@ -38,6 +38,8 @@ ETH_HEADER_BYTES = 14
 KEY_IP_OFFSET = IPV4_HEADER_BYTES + UDP_HEADER_BYTES
 # Bytes a spike frame occupies on a veth (what qdiscs count as skb->len).
 SPIKE_FRAME_BYTES = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES + PAYLOAD_BYTES
+# The largest frame (a primer) a 1500-byte-MTU veth carries, Ethernet header included.
+MAX_FRAME_BYTES = ETH_HEADER_BYTES + 1500
 
 
 def synapse_key(layer: int, source: int, sign: int) -> int:

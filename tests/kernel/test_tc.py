@@ -16,11 +16,11 @@ import pytest
 from testbed.errors import KernelError, PlanError
 from testbed.kernel import netns
 from testbed.kernel.netlink import NetlinkBatch
-from testbed.kernel.tc import apply_tree, parse_handle, queue_tree
+from testbed.kernel.tc import apply_tree, class_body, parse_handle, queue_tree
 from testbed.plan.tc import ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import KEY_IP_OFFSET
 
-pytestmark = pytest.mark.root
+root = pytest.mark.root  # every test here that builds on a real veth pair; the pure ones run anywhere
 # The user-mode-linux guest (testbed.kernel.guest) has one CPU and 100 Hz timers: delays there are
 # off by milliseconds, so µs-scale shaping arithmetic is checked on the host kernel only.
 host_timers_only = pytest.mark.skipif(os.environ.get("PI2_IN_GUEST") == "1",
@@ -54,6 +54,16 @@ def test_parse_handle() -> None:
             parse_handle(bad, "qdisc q")
 
 
+def test_rates_must_be_whole_bytes_per_second() -> None:
+    """The compiler rounds rates (to the profile's rate_quantum_bps); the kernel side converts
+    bit/s to the B/s htb takes without rounding a second time, so a fractional byte rate is refused."""
+    assert len(class_body(1, ClassSpec("htb", "1:1", "1:", {"rate_bps": 8_000_008}), "x")) > 0
+    for bad in (8_000_004, 8e6 + 0.5, 4):
+        with pytest.raises(PlanError, match="multiple of 8"):
+            class_body(1, ClassSpec("htb", "1:1", "1:", {"rate_bps": bad}), "class htb 1:1")
+
+
+@root
 @host_timers_only
 def test_htb_primer_delays_order_spikes(net, pair) -> None:
     """Per class a primer of P bytes then a spike: the spike leaves ≈ P/rate after the primer, so
@@ -61,7 +71,7 @@ def test_htb_primer_delays_order_spikes(net, pair) -> None:
     delays_us = [3000, 500, 2000, 1000, 4000]  # deliberately not sorted by class id
     primer = 1000  # payload bytes; the shaper counts the whole frame
     frame = primer + HEADER_BYTES
-    apply_tree(pair.tx_if, htb_tree([frame * 8e6 / d for d in delays_us]), pair.tx)
+    apply_tree(pair.tx_if, htb_tree([8 * round(frame * 1e6 / d) for d in delays_us]), pair.tx)
     rx, tx = net.receiver(pair.rx), net.sender(pair.tx)
     measured: dict[int, list[float]] = {i: [] for i in range(len(delays_us))}
     orders = []
@@ -84,6 +94,7 @@ def test_htb_primer_delays_order_spikes(net, pair) -> None:
     assert sum(o == list(np.argsort(delays_us)) for o in orders) >= 4, orders
     assert all(-100 < e < 400 for e in errors), errors  # kernel-notes: timer-released packets ≈ +30 µs, rare +0.9 ms
 
+@root
 @host_timers_only
 def test_htb_delay_is_linear_in_primer_size(net, pair) -> None:
     """One class at 8 Mbit/s (1 B/µs): the delay grows by 1 µs per primer byte."""
@@ -106,6 +117,7 @@ def test_htb_delay_is_linear_in_primer_size(net, pair) -> None:
     assert -50 < intercept < 300
 
 
+@root
 @host_timers_only
 def test_tbf_primer_then_signal_leaves_after_signal_over_rate(net, pair) -> None:
     """tbf, burst = one primer frame: after the primer empties the bucket, a signal of L bytes
@@ -129,6 +141,7 @@ def test_tbf_primer_then_signal_leaves_after_signal_over_rate(net, pair) -> None
     assert -50 < intercept < 300
 
 
+@root
 @host_timers_only
 def test_tbf_byte_limit_bounds_waiting(net, pair) -> None:
     """tbf (burst = one packet) with a byte limit B drops what would wait longer than B/rate:
@@ -149,6 +162,7 @@ def test_tbf_byte_limit_bounds_waiting(net, pair) -> None:
     assert waited_us <= bound_us + 1000
 
 
+@root
 def test_netem_loss_or_clean_skip(net, pair) -> None:
     """Random loss needs netem here (no gact); where the kernel lacks it the error names the
     module and the test skips."""
@@ -173,6 +187,7 @@ def _gact_or_skip(pair, tree: TcTree, bpf_loader=None) -> None:
         pytest.skip(f"no gact random drop on this kernel: {exc}")
 
 
+@root
 def test_gact_random_drop_keeps_one_in_n(net, pair) -> None:
     """A u32 match-all filter with drop_one_in 2 on clsact ingress drops each packet with
     probability 1/2 (the full profile's loss), drawn by the kernel."""
@@ -188,6 +203,7 @@ def test_gact_random_drop_keeps_one_in_n(net, pair) -> None:
     assert 120 < passed < 280  # 400 × 1/2 = 200 ± 10 (sd)
 
 
+@root
 def test_gact_survivors_continue_to_the_next_filter(net, pair) -> None:
     """What the random drop keeps is not accepted at once: it goes on to the next filter (there the
     first-K gate; here a program dropping everything), so nothing arrives."""
@@ -208,6 +224,7 @@ def test_gact_survivors_continue_to_the_next_filter(net, pair) -> None:
     assert net.receive(rx, 20, timeout_s=0.3) == []
 
 
+@root
 def test_random_drop_needs_exactly_one_of_flowid_and_drop_one_in(pair) -> None:
     with pytest.raises(PlanError, match=r"drop_one_in=0; expected an integer in 1..65535"):
         FilterSpec("u32", "ffff:fff2", 1, {"key": 0, "offset_bytes": 0, "drop_one_in": 0})
@@ -215,6 +232,7 @@ def test_random_drop_needs_exactly_one_of_flowid_and_drop_one_in(pair) -> None:
         apply_tree(pair.rx_if, TcTree(filters=(FilterSpec("u32", "1:", 1, {"key": 0, "offset_bytes": 0}),)), pair.rx)
 
 
+@root
 def test_kernel_error_names_the_object(pair) -> None:
     tree = TcTree(classes=(ClassSpec("htb", "7:1", "7:", {"rate_bps": 8000}),))
     with pytest.raises(KernelError, match=r"class htb 7:1 on p2\w+t .*kernel said"):
@@ -225,12 +243,13 @@ def test_kernel_error_names_the_object(pair) -> None:
         apply_tree(pair.tx_if, TcTree(classes=(ClassSpec("htb", "1:1", "1:", {}),)), pair.tx)
 
 
+@root
 @pytest.mark.slow
 def test_ten_thousand_classes_and_filters_build(pair) -> None:
     """10,000 classes + 10,000 u32 filters in one batch (u32 holds ≤ 4095 per prio: spread over 3).
     The kernel walks every class of a qdisc per class added (tc_bind_tclass), so this takes ~4 s."""
     n = 10_000
-    tree = htb_tree([8e6 + i for i in range(n)])
+    tree = htb_tree([8e6 + 8 * i for i in range(n)])
     tree = TcTree(tree.qdiscs, tree.classes, tuple(FilterSpec("u32", f.parent, 1 + i // 4000, f.params)
                                                    for i, f in enumerate(tree.filters)))
     start = time.perf_counter()
@@ -242,6 +261,7 @@ def test_ten_thousand_classes_and_filters_build(pair) -> None:
         assert len([f for f in ipr.get_filters(index=index, parent="1:") if f.get_attr("TCA_OPTIONS")]) >= n
 
 
+@root
 def test_bpf_filter_attaches_by_fd(net, pair) -> None:
     """A bpf FilterSpec gets its program fd from the loader and drops (TC_ACT_SHOT) on clsact
     ingress: packets arrive before the tree is applied and none after."""
@@ -263,6 +283,7 @@ def test_bpf_filter_attaches_by_fd(net, pair) -> None:
     assert net.receive(rx, 5, timeout_s=0.3) == []
 
 
+@root
 def test_queue_tree_into_a_shared_batch(pair) -> None:
     """Several interfaces' trees can share one batch (one commit for a whole namespace)."""
     tree = htb_tree([8e6, 16e6])

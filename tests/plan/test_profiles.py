@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from testbed.errors import ProfileError
 from testbed.plan.capabilities import CAPABILITY_NAMES, Capabilities, Capability
+from testbed.plan.compiler import Realisation
 from testbed.plan.profiles import (KINDS, PRIMITIVES, PROFILE_DIR, load_profile, parse_profile, primitive_support,
                                    select_profile, shipped_profiles)
 
@@ -54,6 +57,52 @@ def test_profile_by_name_and_path_agree() -> None:
     assert load_profile("netem") == load_profile(PROFILE_DIR / "netem.yaml")
 
 
+class ReadKeys(dict):
+    """A primitive's parameters that remember which keys were read."""
+
+    def __init__(self, raw: dict) -> None:
+        super().__init__(raw)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+class ReadAttributes:
+    """A delay range that remembers which fields were read."""
+
+    def __init__(self, wrapped: object) -> None:
+        self.wrapped, self.read = wrapped, set()
+
+    def __getattr__(self, name: str) -> Any:
+        self.read.add(name)
+        return getattr(self.wrapped, name)
+
+
+@pytest.mark.parametrize("name", [p.name for p in shipped_profiles()])
+def test_the_compiler_reads_every_key_a_profile_declares(name: str) -> None:
+    """profiles.py promises a profile never says something its reader ignores: the compiler's
+    reader (Realisation.from_profile) must read every kind parameter and delay_range field."""
+    profile = load_profile(name)
+    parts = tuple(replace(p, params=ReadKeys(dict(p.params))) for p in profile.primitives)
+    rng = ReadAttributes(profile.delay_range)
+    Realisation.from_profile(replace(profile, primitives=parts, delay_range=rng))
+    unread = [f"primitives.{p.primitive}.{key}" for p in parts for key in p.params if key not in p.params.read]
+    unread += [f"delay_range.{key}" for key in ("min_us", "max_us", "quantum_us") if key not in rng.read]
+    assert unread == []
+
+
+def test_every_kind_is_used_by_a_shipped_profile() -> None:
+    """So the test above sees every kind's parameters (a kind no profile uses would go unchecked)."""
+    used = {(p.primitive, p.kind) for profile in shipped_profiles() for p in profile.primitives}
+    assert {(primitive, kind) for primitive, kinds in KINDS.items() for kind in kinds} <= used
+
+
 def test_kinds_declare_their_minimum_needs() -> None:
     shaper = load_profile("shaper")
     assert shaper.primitive("delay").kind == "htb-primer"
@@ -70,23 +119,24 @@ def test_kinds_declare_their_minimum_needs() -> None:
         (lambda r: r.update(colour="blue"), "unknown key(s) ['colour']"),
         (lambda r: r["primitives"]["delay"].update(jitter_us=3), "primitives.delay: unknown key(s) ['jitter_us']"),
         (lambda r: r["primitives"].pop("broadcast"), "missing key(s) ['broadcast']"),
-        (lambda r: r["primitives"]["gate"].pop("drop_primers"), "missing key(s) ['drop_primers']"),
+        (lambda r: r["primitives"]["timeout"].pop("margin_tau"), "missing key(s) ['margin_tau']"),
         (lambda r: r["delay_range"].update(max_us="30ms"), "delay_range.max_us: '30ms' is not a number of microseconds"),
         (lambda r: r["delay_range"].update(max_ms=30, max_us=None) or r["delay_range"].pop("max_us"),
          "did you mean 'max_us' for 'max_ms'? the unit is part of the key name"),
         (lambda r: r["primitives"]["delay"].update(primer_bytes="1.5KB"), "primer_bytes: '1.5KB' is not an integer of bytes"),
-        (lambda r: r["primitives"]["broadcast"].update(stp="no"), "stp: 'no' is not true or false"),
+        (lambda r: r["primitives"]["broadcast"].update(flood_copy_us="4us"),
+         "flood_copy_us: '4us' is not a number of microseconds"),
         (lambda r: r["primitives"]["delay"].update(kind="wormhole"), "'wormhole' is not a known realisation"),
         (lambda r: r["primitives"]["delay"].update(needs=["htb"]), "omits ['bpf']"),
         (lambda r: r["needs"].append("warp"), "unknown capability name(s) ['warp']"),
-        (lambda r: r["primitives"]["gate"].update(drop_primers=False), "primers that must not reach a neuron"),
-        (lambda r: r["primitives"]["delay"].update(primer_bytes=9000), "burst_bytes < primer_bytes ≤ max_frame_bytes"),
+        (lambda r: r["primitives"]["delay"].update(rate_quantum_bps=4), "expected a multiple of 8"),
+        (lambda r: r["primitives"]["delay"].update(primer_bytes=9000), "burst_bytes < primer_bytes ≤ 1514"),
         (lambda r: r["delay_range"].update(max_us=200000), "rate step"),
-        (lambda r: r["primitives"]["loss"].update(kind="netem-loss", needs=["netem"]) or r["primitives"]["loss"].pop("program"),
+        (lambda r: r["primitives"]["loss"].update(kind="netem-loss", needs=["netem"]),
          "'netem-loss' drops in the delay's netem leaf"),
     ],
     ids=["top-key", "param-key", "missing-primitive", "missing-param", "unit-in-value", "unit-in-key", "bytes-unit",
-         "bool", "kind", "needs-too-few", "capability-name", "primers-reach-neuron", "frame", "quantum", "netem-loss"],
+         "us-unit", "kind", "needs-too-few", "capability-name", "rate-quantum", "frame", "quantum", "netem-loss"],
 )
 def test_validation_errors_are_one_line(mutate, words: str) -> None:
     raw = copy.deepcopy(raw_profile("shaper"))
