@@ -49,3 +49,24 @@ class GuestError(TestbedError):
 
 class CaptureError(TestbedError):
     """A packet capture (pcap file) is malformed or of an unsupported kind."""
+
+
+class RegistryError(KernelError):
+    """A run registry under /run/pi2 is unreadable, malformed or names objects not of its run."""
+
+
+class RunBusyError(KernelError):
+    """Another process's run is using the kernel fabric (two at once spoil each other's timing)."""
+
+
+class OutputError(TestbedError):
+    """A file or directory cannot be written where the user asked."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwind like Ctrl-C (``finally`` blocks tear fabrics down), then exit
+    128 + 15 = 143 as a process killed by SIGTERM would, so callers can tell it from Ctrl-C (130)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum

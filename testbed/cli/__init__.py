@@ -6,12 +6,14 @@ or JSON with ``--json``). Any `TestbedError` becomes one line on stderr and exit
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
 from testbed import __version__
-from testbed.errors import TestbedError
+from testbed.errors import TestbedError, Terminated
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,13 +30,21 @@ def pi2() -> None:
     """
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
-    """Console entry point: run `pi2`, turning testbed errors into one line."""
+    """Console entry point: run `pi2`, turning testbed errors into one line. SIGTERM unwinds
+    like Ctrl-C (whatever a command built is torn down), then exits 143, Ctrl-C 130."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         pi2.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("pi2: aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:
+        terminated = isinstance(exc.__cause__, Terminated)
+        click.echo("pi2: terminated" if terminated else "pi2: aborted", err=True)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from testbed.errors import KernelError
+from testbed.errors import KernelError, Terminated
 from testbed.kernel import cleanup, netns
 from testbed.kernel.classifier import SynapseFilter, load_synapse_classifier
 from testbed.kernel.gate import GateProgram, load_first_k_gate
-from testbed.kernel.names import SUFFIX_MAX, RunRegistry, object_name
+from testbed.kernel.names import SUFFIX_MAX, RunRegistry, object_name, release_run
 from testbed.plan.fabric_plan import FabricPlan, NeuronPort
 from testbed.plan.tc import FilterSpec
 
@@ -184,7 +184,7 @@ def cpu_mask(cpus: Sequence[int] | None) -> str | None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(signum)
 
 
 @contextmanager
@@ -215,10 +215,7 @@ def _teardown(run_id: str, built: Built | None) -> None:
         if built is not None:
             built.stop()
     finally:
-        try:
-            cleanup.down(run_id)
-        finally:
-            cleanup.clean(frozenset({run_id}))  # anything named for the run that no entry recorded
+        cleanup.down(run_id)  # the backend recorded every object before making it
 
 
 def _build(plan: FabricPlan, backend: str, run_id: str | None, purpose: str, progress: Progress | None,
@@ -267,4 +264,5 @@ def bring_up(plan: FabricPlan, backend: str = "netns", run_id: str | None = None
             _teardown(built.fabric.run_id, built)
             raise
     built.fabric.close_gates()
+    release_run(built.fabric.run_id)  # up and idle: not in use by this process any more
     return built.fabric.run_id

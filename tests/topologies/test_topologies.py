@@ -81,7 +81,8 @@ def run_prefix():
     try:
         yield f"p2{reg.run_id}"
     finally:
-        cleanup.clean(frozenset({reg.run_id}))
+        cleanup.down(reg.run_id)  # Mininet made these objects itself, unrecorded: sweep exactly the run's
+        cleanup.sweep(cleanup.unrecorded(frozenset({reg.run_id})))
         assert not [n for _, n in socket.if_nameindex() if n.startswith(f"p2{reg.run_id}")]
 
 
