@@ -52,14 +52,12 @@ import numpy as np
 from testbed.errors import PlanError
 from testbed.model.encoding import delays
 from testbed.model.network import DenseLayer, Pi2Network
-from testbed.plan.fabric_plan import (SIGN_MINUS, SIGN_PLUS, FabricPlan, LayerPlan, NeuronPort, Packets, Synapse,
-                                      Timing, event_index)
+from testbed.plan.fabric_plan import (MAX_CLASS_MINOR, MAX_PORTS_PER_LAYER, SIGN_MINUS, SIGN_PLUS, FabricPlan,
+                                      LayerPlan, NeuronPort, Packets, Synapse, Timing, event_index)
 from testbed.plan.profiles import Profile
 from testbed.plan.tc import CLSACT_EGRESS, CLSACT_INGRESS, MAX_DROP_ONE_IN, ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import SPIKE_FRAME_BYTES
 
-MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
-MAX_CLASS_MINOR = 0xFFFE  # minors 2i + sign + 1; netem leaves take handle minor + 1
 # What `pi2 compile`/`pi2 infer` prune by default (model units; see the module docstring). Margin
 # 0 prunes 60 % of the bundled digits network's shaped packets and changes none of its 360 test
 # decisions in simulation (pi2 simulate: agreement with the golden model 100 %).

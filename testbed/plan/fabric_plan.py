@@ -21,18 +21,33 @@ model time t with lead a is sent at origin + t·τ − a, and each of its delay 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from testbed.atomic_file import write_atomic
 from testbed.errors import PlanError
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
 PLAN_VERSION = 3  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
+MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
+MAX_CLASS_MINOR = 0xFFFE  # htb class minors 2i + sign + 1 per input i; netem leaves take handle minor + 1
+MAX_LAYERS = 64
+MAX_TIME_US = 3.6e9  # one hour: any plan time beyond this is a mistake (and Infinity overflows timers)
+MAX_PLAN_BYTES = 512 << 20  # a 512-port layer of 32k inputs is ≈ 100 MB of JSON
+DELAY_KINDS = ("htb-primer", "netem")
+GATE_KINDS = ("bpf-first-k",)
+# Interface-name suffixes: the kernel prefixes p2 + a 4-character run id and caps names at 15
+# bytes (testbed.kernel.names.SUFFIX_MAX, which a test keeps equal to this).
+NAME_SUFFIX_MAX = 9
+NAME_SUFFIX_RE = re.compile(r"^[a-z0-9._-]+$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def event_index(source: int, sign: int, n_inputs: int) -> int:
@@ -59,8 +74,9 @@ class Synapse:
     def __post_init__(self) -> None:
         if self.sign not in (SIGN_PLUS, SIGN_MINUS) or self.source < 0:
             raise PlanError(f"synapse ({self.source}, {self.sign}): source must be ≥ 0 and sign 0 or 1")
-        if not (self.delay_us >= 0 and self.target_us >= 0):
-            raise PlanError(f"synapse ({self.source}, {self.sign}): delays must be ≥ 0 µs, got {self.delay_us}")
+        if not (0 <= self.delay_us <= MAX_TIME_US and 0 <= self.target_us <= MAX_TIME_US):
+            raise PlanError(f"synapse ({self.source}, {self.sign}): delays must be in 0..{MAX_TIME_US:g} µs, "
+                            f"got {self.target_us} and {self.delay_us}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,15 @@ class NeuronPort:
         fan_in = len(self.synapses)
         if not 1 <= self.k <= fan_in:
             raise PlanError(f"port {self.host_if}: k must be in 1..{fan_in}, got {self.k}")
+        if self.sign not in (SIGN_PLUS, SIGN_MINUS) or self.neuron < 0:
+            raise PlanError(f"port {self.host_if}: neuron must be ≥ 0 and sign 0 or 1, got {self.neuron}, {self.sign}")
+        events = [(s.source, s.sign) for s in self.synapses]
+        if len(set(events)) != len(events):
+            raise PlanError(f"port {self.host_if}: an event (source, sign) has two synapses")
+        classes = {c.classid for c in self.delay_tc.classes}
+        missing = sorted({s.classid for s in self.synapses if s.classid is not None} - classes)
+        if missing:
+            raise PlanError(f"port {self.host_if}: synapses use classes {missing[:4]} its delay_tc does not define")
 
 
 @dataclass(frozen=True)
@@ -99,13 +124,30 @@ class LayerPlan:
     leads_us: tuple[float, ...]  # per event (t⁺ of inputs 0..n−1, then t⁻): sent this long before its time
 
     def __post_init__(self) -> None:
+        where = f"layer {self.index}"
+        if not (self.n_inputs >= 1 and self.n_neurons >= 1 and self.k >= 1):
+            raise PlanError(f"{where}: n_inputs, n_neurons and k must be ≥ 1")
+        if 2 * self.n_neurons > MAX_PORTS_PER_LAYER:
+            raise PlanError(f"{where} has {self.n_neurons} neurons = {2 * self.n_neurons} ports; the kernel fabric "
+                            f"takes at most {MAX_PORTS_PER_LAYER} ports per layer")
+        if 2 * self.n_inputs > MAX_CLASS_MINOR:
+            raise PlanError(f"{where} has {self.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
         if len(self.ports) != 2 * self.n_neurons:
-            raise PlanError(f"layer {self.index}: {len(self.ports)} ports for {self.n_neurons} neurons (expected 2 per neuron)")
-        if not self.window_us > 0:
-            raise PlanError(f"layer {self.index}: window_us must be > 0, got {self.window_us}")
-        if len(self.leads_us) != 2 * self.n_inputs or not all(lead >= 0 for lead in self.leads_us):
-            raise PlanError(f"layer {self.index}: leads_us needs {2 * self.n_inputs} values ≥ 0 µs (one per event), "
-                            f"got {len(self.leads_us)}")
+            raise PlanError(f"{where}: {len(self.ports)} ports for {self.n_neurons} neurons (expected 2 per neuron)")
+        if {(p.neuron, p.sign) for p in self.ports} != {(j, s) for j in range(self.n_neurons) for s in (0, 1)}:
+            raise PlanError(f"{where}: ports must be one z⁺ and one z⁻ port per neuron 0..{self.n_neurons - 1}")
+        for port in self.ports:
+            if port.layer != self.index or port.k != self.k:
+                raise PlanError(f"port {port.host_if}: layer {port.layer}, k {port.k}; its layer {self.index} has k {self.k}")
+            if any(s.source >= self.n_inputs for s in port.synapses):
+                raise PlanError(f"port {port.host_if}: a synapse's source is ≥ the layer's {self.n_inputs} inputs")
+        if not 0 < self.window_us <= MAX_TIME_US:
+            raise PlanError(f"{where}: window_us must be in (0, {MAX_TIME_US:g}] µs, got {self.window_us}")
+        if not math.isfinite(self.offset_mk):
+            raise PlanError(f"{where}: offset_mk must be a finite number, got {self.offset_mk}")
+        if len(self.leads_us) != 2 * self.n_inputs or not all(0 <= lead <= MAX_TIME_US for lead in self.leads_us):
+            raise PlanError(f"{where}: leads_us needs {2 * self.n_inputs} values in 0..{MAX_TIME_US:g} µs "
+                            f"(one per event), got {len(self.leads_us)}")
 
     @property
     def origin_us(self) -> float:
@@ -150,10 +192,10 @@ class Timing:
 
     def __post_init__(self) -> None:
         for name in ("tau_us", "period_us"):
-            if not getattr(self, name) > 0:
-                raise PlanError(f"timing.{name} must be > 0 µs, got {getattr(self, name)}")
-        if self.relay_us < 0 or self.flood_copy_us < 0:
-            raise PlanError("timing.relay_us and timing.flood_copy_us must be ≥ 0 µs")
+            if not 0 < getattr(self, name) <= MAX_TIME_US:
+                raise PlanError(f"timing.{name} must be in (0, {MAX_TIME_US:g}] µs, got {getattr(self, name)}")
+        if not (0 <= self.relay_us <= MAX_TIME_US and 0 <= self.flood_copy_us <= MAX_TIME_US):
+            raise PlanError(f"timing.relay_us and timing.flood_copy_us must be in 0..{MAX_TIME_US:g} µs")
 
 
 @dataclass(frozen=True)
@@ -162,6 +204,11 @@ class Packets:
 
     spike_bytes: int
     primer_bytes: int  # 0: the delay realisation needs no primer (netem)
+
+    def __post_init__(self) -> None:
+        if not (14 < self.spike_bytes <= 65535 and (self.primer_bytes == 0 or self.spike_bytes <= self.primer_bytes <= 65535)):
+            raise PlanError(f"packets: spike_bytes {self.spike_bytes} must be in 15..65535 and primer_bytes "
+                            f"{self.primer_bytes} 0 or in spike_bytes..65535")
 
 
 @dataclass(frozen=True)
@@ -182,13 +229,29 @@ class FabricPlan:
         if self.version != PLAN_VERSION:
             raise PlanError(f"plan version {self.version}: this pi2 reads version {PLAN_VERSION}; recompile it with "
                             "`pi2 compile`")
-        if not self.layers:
-            raise PlanError("a plan needs at least one layer")
+        if not 1 <= len(self.layers) <= MAX_LAYERS:
+            raise PlanError(f"a plan needs 1..{MAX_LAYERS} layers, got {len(self.layers)}")
+        if self.delay_kind not in DELAY_KINDS or self.gate_kind not in GATE_KINDS:
+            raise PlanError(f"delay_kind {self.delay_kind!r} / gate_kind {self.gate_kind!r}: expected one of "
+                            f"{DELAY_KINDS} / {GATE_KINDS}")
+        if (self.delay_kind == "htb-primer") != (self.packets.primer_bytes > 0):
+            raise PlanError(f"packets.primer_bytes {self.packets.primer_bytes}: htb-primer plans need primers, netem "
+                            f"plans none")
+        if set(self.constants) != {"t0", "c", "s"} or not all(
+                _is_number(v) and math.isfinite(v) for v in self.constants.values()):
+            raise PlanError(f"constants {dict(self.constants)}: expected finite numbers t0, c and s")
         for i, layer in enumerate(self.layers):
             if layer.index != i:
                 raise PlanError(f"layer {i} has index {layer.index}")
             if i and layer.n_inputs != self.layers[i - 1].n_neurons:
                 raise PlanError(f"layer {i} has {layer.n_inputs} inputs but layer {i - 1} has {self.layers[i - 1].n_neurons} neurons")
+        names = [n for layer in self.layers for n in (layer.switch, layer.inject_if)] + [
+            n for layer in self.layers for p in layer.ports for n in (p.switch_if, p.host_if)]
+        bad = [n for n in names if len(n) > NAME_SUFFIX_MAX or not NAME_SUFFIX_RE.match(n)]
+        if bad:
+            raise PlanError(f"interface names {bad[:4]}: expected 1..{NAME_SUFFIX_MAX} characters of [a-z0-9._-]")
+        if len(set(names)) != len(names):
+            raise PlanError("interface names (switches, injector and port ends) must be unique in a plan")
 
     @property
     def packets_per_sample(self) -> dict[str, int]:
@@ -241,54 +304,199 @@ class FabricPlan:
         return out
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), separators=(",", ":")))
-        return path
+        """Write the plan whole or not at all, never through a planted symlink (testbed.atomic_file)."""
+        return write_atomic(path, json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False))
 
 
-def _get(raw: Mapping[str, Any], key: str, where: str) -> Any:
-    if not isinstance(raw, Mapping) or key not in raw:
-        raise PlanError(f"{where}: missing field '{key}'")
-    return raw[key]
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def plan_from_dict(raw: Mapping[str, Any], where: str = "plan") -> FabricPlan:
-    """Validate and build a plan from its JSON form."""
-    if _get(raw, "format", where) != PLAN_FORMAT:
-        raise PlanError(f"{where}: field 'format' = {raw.get('format')!r}; expected {PLAN_FORMAT!r} (make one with `pi2 compile`)")
+def _obj(raw: Any, keys: frozenset[str] | set[str], where: str, optional: frozenset[str] = frozenset()) -> Mapping[str, Any]:
+    """`raw` as a JSON object with exactly `keys` (plus any of `optional`): a plan never carries
+    a key its reader ignores (a misspelt field would otherwise run unshaped and change results)."""
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{where}: expected an object, got {type(raw).__name__}")
+    missing, unknown = set(keys) - set(raw), set(raw) - set(keys) - optional
+    if missing:
+        raise PlanError(f"{where}: missing field {_names(missing)}")
+    if unknown:
+        raise PlanError(f"{where}: unknown field {_names(unknown)}; expected {_names(set(keys) | optional)}")
+    return raw
+
+
+def _names(keys: set[str]) -> str:
+    return ", ".join(repr(str(k)[:40]) for k in sorted(keys, key=str)[:8])
+
+
+def _int(value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise PlanError(f"{where}: expected an integer, got {value!r:.40}")
+    return value
+
+
+def _num(value: Any, where: str) -> float:
+    if not _is_number(value) or not math.isfinite(value):
+        raise PlanError(f"{where}: expected a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise PlanError(f"{where}: expected a string, got {value!r:.40}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise PlanError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+TC_TREE_KEYS = frozenset({"qdiscs", "classes", "filters"})
+TC_ITEM_KEYS = {"qdiscs": ({"kind", "handle"}, {"parent", "params"}), "classes": ({"kind", "classid", "parent"}, {"params"}),
+                "filters": ({"kind", "parent"}, {"prio", "params"})}
+TC_STRING_PARAMS = frozenset({"program", "flowid"})
+
+
+def _tc_tree(raw: Any, where: str) -> TcTree:
+    """A tc tree whose every key is known and every parameter a finite number (or, for program
+    and flowid, a string); the kinds and parameter names are testbed.plan.tc's to check."""
+    tree = _obj(raw, frozenset(), where, TC_TREE_KEYS)
+    for part, (required, optional) in TC_ITEM_KEYS.items():
+        for i, item in enumerate(_list(tree.get(part, []), f"{where}.{part}")):
+            iw = f"{where}.{part}[{i}]"
+            _obj(item, frozenset(required), iw, frozenset(optional))
+            for key in required | optional - {"params", "prio"}:
+                if key in item:
+                    _str(item[key], f"{iw}.{key}")
+            if "prio" in item and not 1 <= _int(item["prio"], f"{iw}.prio") <= 0xFFFF:
+                raise PlanError(f"{iw}.prio: expected 1..65535, got {item['prio']}")
+            params = item.get("params", {})
+            if not isinstance(params, Mapping):
+                raise PlanError(f"{iw}.params: expected an object")
+            for key, value in params.items():
+                if key in TC_STRING_PARAMS:
+                    _str(value, f"{iw}.params.{key}")
+                elif not (_is_number(value) and math.isfinite(value) and 0 <= value < 2 ** 64):
+                    raise PlanError(f"{iw}.params.{key}: expected a finite number in 0..2⁶⁴, got {value!r:.40}")
+    return TcTree.from_dict(tree)
+
+
+PLAN_KEYS = frozenset({"format", "version", "profile", "delay_kind", "gate_kind", "constants", "network", "timing",
+                       "packets", "layers"})
+NETWORK_KEYS = frozenset({"path", "sha256", "k", "bits", "input_shape"})
+LAYER_KEYS = frozenset({"index", "n_inputs", "n_neurons", "k", "switch", "inject_if", "window_us", "offset_mk",
+                        "leads_us", "ports"})
+PORT_KEYS = frozenset({"neuron", "sign", "k", "switch_if", "host_if", "synapses", "delay_tc", "gate_tc"})
+
+
+def _network(raw: Any, where: str) -> dict[str, Any]:
+    net = dict(_obj(raw, NETWORK_KEYS, where))
+    if net["path"] is not None:
+        _str(net["path"], f"{where}.path")
+    if net["sha256"] is not None and not (isinstance(net["sha256"], str) and SHA256_RE.match(net["sha256"])):
+        raise PlanError(f"{where}.sha256: expected 64 hex digits or null")
+    for key in ("k", "input_shape"):
+        values = _list(net[key], f"{where}.{key}")
+        if not all(type(v) is int and v >= 1 for v in values):
+            raise PlanError(f"{where}.{key}: expected integers ≥ 1, got {values[:8]}")
+    if net["bits"] is not None and not 1 <= _int(net["bits"], f"{where}.bits") <= 32:
+        raise PlanError(f"{where}.bits: expected 1..32 or null (not quantised), got {net['bits']}")
+    return net
+
+
+def _synapse(raw: Any, where: str) -> Synapse:
+    if not isinstance(raw, list) or len(raw) != 5:
+        raise PlanError(f"{where}: expected [source, sign, target_us, delay_us, classid]")
+    classid = raw[4] if raw[4] is None else _str(raw[4], f"{where}[4]")
+    return Synapse(_int(raw[0], f"{where}[0]"), _int(raw[1], f"{where}[1]"), _num(raw[2], f"{where}[2]"),
+                   _num(raw[3], f"{where}[3]"), classid)
+
+
+def _dataclass(cls: type, raw: Any, where: str) -> Any:
+    """A Timing or Packets from its object: exact keys, numbers of the field's type."""
+    names = [f.name for f in fields(cls)]
+    obj = _obj(raw, frozenset(names), where)
+    convert = {"int": _int, "float": _num}
+    return cls(**{f.name: convert[str(f.type)](obj[f.name], f"{where}.{f.name}") for f in fields(cls)})
+
+
+def plan_from_dict(raw: Any, where: str = "plan") -> FabricPlan:
+    """Validate and build a plan from its JSON form, as strictly as a network file: every field
+    known and of its type, in its range, and consistent with the others (the dataclasses check)."""
+    if not isinstance(raw, Mapping) or raw.get("format") != PLAN_FORMAT:
+        got = raw.get("format") if isinstance(raw, Mapping) else type(raw).__name__
+        raise PlanError(f"{where}: field 'format' = {got!r}; expected {PLAN_FORMAT!r} (make one with `pi2 compile`)")
+    top = _obj(raw, PLAN_KEYS, where)
+    if _int(top["version"], f"{where}: version") != PLAN_VERSION:
+        raise PlanError(f"{where}: plan version {top['version']}: this pi2 reads version {PLAN_VERSION}; "
+                        f"recompile it with `pi2 compile`")
+    layers_raw = _list(top["layers"], f"{where}: layers")
+    if not 1 <= len(layers_raw) <= MAX_LAYERS:
+        raise PlanError(f"{where}: a plan needs 1..{MAX_LAYERS} layers, got {len(layers_raw)}")
     try:
         layers = []
-        for li, lraw in enumerate(_get(raw, "layers", where)):
+        for li, lraw in enumerate(layers_raw):
             lw = f"{where}: layers[{li}]"
+            layer = _obj(lraw, LAYER_KEYS, lw)
+            ports_raw = _list(layer["ports"], f"{lw}.ports")
+            if len(ports_raw) > MAX_PORTS_PER_LAYER:  # before building thousands of objects
+                raise PlanError(f"{lw}: {len(ports_raw)} ports; the kernel fabric takes at most "
+                                f"{MAX_PORTS_PER_LAYER} ports per layer")
             ports = []
-            for pi, praw in enumerate(_get(lraw, "ports", lw)):
+            for pi, praw in enumerate(ports_raw):
                 pw = f"{lw}.ports[{pi}]"
-                synapses = tuple(Synapse(int(s[0]), int(s[1]), float(s[2]), float(s[3]), s[4])
-                                 for s in _get(praw, "synapses", pw))
-                ports.append(NeuronPort(li, int(_get(praw, "neuron", pw)), int(_get(praw, "sign", pw)),
-                                        int(_get(praw, "k", pw)), str(_get(praw, "switch_if", pw)),
-                                        str(_get(praw, "host_if", pw)), synapses,
-                                        TcTree.from_dict(_get(praw, "delay_tc", pw)),
-                                        TcTree.from_dict(_get(praw, "gate_tc", pw))))
-            layers.append(LayerPlan(int(_get(lraw, "index", lw)), int(_get(lraw, "n_inputs", lw)),
-                                    int(_get(lraw, "n_neurons", lw)), int(_get(lraw, "k", lw)),
-                                    str(_get(lraw, "switch", lw)), str(_get(lraw, "inject_if", lw)),
-                                    float(_get(lraw, "window_us", lw)), float(_get(lraw, "offset_mk", lw)),
-                                    tuple(ports), tuple(float(a) for a in _get(lraw, "leads_us", lw))))
-        return FabricPlan(str(_get(raw, "profile", where)), str(_get(raw, "delay_kind", where)),
-                          str(_get(raw, "gate_kind", where)), dict(_get(raw, "constants", where)),
-                          dict(_get(raw, "network", where)), Timing(**_get(raw, "timing", where)),
-                          Packets(**_get(raw, "packets", where)), tuple(layers), int(_get(raw, "version", where)))
-    except (TypeError, ValueError, IndexError) as exc:
-        raise PlanError(f"{where}: malformed plan: {exc}") from None
+                port = _obj(praw, PORT_KEYS, pw)
+                synapses = tuple(_synapse(syn, f"{pw}.synapses[{si}]")
+                                 for si, syn in enumerate(_list(port["synapses"], f"{pw}.synapses")))
+                ports.append(NeuronPort(li, _int(port["neuron"], f"{pw}.neuron"), _int(port["sign"], f"{pw}.sign"),
+                                        _int(port["k"], f"{pw}.k"), _str(port["switch_if"], f"{pw}.switch_if"),
+                                        _str(port["host_if"], f"{pw}.host_if"), synapses,
+                                        _tc_tree(port["delay_tc"], f"{pw}.delay_tc"),
+                                        _tc_tree(port["gate_tc"], f"{pw}.gate_tc")))
+            leads = tuple(_num(a, f"{lw}.leads_us[{i}]") for i, a in enumerate(_list(layer["leads_us"], f"{lw}.leads_us")))
+            layers.append(LayerPlan(_int(layer["index"], f"{lw}.index"), _int(layer["n_inputs"], f"{lw}.n_inputs"),
+                                    _int(layer["n_neurons"], f"{lw}.n_neurons"), _int(layer["k"], f"{lw}.k"),
+                                    _str(layer["switch"], f"{lw}.switch"), _str(layer["inject_if"], f"{lw}.inject_if"),
+                                    _num(layer["window_us"], f"{lw}.window_us"),
+                                    _num(layer["offset_mk"], f"{lw}.offset_mk"), tuple(ports), leads))
+        constants = _obj(top["constants"], frozenset({"t0", "c", "s"}), f"{where}: constants")
+        network = _network(top["network"], f"{where}: network")
+        plan = FabricPlan(_str(top["profile"], f"{where}: profile"), _str(top["delay_kind"], f"{where}: delay_kind"),
+                          _str(top["gate_kind"], f"{where}: gate_kind"),
+                          {k: _num(v, f"{where}: constants.{k}") for k, v in constants.items()}, network,
+                          _dataclass(Timing, top["timing"], f"{where}: timing"),
+                          _dataclass(Packets, top["packets"], f"{where}: packets"), tuple(layers), top["version"])
+    except PlanError as exc:
+        message = str(exc)
+        raise PlanError(message if message.startswith(where) else f"{where}: {message}") from None
+    if network["k"] != [layer.k for layer in plan.layers] or math.prod(network["input_shape"]) != plan.layers[0].n_inputs:
+        raise PlanError(f"{where}: network k {network['k']} / input_shape {network['input_shape']} disagree with "
+                        f"the layers' k and inputs; recompile with `pi2 compile`")
+    return plan
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a plan may hold")
 
 
 def load_plan(path: str | Path) -> FabricPlan:
+    """Read and validate a plan file (`plan_from_dict`); one PlanError line for any fault."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        with open(path, "rb") as src:
+            data = src.read(MAX_PLAN_BYTES + 1)
     except FileNotFoundError:
         raise PlanError(f"{path}: no such plan file (make one with `pi2 compile NET -o {path.name}`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PlanError(f"{path}: not a JSON plan: {exc}") from None
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read the plan ({exc.strerror})") from None
+    if len(data) > MAX_PLAN_BYTES:
+        raise PlanError(f"{path}: over {MAX_PLAN_BYTES >> 20} MiB, larger than any plan the fabric can build")
+    if data[:2] == b"PK" or data[:6] == b"\x93NUMPY":
+        raise PlanError(f"{path}: this is a network file, not a plan; compile it first: `pi2 compile {path} -o plan.json`")
+    try:
+        raw = json.loads(data.decode(), parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PlanError(f"{path}: not a JSON plan ({str(exc)[:80]}); make one with `pi2 compile NET -o plan.json`") from None
     return plan_from_dict(raw, str(path))

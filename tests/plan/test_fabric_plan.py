@@ -38,9 +38,69 @@ def test_not_json(tmp_path):
     (lambda d: d["layers"][0]["leads_us"].pop(), "leads_us"),
     (lambda d: d["layers"][0].pop("leads_us"), "missing field 'leads_us'"),
     (lambda d: d["layers"][0]["ports"][0]["delay_tc"]["classes"][0].update(params={"rate": 1}), "unknown parameter"),
+    # issue 18: every field known, typed, in range and consistent
+    (lambda d: d["layers"][0]["ports"][0]["delay_tc"].update(bogus=1), "unknown field 'bogus'"),
+    (lambda d: d.update(comment="hi"), "unknown field 'comment'"),
+    (lambda d: d["layers"][0]["ports"][0].update(gate="x"), "unknown field 'gate'"),
+    (lambda d: d["layers"][0].update(window_us="40"), "window_us: expected a finite number"),
+    (lambda d: d["layers"][0].update(window_us=1e300), "window_us must be in"),
+    (lambda d: d["layers"][0]["ports"][0].update(k=1.5), "k: expected an integer"),
+    (lambda d: d["layers"][0]["ports"][0].update(k=True), "k: expected an integer"),
+    (lambda d: d["layers"][0].update(switch=["sw0"]), "switch: expected a string"),
+    (lambda d: d["layers"][0].update(switch="sw0/../../x"), "interface names"),
+    (lambda d: d["layers"][0].update(inject_if=d["layers"][0]["switch"]), "unique"),
+    (lambda d: d["layers"][0]["ports"][0]["synapses"][0].__setitem__(0, 99), "source is ≥"),
+    (lambda d: d["layers"][0]["ports"][0]["synapses"][0].__setitem__(4, "1:ff"), "does not define"),
+    (lambda d: d["layers"][0]["ports"][0]["synapses"].append(d["layers"][0]["ports"][0]["synapses"][0]), "two synapses"),
+    (lambda d: d["layers"][0]["ports"][0].update(neuron=7), "one z⁺ and one z⁻ port per neuron"),
+    (lambda d: d["layers"][0]["ports"][0]["delay_tc"]["classes"][0]["params"].update(rate_bps="fast"), "finite number"),
+    (lambda d: d["network"].update(k=[3]), "disagree"),
+    (lambda d: d["constants"].update(q=1), "unknown field 'q'"),
+    (lambda d: d["timing"].update(tau_us=None), "tau_us: expected a finite number"),
+    (lambda d: d["packets"].update(primer_bytes=0), "need primers"),
+    (lambda d: d.update(delay_kind="magic"), "delay_kind 'magic'"),
+    (lambda d: d.update(layers=[]), "1..64 layers"),
+    (lambda d: d.update(layers={"0": 1}), "layers: expected a list"),
+    (lambda d: d["layers"][0].update(ports=d["layers"][0]["ports"] * 300), "at most 512 ports"),
 ])
 def test_each_validation_error_is_one_line(plan_dict, edit, message):
     edit(plan_dict)
     with pytest.raises(PlanError, match=message) as info:
         plan_from_dict(json.loads(json.dumps(plan_dict)))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["Infinity", "NaN", "-Infinity", "1e999"])
+def test_non_finite_times_are_refused_on_load(plan_dict, tmp_path, text):
+    """JSON's Infinity would overflow the pacing mid-run (issue 18); 1e999 parses as inf too."""
+    plan_dict["layers"][0]["window_us"] = 12345.5
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(plan_dict).replace("12345.5", text))
+    with pytest.raises(PlanError, match=f"{path}.*(not a number|window_us)") as info:
+        load_plan(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_network_file_is_not_a_plan(tmp_path):
+    net = tmp_path / "net.npz"
+    np.savez(net, a=np.zeros(2))
+    with pytest.raises(PlanError, match="network file, not a plan; compile it first"):
+        load_plan(net)
+
+
+def test_save_is_atomic_and_never_follows_a_symlink(plan_dict, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    out = tmp_path / "plan.json"
+    out.symlink_to(victim)
+    plan = plan_from_dict(plan_dict)
+    plan.save(out)
+    assert victim.read_text() == "keep" and not out.is_symlink() and load_plan(out) == plan
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_name_suffix_cap_is_the_kernels():
+    from testbed.kernel.names import SUFFIX_MAX
+    from testbed.plan.fabric_plan import NAME_SUFFIX_MAX
+
+    assert NAME_SUFFIX_MAX == SUFFIX_MAX
