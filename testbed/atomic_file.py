@@ -12,9 +12,11 @@ either the old file or the complete new one.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from testbed.errors import OutputError
 
@@ -47,6 +49,15 @@ def write_atomic(path: str | Path, data: bytes | str, mode: int = 0o644) -> Path
     return path
 
 
+def write_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """A matplotlib figure rendered in memory (format from the suffix, PNG by default), then
+    written with `write_atomic`."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix[1:].lower() or "png", dpi=dpi)
+    return write_atomic(path, buffer.getvalue())
+
+
 def check_writable_dir(path: str | Path, what: str) -> Path:
     """Fail now, before any long work, if `path` cannot become a directory we write into
     (e.g. ``--plots /dev/null/x``): it exists as a directory we may write, or can be made."""
@@ -60,4 +71,18 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
         raise OutputError(f"{what} {path}: {probe} is not a directory; choose a directory path")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path}: {probe} is not writable; choose a writable directory")
+    return path
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """Fail now, before any long work, if `write_atomic(path, …)` would fail for want of a
+    writable directory, or because `path` is a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise OutputError(f"{what} {path}: directory {path.parent} does not exist; create it first "
+                          f"(mkdir -p {path.parent})")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: directory {path.parent} is not writable; choose another")
     return path

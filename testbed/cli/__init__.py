@@ -23,9 +23,10 @@ def pi2() -> None:
 
     \b
     Typical flow:
-      pi2 train --dataset digits --arch mlp:64-16-10 --k 1,1 -o net.npz
-      pi2 compile net.npz --profile auto --tau 1ms -o plan.json
-      sudo pi2 infer net.npz --dataset digits --limit 100
+      pi2 train --dataset digits --arch mlp:64-16-10 --k 24,8 --bits 4 -o net.npz
+      sudo pi2 compile net.npz -o plan.json --show
+      pi2 simulate plan.json
+      sudo pi2 infer plan.json --limit 100
       pi2 energy net.npz
     """
 

@@ -8,6 +8,7 @@ import click
 import numpy as np
 from rich.console import Console
 
+from testbed.atomic_file import check_output_file
 from testbed.cli.output import emit_json, json_option, per_layer_table
 from testbed.cli.params import compile_options
 from testbed.infer.inputs import network_inputs
@@ -46,7 +47,8 @@ def show_plan(plan: FabricPlan) -> None:
 @click.argument("net_path", metavar="NET", type=NET)
 @compile_options
 @click.option("--dataset", default=None, help="Calibration data set (default: the one the network was trained on).")
-@click.option("--calibration", default=500, show_default=True, help="Training samples that fix each layer's window.")
+@click.option("--calibration", type=click.IntRange(1), default=500, show_default=True,
+              help="Training samples that fix each layer's window.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan JSON here.")
 @click.option("--show", is_flag=True, help="Print a readable summary of the plan.")
 @json_option
@@ -60,8 +62,10 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
 
     \b
     Example:
-      pi2 compile testbed/networks/digits-mlp.npz --profile shaper --tau 1ms -o plan.json --show
+      pi2 compile testbed/networks/digits-mlp.npz --profile shaper -o plan.json --show
     """
+    if output is not None:  # before compiling, not after (a minute of calibration lost)
+        check_output_file(output, "-o/--output")
     plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead)
     if output is not None:
         plan.save(output)
@@ -76,7 +80,7 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
 @click.command()
 @click.argument("plan_path", metavar="PLAN", type=NET)
 @click.option("--dataset", default=None, help="Data set (default: the one the plan's network was trained on).")
-@click.option("--limit", type=int, default=None, help="Simulate only the first N test samples.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Simulate only the first N test samples.")
 @json_option
 def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, as_json: bool) -> None:
     """Run PLAN in the software simulator: accuracy and agreement with the golden model.

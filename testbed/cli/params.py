@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -99,3 +101,25 @@ def compile_options(command):  # type: ignore[no-untyped-def]
     )):
         command = option(command)
     return command
+
+
+COMPILE_OPTIONS = {"profile": "--profile", "tau_us": "--tau", "relay_us": "--relay", "prune_margin": "--prune",
+                   "lead": "--lead", "loss": "--loss"}
+
+
+def refuse_compile_options(ctx: click.Context, plan_path: Path) -> None:
+    """A plan is already compiled: compile options given with one would be silently ignored, so refuse them."""
+    given = [flag for name, flag in COMPILE_OPTIONS.items()
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} when compiling a network; {plan_path} is a compiled plan "
+                               f"and runs as compiled: pass the network instead, or recompile the plan with "
+                               f"`pi2 compile NET {' '.join(given)} … -o {plan_path.name}`")
+
+
+def inject_cpu_option(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """--inject-cpu: -1 or a CPU this process may run on."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if value != -1 and value not in allowed:
+        raise click.BadParameter(f"{value} is not a CPU this process may use ({allowed}); or -1 not to pin", ctx, param)
+    return value

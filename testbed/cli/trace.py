@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from testbed.atomic_file import check_output_file
 from testbed.cli.output import emit_json, json_option
 from testbed.plan.wire import KIND_PRIMER
 
@@ -34,6 +35,8 @@ def trace(pcap: Path, raster: Path | None, as_json: bool) -> None:
     from testbed.traffic.pcap import read_spikes
     from testbed.traffic.raster import draw_raster
 
+    if raster is not None:
+        check_output_file(raster, "--raster")
     spikes = read_spikes(pcap)
     if raster is not None:
         draw_raster(spikes, raster, title=f"{pcap.name}: {len(spikes)} frames")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from testbed.atomic_file import write_figure
 from testbed.energy.model import brain_workload
 from testbed.energy.platforms import PlatformTable
 from testbed.energy.report import HUNDREDS_OF_WATTS, BrainProjection, EnergyReport, brain_projection
@@ -92,6 +93,6 @@ def _brain_plot(brain: BrainProjection, path: Path, plt) -> Path:
 
 def _save(fig, path: Path, plt) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(fig, path, 120)
     plt.close(fig)
     return path

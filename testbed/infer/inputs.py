@@ -35,7 +35,10 @@ def network_inputs(net: Pi2Network, name: str | None, split: str = "test", limit
     raw, labels = data.split(split)
     if limit is not None:
         if limit < 1:
-            raise DatasetError(f"--limit must be ≥ 1, got {limit}")
+            raise DatasetError(f"at least 1 sample is needed, got {limit}")
         raw, labels = raw[:limit], labels[:limit]
+    if int(np.prod(raw.shape[1:])) != int(np.prod(net.input_shape)):
+        raise DatasetError(f"data set {data.name} has samples of shape {raw.shape[1:]}; the network takes "
+                           f"{tuple(net.input_shape)}: pass the data set it was trained on (--dataset)")
     x = normalisation_of(net.provenance, data).apply(raw).reshape((len(raw),) + tuple(net.input_shape))
     return Inputs(data.name, split, x, np.asarray(labels))

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from testbed.atomic_file import write_figure  # noqa: E402
 from testbed.infer.session import KernelRun  # noqa: E402
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan  # noqa: E402
 from testbed.sim.executor import simulate_layer  # noqa: E402
@@ -35,7 +36,7 @@ def raster(plan: FabricPlan, run: KernelRun, sample: int, path: Path) -> Path:
     axes[0][0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"sample {sample}: spikes the first-K gates passed (dashed: deadline)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, 110)
     plt.close(fig)
     return path
 
@@ -53,6 +54,6 @@ def error_histogram(plan: FabricPlan, run: KernelRun, path: Path) -> Path:
     ax.set_title(f"arrival-time error, τ = {plan.timing.tau_us:g} µs, profile {plan.profile}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, 110)
     plt.close(fig)
     return path

@@ -25,12 +25,14 @@ Loading validates every field and raises `ModelError` naming the field and what 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from testbed.atomic_file import write_atomic
 from testbed.errors import ModelError
 from testbed.model.encoding import Constants
 from testbed.model.network import Affine, ConvLayer, DenseLayer, Pi2Network
@@ -83,9 +85,9 @@ def save_network(net: Pi2Network, path: str | Path) -> Path:
             arrays[f"layer{i}.affine_scale"] = layer.affine.scale
             arrays[f"layer{i}.affine_shift"] = layer.affine.shift
     arrays[META_KEY] = np.frombuffer(json.dumps(network_meta(net), indent=1).encode(), dtype=np.uint8)
-    with path.open("wb") as fh:
-        np.savez_compressed(fh, **arrays)
-    return path
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_atomic(path, buffer.getvalue())
 
 
 def load_network(path: str | Path) -> Pi2Network:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from testbed.atomic_file import write_atomic
 from testbed.errors import CaptureError
 from testbed.traffic.capture import ARRIVAL_DTYPE
 from testbed.traffic.packets import MAX_FRAME_BYTES, parse_spike_frame
@@ -29,12 +30,11 @@ def write_pcap(path: Path | str, t_ns: Sequence[int] | np.ndarray, frames: Seque
     """Write Ethernet `frames` stamped `t_ns` (ns since the epoch, CLOCK_REALTIME) as a ns pcap."""
     if len(t_ns) != len(frames):
         raise CaptureError(f"pcap {path}: {len(t_ns)} timestamps for {len(frames)} frames; expected one each")
-    with open(path, "wb") as out:
-        out.write(_FILE.pack(MAGIC_NS, 2, 4, 0, 0, MAX_FRAME_BYTES, LINKTYPE_ETHERNET))
-        for stamp, frame in zip(np.asarray(t_ns, dtype=np.int64).tolist(), frames):
-            seconds, nanos = divmod(stamp, 1_000_000_000)
-            out.write(_RECORD.pack(seconds, nanos, len(frame), len(frame)))
-            out.write(frame)
+    parts = [_FILE.pack(MAGIC_NS, 2, 4, 0, 0, MAX_FRAME_BYTES, LINKTYPE_ETHERNET)]
+    for stamp, frame in zip(np.asarray(t_ns, dtype=np.int64).tolist(), frames):
+        seconds, nanos = divmod(stamp, 1_000_000_000)
+        parts += [_RECORD.pack(seconds, nanos, len(frame), len(frame)), frame]
+    write_atomic(path, b"".join(parts))  # as root, often into a shared directory
 
 
 def read_pcap(path: Path | str) -> tuple[np.ndarray, list[bytes]]:

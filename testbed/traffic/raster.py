@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from testbed.atomic_file import write_figure
 from testbed.errors import CaptureError
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE
 
@@ -43,5 +44,5 @@ def draw_raster(arrivals: np.ndarray, path: Path | str, title: str | None = None
     ax.set_title(title if title is not None else f"{len(arrivals)} frames, {len(np.unique(arrivals['sample']))} sample(s)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.savefig(path, dpi=120)
+    write_figure(fig, path, 120)
     plt.close(fig)
