@@ -8,7 +8,7 @@ import click
 
 from testbed.cli.output import emit_json, json_option
 from testbed.model.formats import EXPORT_FORMATS, export_network, import_network
-from testbed.model.torch_import import ARCHS, ORIENTATIONS
+from testbed.model.torch_import import ARCHS, ORIENTATIONS, SCALES
 
 
 def _k_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -26,10 +26,15 @@ def _k_list(ctx: click.Context, param: click.Parameter, value: str | None) -> li
               help="K per layer (mean of the K earliest of 2n arrivals), e.g. 1,30. Required for .pt; "
                    "for .nir only when the graph has no π² metadata.")
 @click.option("--arch", type=click.Choice(ARCHS), default=None,
-              help="Checkpoint architecture. Default: lenet5 if it has conv weights, else mlp.")
+              help="Checkpoint architecture. Default: resnet9 if it has BatchNorms (or more than two convolutions), "
+                   "lenet5 if it has convolutions, else mlp.")
 @click.option("--orientation", type=click.Choice(ORIENTATIONS), default="auto", show_default=True,
               help="Dense weights as teacher (nn.Linear, out×in) or π² student (in×out); auto infers it "
                    "from the chain of shapes and asks when both fit.")
+@click.option("--constants", type=click.Choice(SCALES), default="auto", show_default=True,
+              help="Per-layer constants: uniform (one s = 10, linear scores: pi2-model.md) or the authors' (LeNet5_K: "
+                   "s 1 after conv1 and 10 after the rest, rectified scores; ResNet-9: BatchNorm of −1·y, scores −10·y). "
+                   "auto: the authors' for their π² layouts (.cnn.weight keys) and for resnet9.")
 @click.option("--dataset", default=None, metavar="NAME",
               help="Data set the network was trained on (digits, mnist, fashion, mnist1d): the file records it "
                    "with its default input normalisation x = raw·scale + offset, which the network must have "
@@ -37,15 +42,16 @@ def _k_list(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Network file to write (.npz).")
 @json_option
-def import_cmd(source: Path, k: list[int] | None, arch: str | None, orientation: str, dataset: str | None,
-               out: Path, as_json: bool) -> None:
+def import_cmd(source: Path, k: list[int] | None, arch: str | None, orientation: str, constants: str,
+               dataset: str | None, out: Path, as_json: bool) -> None:
     """Import SOURCE (a torch state_dict .pt/.pth, or a NIR graph .nir) as a π² network file.
 
     \b
     The .pt is read without torch. π² layers have no biases: non-zero biases are refused.
     Examples:
       pi2 import teacher.pt --k 1,30 --dataset mnist -o mnist_k1_30.npz
-      pi2 import lenet.pt --arch lenet5 --k 12,50,85,25,75 -o lenet.npz
+      pi2 import fmnist_pi2_student.pt --k 12,50,85,25,75 --dataset fashion -o lenet.npz
+      pi2 import ResNet9_cifar10_k_new.pt --k 16,50,35,35,60,70,80,200,50 --dataset cifar10 -o resnet9.npz
       pi2 import net.nir -o net.npz
     """
     record = None
@@ -54,15 +60,19 @@ def import_cmd(source: Path, k: list[int] | None, arch: str | None, orientation:
 
         norm = load_dataset(dataset).normalisation
         record = {"name": dataset, "scale": norm.scale, "offset": norm.offset}
-    net = import_network(source, out, k, arch, orientation, record)
+    net = import_network(source, out, k, arch, orientation, record, constants)
     summary = {"source": str(source), "output": str(out), "input_shape": list(net.input_shape),
                "layers": [type(layer).__name__ for layer in net.layers], "k": list(net.k),
                "classes": net.n_classes, "import": net.provenance.get("import")}
     if as_json:
         emit_json(summary)
-    else:
-        click.echo(f"wrote {out}: {len(net.layers)} layers "
-                   f"{'×'.join(str(s) for s in net.input_shape)} → {net.n_classes} classes, K={','.join(map(str, net.k))}")
+        return
+    click.echo(f"wrote {out}: {len(net.layers)} layers "
+               f"{'×'.join(str(s) for s in net.input_shape)} → {net.n_classes} classes, K={','.join(map(str, net.k))}")
+    beyond = (net.provenance.get("import") or {}).get("beyond_c", 0)
+    if beyond:
+        click.echo(f"note: {beyond} weights lie beyond ±c = {net.constants.c:g}; π² delays clamp them, so this network "
+                   "computes differently from a layer that does not", err=True)
 
 
 @click.command("export")

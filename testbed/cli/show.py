@@ -34,16 +34,21 @@ def show(network: Path, as_json: bool) -> None:
         return
     console = Console()
     table = Table(title=f"{network}: input {tuple(net.input_shape)}")
-    for column in ("layer", "type", "weight", "fan-in", "neurons", "K", "output"):
+    for column in ("layer", "type", "weight", "fan-in", "neurons", "K", "s", "then", "output"):
         table.add_column(column)
-    for i, (entry, layer) in enumerate(zip(meta["topology"], net.layers)):
-        kind = entry["type"] + (f" s{layer.stride} p{layer.padding} pool{layer.pool}" if isinstance(layer, ConvLayer) else "")
+    for i, (entry, layer, s) in enumerate(zip(meta["topology"], net.layers, net.scales)):
+        kind = entry["type"] + (f" stride {layer.stride} pad {layer.padding}" if isinstance(layer, ConvLayer) else "")
+        then = [word for word, on in (("affine", layer.affine is not None),
+                                      (f"+input of {layer.residual}", layer.residual is not None),
+                                      (f"pool {getattr(layer, 'pool', 1)}", getattr(layer, "pool", 1) > 1)) if on]
         table.add_row(str(i), kind, "×".join(map(str, entry["weight_shape"])), str(entry["inputs"]),
-                      str(entry["neurons"]), str(entry["k"]), str(tuple(entry["out_shape"])))
+                      str(entry["neurons"]), str(entry["k"]), f"{s:g}", ", ".join(then) or "—",
+                      str(tuple(entry["out_shape"])))
     console.print(table)
     quant = meta["quantisation"]
     click.echo(f"constants: {meta['constants']}   neuron: {meta['neuron']}   "
-               f"delays: {'float' if quant is None else str(quant['bits']) + '-bit'}")
+               f"delays: {'float' if quant is None else str(quant['bits']) + '-bit'}   "
+               f"scores: {meta.get('scores', 'linear')}")
     provenance = meta["provenance"]
     if "accuracy" in provenance:
         click.echo("accuracy (%): " + ", ".join(f"{k} {v}" for k, v in provenance["accuracy"].items()))

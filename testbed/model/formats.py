@@ -23,11 +23,13 @@ EXPORT_FORMATS = ("nir",)
 
 
 def import_network(source: str | Path, out: str | Path, k: Sequence[int] | None, arch: str | None = None,
-                   orientation: str = "auto", dataset: Mapping[str, object] | None = None) -> Pi2Network:
+                   orientation: str = "auto", dataset: Mapping[str, object] | None = None,
+                   constants: str = "auto") -> Pi2Network:
     """Read `source` (a checkpoint or NIR graph), write it to the network file `out`, return the network.
 
     `k` (K per layer) is required for checkpoints and for NIR graphs without π² metadata;
-    `arch` and `orientation` apply to checkpoints only; `dataset` ({"name", "scale", "offset"}: the
+    `arch`, `orientation` and `constants` (uniform or the authors', `torch_import.SCALES`) apply
+    to checkpoints only; `dataset` ({"name", "scale", "offset"}: the
     data set and input normalisation x = raw·scale + offset the network was trained with) is
     recorded as provenance["dataset"].
     """
@@ -36,11 +38,12 @@ def import_network(source: str | Path, out: str | Path, k: Sequence[int] | None,
     if suffix in TORCH_SUFFIXES:
         if k is None:
             raise ImportFormatError(f"{source}: a checkpoint carries no K; give K per layer, e.g. --k 1,30")
-        net = network_from_state_dict(read_state_dict(source), k, arch, orientation, where=str(source))
+        net = network_from_state_dict(read_state_dict(source), k, arch, orientation, where=str(source),
+                                      scales=constants)
     elif suffix in NIR_SUFFIXES:
-        if arch is not None or orientation != "auto":
-            raise ImportFormatError(f"{source}: --arch and --orientation apply to .pt checkpoints only; "
-                                    "a NIR graph states both")
+        if arch is not None or orientation != "auto" or constants != "auto":
+            raise ImportFormatError(f"{source}: --arch, --orientation and --constants apply to .pt checkpoints "
+                                    "only; a NIR graph states them")
         net = import_nir(source, k)
     else:
         raise ImportFormatError(f"{source}: unknown file type {suffix!r}; expected "

@@ -84,3 +84,26 @@ def test_dataset_records_its_normalisation(tmp_path):
     result = CliRunner().invoke(pi2, ["import", str(tmp_path / "a.nir"), "--dataset", "digits", "-o", str(tmp_path / "b.npz")])
     assert result.exit_code == 0, result.output
     assert load_network(tmp_path / "b.npz").provenance["dataset"] == {"name": "digits", "scale": 1 / 16, "offset": 0.0}
+
+
+@pytest.mark.torch
+def test_import_authors_lenet5_student_text(tmp_path):
+    # the report: this layout used to fail with "chain neither as teacher nor as student"
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    state = {"conv1.cnn.weight": rng.normal(size=(25, 6)), "conv2.cnn.weight": rng.normal(size=(150, 16)),
+             "fc1.weight": rng.normal(size=(256, 120)), "fc2.weight": rng.normal(size=(120, 84)),
+             "fc3.weight": rng.normal(size=(84, 10)) * 2}
+    torch.save({name: torch.tensor(v, dtype=torch.float32) for name, v in state.items()}, tmp_path / "s.pt")
+    result = CliRunner().invoke(pi2, ["import", str(tmp_path / "s.pt"), "--k", "12,50,85,25,75",
+                                      "-o", str(tmp_path / "lenet.npz")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"wrote {tmp_path / 'lenet.npz'}: 5 layers 1×28×28 → 10 classes, K=12,50,85,25,75"
+    beyond = int((np.abs(np.concatenate([v.ravel() for v in state.values()])) > 3).sum())
+    assert result.stderr.strip().startswith(f"note: {beyond} weights lie beyond ±c = 3")
+    net = load_network(tmp_path / "lenet.npz")
+    assert net.rectified and net.scales == (1.0, 10.0, 10.0, 10.0, 10.0)
+    uniform = CliRunner().invoke(pi2, ["import", str(tmp_path / "s.pt"), "--k", "12,50,85,25,75", "--constants", "uniform",
+                                       "-o", str(tmp_path / "u.npz"), "--json"])
+    assert json.loads(uniform.stdout)["import"]["constants"] == "uniform"
+    assert load_network(tmp_path / "u.npz").uniform

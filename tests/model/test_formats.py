@@ -36,8 +36,8 @@ def test_export_then_import_nir(tmp_path):
 @pytest.mark.parametrize("name,kwargs,match", [
     ("net.onnx", {"k": [1]}, r"unknown file type '.onnx'; expected .pt or .pth or .nir"),
     ("net.pt", {"k": None}, "a checkpoint carries no K; give K per layer"),
-    ("net.nir", {"k": None, "arch": "mlp"}, "--arch and --orientation apply to .pt checkpoints only"),
-    ("net.nir", {"k": None, "orientation": "student"}, "--arch and --orientation apply to .pt checkpoints only"),
+    ("net.nir", {"k": None, "arch": "mlp"}, "--arch, --orientation and --constants apply to .pt checkpoints only"),
+    ("net.nir", {"k": None, "orientation": "student"}, "--arch, --orientation and --constants apply to .pt checkpoints only"),
 ])
 def test_import_refusals(tmp_path, name, kwargs, match):
     (tmp_path / name).write_bytes(b"x")
