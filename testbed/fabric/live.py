@@ -133,7 +133,8 @@ class ClassifierCache:
 
 def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Callable[[FilterSpec], int]:
     """The `bpf_loader` for one port's gate tree (testbed.kernel.tc.queue_tree): loads the
-    first-K gate named ``p2<run><host end>`` and appends it to `loaded` (the caller closes it)."""
+    first-K gate named ``p2<run><host end>``, timing out after the tree's `window_us`, and
+    appends it to `loaded` (the caller closes it)."""
 
     def load(spec: FilterSpec) -> int:
         program = spec.params.get("program")
@@ -143,7 +144,9 @@ def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Cal
         k = spec.params.get("k", port.k)
         if k != port.k:
             raise KernelError(f"port {port.host_if}: gate k={k} but the port's k={port.k}; recompile the plan")
-        gate = load_first_k_gate(k, name=object_name(run_id, port.host_if), drop_one_in=spec.params.get("drop_one_in"))
+        window_us = spec.params.get("window_us")
+        gate = load_first_k_gate(k, name=object_name(run_id, port.host_if), drop_one_in=spec.params.get("drop_one_in"),
+                                 window_ns=None if window_us is None else int(window_us) * 1000)
         loaded.append(gate)
         return gate.fd
 

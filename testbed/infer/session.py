@@ -4,9 +4,11 @@ Samples move through the layers in a pipeline of fixed slots. Slot q starts at
 ``start + q·period``; in it, layer l works on sample q − l, so a network of L layers has L
 samples in flight. For every active layer the injector sends that sample's events (a primer
 and its spike where the delay realisation needs primers) at its time t·τ after the layer's origin
-less the event's lead (testbed.plan.fabric_plan), on the layer's injector link; the kernel
-floods, delays (lead included), gates and delivers them; the receiver reads what the gates
-passed with kernel RX timestamps until the layer's deadline. The relay then decodes T±, y and
+less the event's lead (testbed.plan.fabric_plan), on the layer's injector link, each spike
+stamped with the sample's origin in the layer; the kernel floods, delays (lead included), times
+out (a gate drops a spike received later than origin + window) and gates them, and delivers what
+passed; the receiver reads it with kernel RX timestamps until the layer's deadline. The relay
+never filters by time. It decodes T±, y and
 ReLU(−s·y) (`testbed.traffic.decode`) and the next layer's events for that sample are
 scheduled in the next slot. Nothing in user space delays, orders or drops a spike.
 """
@@ -25,6 +27,7 @@ from testbed.model.encoding import encode
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
 from testbed.traffic.capture import Receiver
+from testbed.traffic.clock import realtime_minus_monotonic_ns
 from testbed.traffic.decode import PortRole, decode_layer
 from testbed.traffic.inject import Injector, Schedule, pinned
 from testbed.traffic.packets import spike_frame
@@ -78,12 +81,14 @@ def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
     return {port.ifindex: PortRole(layer, port.neuron, port.sign) for port in fabric.ports[layer]}
 
 
-def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str,
+def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str, origin_real_ns: int,
                   keep: list[tuple[int, bytes, str]], spikes: list[tuple[int, int, int, int] | None],
                   ranks: list[float], earliest_us: np.ndarray) -> None:
     """Append (offset ns from the slot base: origin + t·τ − lead, frame, ifname) for one layer's events of one sample,
     to `spikes` each frame's (layer, sample, source, sign), None for primers, and to `ranks` the
-    event's shortest delay on any port (`earliest_us`, (n, 2)), which orders simultaneous events."""
+    event's shortest delay on any port (`earliest_us`, (n, 2)), which orders simultaneous events.
+    Every spike carries the sample's origin in this layer (`origin_real_ns`, CLOCK_REALTIME), from
+    which the ports' gates time it out."""
     tau_ns = plan.timing.tau_us * 1e3
     layer_plan = plan.layers[layer]
     src_mac, (src_ip, dst_ip) = injector_mac(layer), injector_ip(layer)
@@ -98,7 +103,7 @@ def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifna
                 keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head, primer), ifname))
                 spikes.append(None)
                 ranks.append(earliest_us[source, sign])
-            head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE)
+            head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE, origin_real_ns)
             keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head), ifname))
             spikes.append((layer, sample, source, sign))
             ranks.append(earliest_us[source, sign])
@@ -158,30 +163,34 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     with pinned(inject_cpu), idle_polling() as run.idle_polling, Injector.open(None, fabric.host_netns) as injector, \
             Receiver.open(fabric.host_netns) as receiver:
         receiver.discard()
+        # One clock offset for the run: the origins stamped into spikes (which the gates time out
+        # from) and the origins the relay decodes from are the same numbers.
+        real_minus_mono = realtime_minus_monotonic_ns()
         next_base = time.monotonic_ns() + LEAD_NS
         began = time.perf_counter()
         for slot in range(n_samples + n_layers - 1):
             active = [(li, slot - li) for li in range(n_layers) if 0 <= slot - li < n_samples]
+            # Slots start a period apart, or later when the loop falls behind: a slot never starts
+            # before the previous one's classes drained, so only throughput suffers, not timing.
+            base = max(next_base, time.monotonic_ns() + SLOT_LEAD_NS)
+            run.late_slots += base > next_base
+            next_base = base + period_ns
+            base_real = base + real_minus_mono
+            origin_real = {li: base_real + int(round(plan.layers[li].origin_us * 1e3)) for li, _ in active}
             pairs: list[tuple[int, bytes, str]] = []
             owner: list[int] = []
             spikes: list[tuple[int, int, int, int] | None] = []
             ranks: list[float] = []
             for li, sample in active:
                 before = len(pairs)
-                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs, spikes, ranks,
-                              earliest_us[li])
+                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], origin_real[li], pairs,
+                              spikes, ranks, earliest_us[li])
                 owner += [li] * (len(pairs) - before)
-            # Slots start a period apart, or later when the loop falls behind: a slot never starts
-            # before the previous one's classes drained, so only throughput suffers, not timing.
-            base = max(next_base, time.monotonic_ns() + SLOT_LEAD_NS)
-            run.late_slots += base > next_base
-            next_base = base + period_ns
             # Stable sort: a primer, with its spike's key, stays right before its spike.
             order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], ranks[i]))
             schedule = Schedule.from_pairs([pairs[i] for i in order])
             report = injector.send(schedule, start_mono_ns=base)
             run.injector_refused += report.refused
-            base_real = base + report.realtime_minus_monotonic_ns
             late = (report.send_real_ns - base_real - schedule.offsets_ns) / 1e3
             sent_at = report.send_real_ns
             tx_of = {(li, sample): np.full((plan.layers[li].n_inputs, 2), -1, dtype=np.int64) for li, sample in active}
@@ -200,9 +209,8 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 run.frames += list(capture.frames)
             for li, sample in active:
                 layer = plan.layers[li]
-                origin_real = base_real + int(round(layer.origin_us * 1e3))
                 decoded = decode_layer(capture.arrivals, roles[li], samples=np.array([sample]),
-                                       t0_ns=np.array([origin_real]), tau_ns=tau_ns, k=layer.k,
+                                       t0_ns=np.array([origin_real[li]]), tau_ns=tau_ns, k=layer.k,
                                        deadline=layer.window_us / plan.timing.tau_us, s=plan.constants["s"])
                 run.t_plus[li][sample] = decoded.t_plus[0]
                 run.t_minus[li][sample] = decoded.t_minus[0]
@@ -210,13 +218,13 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                                         & (capture.arrivals["kind"] == KIND_SPIKE)]
                 run.counts[li][sample] = np.where(port_sign[li] == SIGN_PLUS, decoded.count_plus[0][port_neuron[li]],
                                                   decoded.count_minus[0][port_neuron[li]])
-                run.passed_us[li][sample] = _passed(mine, fabric, li, origin_real, layer.k)
-                timely = mine[mine["t_ns"] - origin_real <= layer.window_us * 1e3]
-                q = ports_index[li][timely["ifindex"]]  # spikes come in through ports only
-                tx = tx_of[li, sample][timely["source"], timely["sign"]]
+                run.passed_us[li][sample] = _passed(mine, fabric, li, origin_real[li], layer.k)
+                # The gates dropped what came after the deadline: everything here was on time.
+                q = ports_index[li][mine["ifindex"]]  # spikes come in through ports only
+                tx = tx_of[li, sample][mine["source"], mine["sign"]]
                 ok = (q >= 0) & (tx >= 0)
-                measured = (timely["t_ns"][ok].astype(np.int64) - tx[ok]) / 1e3
-                expected = expected_us[li][q[ok], timely["source"][ok], timely["sign"][ok]]
+                measured = (mine["t_ns"][ok].astype(np.int64) - tx[ok]) / 1e3
+                expected = expected_us[li][q[ok], mine["source"][ok], mine["sign"][ok]]
                 run.delay_error_us[li] += (measured - expected).tolist()
                 if li + 1 < n_layers:
                     run.inputs[li + 1][sample] = decoded.x_next[0]

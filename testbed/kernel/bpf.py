@@ -58,6 +58,8 @@ SKB_LEN = 0
 SKB_IFINDEX = 40
 SKB_DATA = 76
 SKB_DATA_END = 80
+SKB_TSTAMP = 152  # u64: at tc ingress the RX stamp (CLOCK_REALTIME ns, what SO_TIMESTAMPNS reports), 0 if none
+SKB_CTX_BYTES = 192  # sizeof(struct __sk_buff): what BPF_PROG_TEST_RUN takes as ctx_in
 
 # Verdicts of a cls_bpf program in direct-action mode. UNSPEC lets later filters decide.
 TC_ACT_UNSPEC = -1
@@ -377,25 +379,33 @@ def load_program(code: bytes, name: str, prog_type: int = PROG_TYPE_SCHED_CLS, l
 
 @dataclass(frozen=True)
 class ProgRun:
-    """What BPF_PROG_TEST_RUN reports: the program's verdict and its mean run time."""
+    """What BPF_PROG_TEST_RUN reports: the program's verdict, its mean run time, and the frame as
+    the program left it."""
 
     retval: int  # the program's R0 as a signed 32-bit number (TC_ACT_*)
     duration_ns: int  # mean over `repeat` runs, measured by the kernel
+    frame: bytes = b""  # the packet data after the last run (a program may rewrite it)
 
 
-def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> ProgRun:
+def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1, tstamp_ns: int = 0) -> ProgRun:
     """Run a loaded tc program on one Ethernet frame inside the kernel (no device involved).
 
-    The kernel builds an skb from `frame` as if it were received, runs the program `repeat`
-    times back to back, and returns the last verdict and the mean time per run.
+    The kernel builds an skb from `frame` as if it were received, with skb->tstamp = `tstamp_ns`
+    (a receive stamp, as at tc ingress), runs the program `repeat` times back to back, and returns
+    the last verdict, the mean time per run and the frame as the program left it.
     """
     if repeat < 1:
         raise KernelError(f"bpf: prog_test_run repeat={repeat}; expected >= 1")
     data = ctypes.create_string_buffer(frame, len(frame))
-    # BPF_PROG_TEST_RUN: prog_fd, retval (out), data_size_in, data_size_out, data_in*, data_out*,
-    # repeat, duration (out, ns).
-    attr = _attr((0, "I", prog_fd), (8, "I", len(frame)), (16, "Q", _address(data)), (32, "I", repeat))
+    out = ctypes.create_string_buffer(len(frame) + 256)  # room for a program that grows the frame
+    ctx = ctypes.create_string_buffer(SKB_CTX_BYTES)
+    struct.pack_into("=Q", ctx, SKB_TSTAMP, tstamp_ns)
+    # BPF_PROG_TEST_RUN: prog_fd, retval (out), data_size_in, data_size_out (in: room, out: bytes),
+    # data_in*, data_out*, repeat, duration (out, ns), ctx_size_in, ctx_size_out, ctx_in*, ctx_out*.
+    attr = _attr((0, "I", prog_fd), (8, "I", len(frame)), (12, "I", len(out)), (16, "Q", _address(data)),
+                 (24, "Q", _address(out)), (32, "I", repeat), (40, "I", len(ctx)), (48, "Q", _address(ctx)))
     _bpf(CMD_PROG_TEST_RUN, attr, f"test-running program fd {prog_fd}")
     retval, = struct.unpack_from("=i", attr, 4)
+    size_out, = struct.unpack_from("=I", attr, 12)
     duration, = struct.unpack_from("=I", attr, 36)
-    return ProgRun(retval=retval, duration_ns=duration)
+    return ProgRun(retval=retval, duration_ns=duration, frame=out.raw[:size_out])

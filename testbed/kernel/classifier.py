@@ -29,40 +29,27 @@ import struct
 
 from testbed.errors import KernelError
 from testbed.kernel import bpf
-from testbed.kernel.bpf import ADD, AND, B, FP, H, JEQ, JGE, JGT, JLT, JNE, LSH, OR, R0, R1, R2, R6, R7, R8, W
+from testbed.kernel.bpf import ADD, AND, B, FP, JEQ, JGE, JNE, LSH, OR, R0, R1, R2, R6, R7, W
+from testbed.kernel.spike_parse import emit_spike_prologue
 from testbed.plan import wire
 
-_IP = wire.ETH_HEADER_BYTES
-_UDP = _IP + wire.IPV4_HEADER_BYTES
-_KEY = _UDP + wire.UDP_HEADER_BYTES  # the synapse key word: layer, source (u16), sign
-FRAME_MIN_BYTES = _KEY + 4
+FRAME_MIN_BYTES = wire.FRAME_KEY_OFFSET + 4  # every byte the programs read: up to the synapse key word
 HTB_MAJOR = 0x10000  # classes live under the htb root 1:
 PROGRAM_NAME = "p2_synapse"
 FILTER_PROGRAM_NAME = "p2_prune"
-
-
-def _host16(value: int) -> int:
-    """A big-endian u16 as the little-endian load of it reads."""
-    return int.from_bytes(value.to_bytes(2, "big"), "little")
 
 
 def _emit_event_index(a: bpf.Assembler, layer: int) -> None:
     """R0 = 2·source + sign for a spike or primer of `layer` in the skb at R1; else jump to "none"."""
     if not 0 <= layer < 256:
         raise KernelError(f"synapse classifier: layer {layer} is not in 0..255")
+    emit_spike_prologue(a, FRAME_MIN_BYTES, "none")
     a.emit(
-        bpf.ldx(W, R2, R1, bpf.SKB_LEN), bpf.jmp(JLT, R2, FRAME_MIN_BYTES, "none"),
-        bpf.ldx(W, R7, R1, bpf.SKB_DATA), bpf.ldx(W, R8, R1, bpf.SKB_DATA_END),
-        bpf.mov64(R2, R7), bpf.alu64(ADD, R2, FRAME_MIN_BYTES), bpf.jmp(JGT, R2, R8, "none"),
-        bpf.ldx(H, R2, R7, 12), bpf.jmp(JNE, R2, _host16(0x0800), "none"),
-        bpf.ldx(B, R2, R7, _IP), bpf.jmp(JNE, R2, 0x45, "none"),
-        bpf.ldx(B, R2, R7, _IP + 9), bpf.jmp(JNE, R2, 17, "none"),
-        bpf.ldx(H, R2, R7, _UDP + 2), bpf.jmp(JNE, R2, _host16(wire.SPIKE_PORT), "none"),
-        bpf.ldx(B, R2, R7, _KEY), bpf.jmp(JNE, R2, layer, "none"),
-        # R0 = 2·source + sign, source big-endian at key+1, sign at key+3.
-        bpf.ldx(B, R0, R7, _KEY + 1), bpf.alu64(LSH, R0, 8),
-        bpf.ldx(B, R6, R7, _KEY + 2), bpf.alu64(OR, R0, R6),
-        bpf.alu64(LSH, R0, 1), bpf.ldx(B, R6, R7, _KEY + 3), bpf.alu64(AND, R6, 1), bpf.alu64(OR, R0, R6),
+        bpf.ldx(B, R2, R7, wire.FRAME_KEY_OFFSET), bpf.jmp(JNE, R2, layer, "none"),
+        # R0 = 2·source + sign, source big-endian, then sign.
+        bpf.ldx(B, R0, R7, wire.FRAME_SOURCE_OFFSET), bpf.alu64(LSH, R0, 8),
+        bpf.ldx(B, R6, R7, wire.FRAME_SOURCE_OFFSET + 1), bpf.alu64(OR, R0, R6),
+        bpf.alu64(LSH, R0, 1), bpf.ldx(B, R6, R7, wire.FRAME_SIGN_OFFSET), bpf.alu64(AND, R6, 1), bpf.alu64(OR, R0, R6),
     )
 
 

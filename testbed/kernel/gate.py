@@ -8,6 +8,13 @@ which spikes count:
   sample id have passed on this port, and is dropped (TC_ACT_SHOT) otherwise;
 - with loss (`drop_one_in` N), a spike is first dropped with probability 1/N (bpf_get_prandom_u32 mod N,
   counted as `spikes_dropped_lost`): the run's random packet loss, decided before the gate counts it;
+- with a time-out (`window_ns` W), a spike whose header carries its sample's origin in the layer
+  (`time_ns`, CLOCK_REALTIME ns, stamped by the injector) is dropped if the kernel received it more
+  than W after that origin: RX stamp (skb->tstamp, the stamp SO_TIMESTAMPNS reports) − time_ns > W,
+  counted as `spikes_dropped_late`. A late spike never counts towards K, so the gate passes the first
+  K spikes *received by the deadline*: the model's time-out. A spike with time_ns 0 has no deadline;
+  one with a deadline but no RX stamp (nobody enabled receive timestamps) is dropped as
+  `spikes_dropped_unstamped`, since nothing tells whether it was on time;
 - a primer (kind 1) is always dropped: it only exists to set a token bucket's delay upstream;
 - anything else (ARP, other UDP ports, fragments, IP options, short or unknown-kind payloads) is
   left alone (TC_ACT_UNSPEC, so filters after the gate still run; with none, the frame is delivered).
@@ -42,47 +49,25 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
 from testbed.errors import KernelError
 from testbed.kernel import bpf
 from testbed.kernel.bpf import (
-    B, DW, FP, H, JEQ, JGE, JGT, JLT, JNE, JSET, JSGT, LSH, MOD, OR, RSH, SUB, W, ADD, AND, CMPXCHG,
+    B, DW, FP, JEQ, JGE, JNE, JSGT, LSH, MOD, OR, RSH, SUB, W, ADD, AND, CMPXCHG,
     R0, R1, R2, R3, R4, R5, R6, R7, R8, R9,
 )
+from testbed.kernel.spike_parse import emit_spike_prologue
 from testbed.plan import wire
 from testbed.plan.tc import MAX_DROP_ONE_IN
 
-# Frame offsets (bytes from the Ethernet header, which is where a tc program's data starts).
-_IP = wire.ETH_HEADER_BYTES
-_UDP = _IP + wire.IPV4_HEADER_BYTES
-_PAYLOAD = _UDP + wire.UDP_HEADER_BYTES
-ETHERTYPE_OFFSET = 12
-IP_VERSION_IHL_OFFSET = _IP
-IP_FRAGMENT_OFFSET = _IP + 6
-IP_PROTOCOL_OFFSET = _IP + 9
-UDP_DPORT_OFFSET = _UDP + 2
-UDP_LENGTH_OFFSET = _UDP + 4
-SAMPLE_OFFSET = _PAYLOAD + struct.calcsize("!BHB")  # after layer, source, sign (testbed/plan/wire.py)
-KIND_OFFSET = _PAYLOAD + struct.calcsize("!BHBIH")  # after ..., sample, seq
-SPIKE_FRAME_MIN_BYTES = _PAYLOAD + wire.PAYLOAD_BYTES  # 53: every byte the gate reads
-
-ETH_P_IP = 0x0800
-IPPROTO_UDP = 17
-IPV4_NO_OPTIONS = 0x45  # version 4, header length 5 words: the only layout wire.py's offsets allow
-IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
+SPIKE_FRAME_MIN_BYTES = wire.SPIKE_FRAME_BYTES  # 61: every byte the gate reads, up to time_ns
 CAS_RETRIES = 8
 MAX_SLOTS = 1 << 16
 MAX_K = (1 << 31) - 1
 
 PROGRAM_NAME = "p2_first_k"
-
-
-def _host16(value: int) -> int:
-    """How a big-endian u16 field reads when loaded into a register (ldx is host order)."""
-    return int.from_bytes(value.to_bytes(2, "big"), sys.byteorder)
 
 
 @dataclass(frozen=True)
@@ -94,6 +79,8 @@ class GateCounters:
     spikes_dropped_stale: int = 0  # a sample ≥ slots newer holds the slot: too late to count
     spikes_dropped_contended: int = 0  # lost CAS_RETRIES races for the slot in a row
     spikes_dropped_lost: int = 0  # the run's random loss (probability 1/drop_one_in), before counting
+    spikes_dropped_late: int = 0  # RX stamp later than the spike's deadline: origin (time_ns) + window
+    spikes_dropped_unstamped: int = 0  # carries a deadline but the kernel did not stamp it on receive
     primers_dropped: int = 0
 
     def to_dict(self) -> dict[str, int]:
@@ -105,34 +92,30 @@ _COUNTER_OFFSET = {name: 8 * i for i, name in enumerate(COUNTER_NAMES)}  # u64 e
 
 
 def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None,
-                       drop_one_in: int | None = None) -> bytes:
-    """Bytecode of the gate for one port: K, the ring size and the loss's N are immediates, maps are fds."""
+                       drop_one_in: int | None = None, window_ns: int | None = None) -> bytes:
+    """Bytecode of the gate for one port: K, the ring size, the loss's N and the time-out window
+    are immediates, maps are fds."""
     a = bpf.Assembler()
-    # R6 = skb while parsing. Frames shorter than a spike cannot be spikes.
-    a.emit(bpf.mov64(R6, R1), bpf.ldx(W, R2, R6, bpf.SKB_LEN), bpf.jmp(JLT, R2, SPIKE_FRAME_MIN_BYTES, "other"))
-    # Direct packet access needs a proven bound: data + 53 <= data_end. If the linear part is
-    # shorter (possible for paged skbs), pull the header bytes in and load the pointers again.
+    emit_spike_prologue(a, SPIKE_FRAME_MIN_BYTES, "other")  # R6 = skb, R7 = frame data
     a.emit(
-        bpf.ldx(W, R7, R6, bpf.SKB_DATA), bpf.ldx(W, R8, R6, bpf.SKB_DATA_END),
-        bpf.mov64(R2, R7), bpf.alu64(ADD, R2, SPIKE_FRAME_MIN_BYTES), bpf.jmp(JGT, R2, R8, "pull"),
-    )
-    a.label("parse")
-    a.emit(
-        bpf.ldx(H, R2, R7, ETHERTYPE_OFFSET), bpf.jmp(JNE, R2, _host16(ETH_P_IP), "other"),
-        bpf.ldx(B, R2, R7, IP_VERSION_IHL_OFFSET), bpf.jmp(JNE, R2, IPV4_NO_OPTIONS, "other"),
-        bpf.ldx(B, R2, R7, IP_PROTOCOL_OFFSET), bpf.jmp(JNE, R2, IPPROTO_UDP, "other"),
-        bpf.ldx(H, R2, R7, IP_FRAGMENT_OFFSET), bpf.jmp(JSET, R2, _host16(IP_MORE_FRAGMENTS_AND_OFFSET), "other"),
-        bpf.ldx(H, R2, R7, UDP_DPORT_OFFSET), bpf.jmp(JNE, R2, _host16(wire.SPIKE_PORT), "other"),
-        bpf.ldx(H, R2, R7, UDP_LENGTH_OFFSET), bpf.to_be(R2, 16),
-        bpf.jmp(JLT, R2, wire.UDP_HEADER_BYTES + wire.PAYLOAD_BYTES, "other"),
-        bpf.ldx(B, R2, R7, KIND_OFFSET), bpf.jmp(JEQ, R2, wire.KIND_PRIMER, "primer"),
+        bpf.ldx(B, R2, R7, wire.FRAME_KIND_OFFSET), bpf.jmp(JEQ, R2, wire.KIND_PRIMER, "primer"),
         bpf.jmp(JNE, R2, wire.KIND_SPIKE, "other"),
     )
     if drop_one_in is not None:  # R0 = a random u32 mod N; 0 (probability 1/N) loses the spike
         a.emit(bpf.call(bpf.HELPER_GET_PRANDOM_U32), bpf.alu32(MOD, R0, drop_one_in), bpf.jmp(JEQ, R0, 0, "lost"))
+    if window_ns is not None:
+        # Time-out: late = RX stamp − origin > window, on CLOCK_REALTIME (skb->tstamp is the stamp
+        # SO_TIMESTAMPNS reports, taken when the veth handed the frame to this namespace's stack,
+        # i.e. when the delay class released it). Signed, so an early spike is never late.
+        a.emit(
+            bpf.ldx(DW, R3, R7, wire.FRAME_TIME_OFFSET), bpf.to_be(R3, 64), bpf.jmp(JEQ, R3, 0, "timely"),
+            bpf.ldx(DW, R2, R6, bpf.SKB_TSTAMP), bpf.jmp(JEQ, R2, 0, "unstamped"),
+            bpf.alu64(SUB, R2, R3), *bpf.ld_imm64(R4, window_ns), bpf.jmp(JSGT, R2, R4, "late"),
+        )
+        a.label("timely")
     # R7 = sample id (host order, zero-extended); R9 = its slot word in the state map.
     a.emit(
-        bpf.ldx(W, R7, R7, SAMPLE_OFFSET), bpf.to_be(R7, 32),
+        bpf.ldx(W, R7, R7, wire.FRAME_SAMPLE_OFFSET), bpf.to_be(R7, 32),
         bpf.mov64(R1, R7), bpf.alu64(AND, R1, slots - 1), bpf.stx(W, FP, R1, -4),
         bpf.ld_map_fd(R1, state_fd), bpf.mov64(R2, FP), bpf.alu64(ADD, R2, -4),
         bpf.call(bpf.HELPER_MAP_LOOKUP_ELEM), bpf.jmp(JEQ, R0, 0, "other"),  # never NULL: key < slots
@@ -161,14 +144,6 @@ def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None
     a.label("lost_race")
     a.emit(bpf.alu64(SUB, R5, 1), bpf.jmp(JNE, R5, 0, "read_slot"), bpf.ja("contended"))
 
-    a.label("pull")
-    a.emit(
-        bpf.mov64(R1, R6), bpf.mov64(R2, SPIKE_FRAME_MIN_BYTES), bpf.call(bpf.HELPER_SKB_PULL_DATA),
-        bpf.jmp(JNE, R0, 0, "other"),
-        bpf.ldx(W, R7, R6, bpf.SKB_DATA), bpf.ldx(W, R8, R6, bpf.SKB_DATA_END),
-        bpf.mov64(R2, R7), bpf.alu64(ADD, R2, SPIKE_FRAME_MIN_BYTES), bpf.jmp(JGT, R2, R8, "other"),
-        bpf.ja("parse"),
-    )
     a.label("other")
     a.emit(bpf.mov64(R0, bpf.TC_ACT_UNSPEC), bpf.exit_insn())
 
@@ -179,6 +154,8 @@ def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None
         ("stale", "spikes_dropped_stale", bpf.TC_ACT_SHOT),
         ("contended", "spikes_dropped_contended", bpf.TC_ACT_SHOT),
         *([("lost", "spikes_dropped_lost", bpf.TC_ACT_SHOT)] if drop_one_in is not None else []),  # else unreachable
+        *([("late", "spikes_dropped_late", bpf.TC_ACT_SHOT), ("unstamped", "spikes_dropped_unstamped", bpf.TC_ACT_SHOT)]
+          if window_ns is not None else []),
         ("primer", "primers_dropped", bpf.TC_ACT_SHOT),
     ):
         a.label(label)
@@ -204,18 +181,21 @@ class GateProgram:
     """
 
     def __init__(self, k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME,
-                 drop_one_in: int | None = None) -> None:
+                 drop_one_in: int | None = None, window_ns: int | None = None) -> None:
         if not 1 <= k <= MAX_K:
             raise KernelError(f"first-K gate {name!r}: k={k}; expected 1..{MAX_K}")
         if drop_one_in is not None and not 1 <= drop_one_in <= MAX_DROP_ONE_IN:
             raise KernelError(f"first-K gate {name!r}: drop_one_in={drop_one_in}; expected 1..{MAX_DROP_ONE_IN}")
         if not (1 <= slots <= MAX_SLOTS and slots & (slots - 1) == 0):
             raise KernelError(f"first-K gate {name!r}: slots={slots}; expected a power of two in 1..{MAX_SLOTS}")
+        if window_ns is not None and not 0 < window_ns < 1 << 63:
+            raise KernelError(f"first-K gate {name!r}: window_ns={window_ns}; expected a positive time-out in ns")
         bpf.check_name(name)
         self.k = k
         self.slots = slots
         self.name = name
         self.drop_one_in = drop_one_in
+        self.window_ns = window_ns
         self._state: bpf.BpfMap | None = None
         self._counters: bpf.BpfMap | None = None
         self._fd: int | None = None
@@ -225,7 +205,7 @@ class GateProgram:
             if counters:
                 self._counters = bpf.BpfMap(bpf.MAP_TYPE_PERCPU_ARRAY, 8 * len(COUNTER_NAMES), 1, name[:13] + ".c")
             code = build_first_k_gate(k, slots, self._state.fd, None if self._counters is None else self._counters.fd,
-                                      drop_one_in)
+                                      drop_one_in, window_ns)
             self._fd = bpf.load_program(code, name)
         except BaseException:
             self.close()
@@ -274,7 +254,8 @@ class GateProgram:
 
 
 def load_first_k_gate(k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME,
-                      drop_one_in: int | None = None) -> GateProgram:
+                      drop_one_in: int | None = None, window_ns: int | None = None) -> GateProgram:
     """Load the gate passing the first `k` spikes per sample id, with a window of `slots` samples,
-    after losing each spike with probability 1/`drop_one_in` (None: no loss)."""
-    return GateProgram(k, slots=slots, counters=counters, name=name, drop_one_in=drop_one_in)
+    after losing each spike with probability 1/`drop_one_in` (None: no loss) and dropping each spike
+    received more than `window_ns` after its origin (None: no time-out)."""
+    return GateProgram(k, slots=slots, counters=counters, name=name, drop_one_in=drop_one_in, window_ns=window_ns)

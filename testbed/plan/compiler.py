@@ -21,7 +21,9 @@ program itself (its ``drop_one_in``, testbed.kernel.gate), or ``gact-random``, a
 gact action in front of the gate (testbed.plan.tc). The simulator drops with the same probability.
 
 Time windows come from calibration data: a layer's deadline is the latest K-th arrival seen on
-that data plus a margin; arrivals after it are timed out, in the simulator and the kernel alike.
+that data plus a margin, in whole µs after the layer's origin. Each port's gate drops a spike the
+kernel received after it (the injector stamps every spike with its sample's origin, the gate
+program holds the window), so a late spike never counts; the simulator drops the same ones.
 
 Pruning (optional, `prune_margin`): a synapse whose arrival was never within `prune_margin`
 model units of its port's K-th earliest arrival on the calibration data cannot change that
@@ -258,7 +260,7 @@ def _gate_tc(k: int, window_us: float, loss_one_in: int | None, loss_kind: str) 
     """clsact ingress of a neuron port's host end: the random drop (if the run has loss), then the
     first-K gate, so the gate counts only the spikes that survived. A ``bpf-drop`` loss is the
     gate's own first step; a ``gact-random`` one is a match-all u32 filter in front of it."""
-    gate = {"program": "first_k_gate", "k": k, "window_us": int(round(window_us)), "direct_action": 1}
+    gate = {"program": "first_k_gate", "k": k, "window_us": int(window_us), "direct_action": 1}
     filters = []
     if loss_one_in is not None and loss_kind == "bpf-drop":
         gate["drop_one_in"] = loss_one_in
@@ -309,7 +311,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     cal = calibrate(net, np.asarray(calibration_x, dtype=np.float64))
     c = net.constants
     kept = [_kept_synapses(net, li, cal, prune_margin, tau_us) for li in range(len(net.layers))]
-    windows = [(cal.kth_arrival[li] + margin) * tau_us for li in range(len(net.layers))]
+    # Whole µs: the gates time out after exactly this window (testbed.kernel.gate), the simulator too.
+    windows = [float(round((cal.kth_arrival[li] + margin) * tau_us)) for li in range(len(net.layers))]
     # A spike leaving an htb-primer class charges it its own size too: the class takes
     # delay·spike/(primer − burst) more to recover before the next sample's primer passes at once.
     recover = SPIKE_FRAME_BYTES / (real.primer_bytes - real.burst_bytes) if real.delay_kind == "htb-primer" else 0.0

@@ -34,7 +34,8 @@ from testbed.errors import PlanError
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
-PLAN_VERSION = 3  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets
+PLAN_VERSION = 4  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets;
+#                 4: spikes carry their origin (wire time_ns), gates time out
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
 MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
 MAX_CLASS_MINOR = 0xFFFE  # htb class minors 2i + sign + 1 per input i; netem leaves take handle minor + 1
@@ -118,7 +119,7 @@ class LayerPlan:
     k: int
     switch: str
     inject_if: str
-    window_us: float  # deadline: arrivals later than this after the layer's origin are timed out
+    window_us: float  # deadline (whole µs): each port's gate drops spikes received later than this after the origin
     offset_mk: float  # causal offset M_K (model units) measured on the calibration data
     ports: tuple[NeuronPort, ...]
     leads_us: tuple[float, ...]  # per event (t⁺ of inputs 0..n−1, then t⁻): sent this long before its time

@@ -106,7 +106,9 @@ KINDS: dict[str, dict[str, KindSpec]] = {
         "bpf-first-k": KindSpec(frozenset({"clsact", "bpf"}), {}),
     },
     "timeout": {
-        # the first-K gate's own window: spikes after (latest calibrated K-th arrival + margin) drop.
+        # the first-K gate's own time-out: it drops a spike whose kernel RX stamp is later than the
+        # origin stamped in the spike (wire time_ns) + the layer's window (latest calibrated K-th
+        # arrival + margin_tau·τ, whole µs), before counting it; the relay never filters by time.
         "gate-window": KindSpec(frozenset({"clsact", "bpf"}), {"margin_tau": MARGIN}),
     },
     "loss": {

@@ -12,6 +12,9 @@ Payload layout (network byte order), offsets from the start of the UDP payload::
     4  u32  sample   sample id (wraps at 2³²)
     8  u16  seq      position of the event in its sample's injection schedule
    10  u8   kind     0: spike, 1: token-bucket primer (a filler whose size sets a shaper's delay)
+   11  u64  time_ns  a spike's layer origin for its sample: CLOCK_REALTIME ns of model time 0 in the
+                     layer it enters; the neuron port's gate drops the spike if its kernel RX stamp is
+                     later than time_ns + the layer's window (0: no deadline, e.g. a spike sent by hand)
 
 Bytes 0..3 form one 32-bit word, the *synapse key* (layer, source, sign): a single u32
 key at IP offset 28 (20 B IPv4 header without options + 8 B UDP header) classifies a spike or
@@ -26,8 +29,8 @@ from dataclasses import dataclass
 from testbed.errors import PlanError
 
 SPIKE_PORT = 5402
-PAYLOAD = struct.Struct("!BHBIHB")
-PAYLOAD_BYTES = PAYLOAD.size  # 11
+PAYLOAD = struct.Struct("!BHBIHBQ")
+PAYLOAD_BYTES = PAYLOAD.size  # 19
 KIND_SPIKE = 0
 KIND_PRIMER = 1
 
@@ -40,6 +43,26 @@ KEY_IP_OFFSET = IPV4_HEADER_BYTES + UDP_HEADER_BYTES
 SPIKE_FRAME_BYTES = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES + PAYLOAD_BYTES
 # The largest frame (a primer) a 1500-byte-MTU veth carries, Ethernet header included.
 MAX_FRAME_BYTES = ETH_HEADER_BYTES + 1500
+
+# Offsets from the start of the Ethernet frame (where a tc program's packet data begins), for the
+# kernel's programs (testbed.kernel.spike_parse): the frame layout has this one owner.
+ETHERTYPE_OFFSET = 12
+FRAME_IP_OFFSET = ETH_HEADER_BYTES
+IP_VERSION_IHL_OFFSET = FRAME_IP_OFFSET
+IP_FRAGMENT_OFFSET = FRAME_IP_OFFSET + 6
+IP_PROTOCOL_OFFSET = FRAME_IP_OFFSET + 9
+FRAME_UDP_OFFSET = FRAME_IP_OFFSET + IPV4_HEADER_BYTES
+UDP_DPORT_OFFSET = FRAME_UDP_OFFSET + 2
+UDP_LENGTH_OFFSET = FRAME_UDP_OFFSET + 4
+FRAME_PAYLOAD_OFFSET = FRAME_UDP_OFFSET + UDP_HEADER_BYTES
+# Payload fields at their frame offsets, from PAYLOAD's format (the table above).
+FRAME_KEY_OFFSET = FRAME_PAYLOAD_OFFSET  # the synapse key word: layer, source, sign
+FRAME_SOURCE_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!B")
+FRAME_SIGN_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BH")
+FRAME_SAMPLE_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHB")
+FRAME_SEQ_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBI")
+FRAME_KIND_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIH")
+FRAME_TIME_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIHB")
 
 
 def synapse_key(layer: int, source: int, sign: int) -> int:
@@ -59,10 +82,12 @@ class SpikeHeader:
     sample: int
     seq: int = 0
     kind: int = KIND_SPIKE
+    time_ns: int = 0
 
     def pack(self, size: int = PAYLOAD_BYTES) -> bytes:
         """Payload bytes, zero-padded to `size` (primers are padded to set a shaper's delay)."""
-        head = PAYLOAD.pack(self.layer, self.source, self.sign, self.sample & 0xFFFFFFFF, self.seq, self.kind)
+        head = PAYLOAD.pack(self.layer, self.source, self.sign, self.sample & 0xFFFFFFFF, self.seq, self.kind,
+                            self.time_ns)
         return head + bytes(max(0, size - len(head)))
 
     @classmethod

@@ -14,8 +14,10 @@ realisations' semantics:
 - loss: where a port's gate tree has a random-drop filter (probability 1/N, testbed.plan.tc
   `drop_probability`), each arriving spike is dropped with that probability before the gate,
   independently (the kernel draws its own random numbers, so only the statistics agree);
-- gate: the first K spikes of a sample on a port pass; later ones, and any arriving after the
-  layer's deadline (window), are dropped;
+- time-out: a port's gate drops a spike that arrives more than the layer's window after the
+  layer's origin (the kernel: RX stamp − the origin the injector stamped into the spike > window,
+  testbed.kernel.gate); a late spike never counts;
+- gate: of the spikes on time, the first K of a sample on a port pass, later ones are dropped;
 - relay: T± = mean of the passed arrival times (model units from the layer's origin), with
   the model's time-out rule (`testbed.model.layers.mean_k_earliest`, as `testbed.traffic.decode`
   uses it); y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
@@ -72,9 +74,11 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
         arrive = np.where(rng.random(arrive.shape) < loss[None, :, None], np.inf, arrive)
     k = layer.k
     earliest = np.sort(arrive, axis=2)[:, :, :k]
+    # The gates drop late spikes before counting, so the first K on time are the K earliest that
+    # made the deadline (arrivals are sorted): the same spikes pass.
     late = earliest > layer.window_us
     passed = np.where(late, np.nan, earliest)
-    # The relay's rule (the model's): average the spikes that made the deadline; none → the deadline.
+    # The relay's rule (the model's): average the spikes that passed; none → the deadline.
     times = mean_k_earliest(np.where(late, np.inf, earliest / tau).swapaxes(1, 2), k, timeout=layer.window_us / tau)
     signs = np.array([p.sign for p in layer.ports])
     neurons = np.array([p.neuron for p in layer.ports])

@@ -4,12 +4,13 @@ Each neuron port (an interface, known by its ifindex) receives the arrival set z
 one neuron. Per sample, with t0 the sample's time origin and τ the model time unit::
 
     t = (t_ns − t0_ns) / τ                  arrival times in model units
-    T±_j = mean of the K earliest t         (only arrivals by the deadline count)
+    T±_j = mean of the K earliest t         (the gates passed only arrivals by the deadline)
     y_j = T⁺_j − T⁻_j,  scores = −s·y,  prediction = argmax(scores),  x'_j = ReLU(−s·y_j)
 
-Missing arrivals follow the model (`testbed.model.layers.mean_k_earliest`): a set with fewer
-than K arrivals by the deadline averages the ones it has, and a set with none times out at the
-deadline. Both cases are counted in the result so a run can report them. x' = 0 re-encodes as
+The time-out happens in the kernel: each neuron port's gate drops spikes received after the
+layer's deadline (testbed.kernel.gate), so the decoder never filters by time. Missing arrivals
+follow the model (`testbed.model.layers.mean_k_earliest`): a set with fewer than K arrivals
+averages the ones it has, and a set with none times out at the deadline. Both cases are counted in the result so a run can report them. x' = 0 re-encodes as
 both events at T0 in the next layer: the model's time-out. Pure numpy: no kernel here.
 """
 
@@ -71,8 +72,8 @@ def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples
 
     `ports` maps ifindex → role and must cover z⁺ and z⁻ of neurons 0..m−1 of one layer.
     `t0_ns[i]` is sample `samples[i]`'s time origin on the arrivals' clock (CLOCK_REALTIME ns).
-    `deadline` (model units after t0) ends the wait: later arrivals do not count, and an empty
-    set's T is the deadline. Primers and arrivals of other layers, samples or interfaces are ignored.
+    `deadline` (model units after t0) is the T of a set that received nothing; the gates already
+    dropped later arrivals. Primers and arrivals of other layers, samples or interfaces are ignored.
     """
     samples = np.asarray(samples, dtype=np.int64)
     t0_ns = np.asarray(t0_ns, dtype=np.int64)
@@ -99,11 +100,9 @@ def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples
     row = order[sample_at]
     known = (port_ids[port_at] == a["ifindex"]) & (samples[row] == a["sample"])
     t = (a["t_ns"][known] - t0_ns[row[known]]) / tau_ns
-    on_time = t <= deadline
-    t = t[on_time]
-    row = row[known][on_time]
-    neuron = neuron_of[port_at[known][on_time]]
-    sign = sign_of[port_at[known][on_time]]
+    row = row[known]
+    neuron = neuron_of[port_at[known]]
+    sign = sign_of[port_at[known]]
 
     # Keep the K earliest per (sample, neuron, sign): rank each arrival within its set.
     group = (row * m + neuron) * 2 + sign
@@ -113,7 +112,7 @@ def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples
     rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
     first_k = rank < k
 
-    # z[sign]: (S, K, m) of the K earliest arrivals, +inf where none (lost or late).
+    # z[sign]: (S, K, m) of the K earliest arrivals, +inf where none (lost, or dropped late by a gate).
     z = np.full((2, len(samples), k, m), np.inf)
     z[sign[first_k], row[first_k], rank[first_k], neuron[first_k]] = t[first_k]
     counts = np.isfinite(z).sum(axis=2)

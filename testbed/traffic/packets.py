@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from functools import lru_cache
 
-from scapy.fields import ByteEnumField, ByteField, IntField, ShortField
+from scapy.fields import ByteEnumField, ByteField, IntField, LongField, ShortField
 from scapy.layers.inet import UDP
 from scapy.packet import Packet, bind_layers
 
@@ -53,10 +53,11 @@ class Spike(Packet):
         IntField("sample", 0),  # sample id, wraps at 2**32
         ShortField("seq", 0),  # position in the sample's injection schedule
         ByteEnumField("kind", KIND_SPIKE, {KIND_SPIKE: "spike", KIND_PRIMER: "primer"}),
+        LongField("time_ns", 0),  # a spike's layer origin (CLOCK_REALTIME ns) its gate times out from
     ]
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
-        # Bytes after the 11-byte header are a primer's filler (or zero padding), not a layer.
+        # Bytes after the 19-byte header are a primer's filler (or zero padding), not a layer.
         return b"", s
 
 
@@ -108,7 +109,7 @@ def spike_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, header: Sp
     """Ethernet/IPv4/UDP frame of `frame_bytes` carrying `header`, zero-filled to size.
 
     `frame_bytes` is the length a qdisc counts (skb->len on a veth); primers use it to set a
-    shaper's delay, spikes keep the default `SPIKE_FRAME_BYTES` (53 B).
+    shaper's delay, spikes keep the default `SPIKE_FRAME_BYTES` (61 B).
     """
     headers = _headers(src_mac, dst_mac, src_ip, dst_ip, frame_bytes)
     return headers + header.pack(frame_bytes - HEADERS_BYTES)

@@ -45,12 +45,15 @@ def pruned_tiny_plan() -> FabricPlan:
                            prune_margin=0.0, lead=0.0)
 
 
-def event_frames(plan: FabricPlan, sample: int, events: list[tuple[int, int]], seq0: int = 0) -> list[bytes]:
-    """Primer then spike for each (source, sign) event of layer 0, in order."""
+def event_frames(plan: FabricPlan, sample: int, events: list[tuple[int, int]], seq0: int = 0,
+                 origin_ns: int = 0) -> list[bytes]:
+    """Primer then spike for each (source, sign) event of layer 0, in order; spikes carry the
+    sample's origin `origin_ns` (CLOCK_REALTIME; 0: no deadline)."""
     frames = []
     for n, (source, sign) in enumerate(events):
         for kind, size in ((KIND_PRIMER, plan.packets.primer_bytes), (KIND_SPIKE, plan.packets.spike_bytes)):
-            header = SpikeHeader(layer=0, source=source, sign=sign, sample=sample, seq=seq0 + n, kind=kind)
+            header = SpikeHeader(layer=0, source=source, sign=sign, sample=sample, seq=seq0 + n, kind=kind,
+                                 time_ns=origin_ns if kind == KIND_SPIKE else 0)
             frames.append(spike_frame(SRC_MAC, BROADCAST, "10.0.0.1", "10.0.0.255", header, size))
     return frames
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -96,6 +97,28 @@ def test_gate_passes_k_spikes_per_port_and_order_follows_the_delays(tiny_plan, s
         fab.reset_gates()
         assert all(c["spikes_passed"] == 0 for c in fab.gate_counters()[0])
     assert got["kind"].tolist().count(KIND_SPIKE) == expected
+    assert spikes.leftovers(run) == []
+
+
+@pytest.mark.root
+def test_the_kernel_deadline_drops_late_spikes(tiny_plan, spikes):
+    # Sample 200's origin lies a second ahead, so its spikes are early and the first-K gate alone
+    # decides; sample 201's lies a second back, ≈200 windows, so every one of its spikes is late.
+    layer = tiny_plan.layers[0]
+    assert layer.window_us < 10_000
+    with build_fabric(tiny_plan, fabric_cpus=[max(os.sched_getaffinity(0))]) as fab:
+        run = fab.run_id
+        now = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        frames = (spikes.event_frames(tiny_plan, 200, EVENTS, origin_ns=now + 10**9)
+                  + spikes.event_frames(tiny_plan, 201, EVENTS, origin_ns=now - 10**9))
+        _, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs([(0, f) for f in frames]),
+                                   len(layer.ports))
+        got = capture.arrivals
+        for live in fab.ports[0]:
+            assert got[got["ifindex"] == live.ifindex]["sample"].tolist() == [200]
+        for c in fab.gate_counters()[0]:
+            assert (c["spikes_passed"], c["spikes_dropped_after_k"]) == (1, len(EVENTS) - 1)
+            assert c["spikes_dropped_late"] == len(EVENTS) and c["spikes_dropped_unstamped"] == 0
     assert spikes.leftovers(run) == []
 
 

@@ -10,11 +10,11 @@ from testbed.errors import KernelError
 from testbed.kernel import bpf
 from testbed.kernel.classifier import SynapseFilter, build_synapse_classifier, load_synapse_classifier
 from testbed.plan.compiler import synapse_classid
-from testbed.plan.wire import KIND_PRIMER, SpikeHeader
+from testbed.plan.wire import KIND_PRIMER, SPIKE_FRAME_BYTES, SpikeHeader
 from testbed.traffic.packets import spike_frame
 
 
-def frame(layer: int, source: int, sign: int, kind: int = 0, size: int = 53) -> bytes:
+def frame(layer: int, source: int, sign: int, kind: int = 0, size: int = SPIKE_FRAME_BYTES) -> bytes:
     return spike_frame("02:70:32:00:00:01", "ff:ff:ff:ff:ff:ff", "198.18.0.1", "198.18.0.255",
                        SpikeHeader(layer, source, sign, 7, 0, kind), size)
 
@@ -29,7 +29,7 @@ def test_layer_out_of_range_is_refused():
 def test_classid_matches_the_compiler(source, sign):
     fd = load_synapse_classifier(2, "p2_test_cls")
     try:
-        for kind, size in ((0, 53), (KIND_PRIMER, 1514)):
+        for kind, size in ((0, SPIKE_FRAME_BYTES), (KIND_PRIMER, 1514)):
             got = bpf.prog_test_run(fd, frame(2, source, sign, kind, size)).retval & 0xFFFFFFFF
             major, minor = synapse_classid(source, sign).split(":")
             assert got == (int(major) << 16) | int(minor, 16)
@@ -59,7 +59,7 @@ def test_filter_drops_exactly_the_pruned_events():
     with SynapseFilter(3, 8, dropped, "p2_test_flt") as program:
         for source in range(4):
             for sign in (0, 1):
-                for kind, size in ((0, 53), (KIND_PRIMER, 1514)):
+                for kind, size in ((0, SPIKE_FRAME_BYTES), (KIND_PRIMER, 1514)):
                     verdict = bpf.prog_test_run(program.fd, frame(3, source, sign, kind, size)).retval
                     assert verdict == (bpf.TC_ACT_SHOT if 2 * source + sign in dropped else bpf.TC_ACT_OK)
         # Other layers, events beyond the port's and non-spikes pass untouched.

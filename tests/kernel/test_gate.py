@@ -13,9 +13,7 @@ import pytest
 
 from testbed.errors import KernelError
 from testbed.kernel import bpf, names, netns
-from testbed.kernel.gate import (
-    KIND_OFFSET, SAMPLE_OFFSET, GateCounters, GateProgram, load_first_k_gate,
-)
+from testbed.kernel.gate import GateCounters, GateProgram, load_first_k_gate
 from testbed.kernel.netlink import NetlinkBatch
 from testbed.kernel.tc import queue_tree
 from testbed.plan import wire
@@ -28,10 +26,11 @@ SO_ZEROCOPY = 60  # asm-generic/socket.h
 MSG_ZEROCOPY = 0x4000000  # linux/socket.h
 
 
-def frame(sample: int, kind: int = KIND_SPIKE, seq: int = 0, dport: int = SPIKE_PORT, payload_bytes: int = 11,
-          ihl: int = 5, fragment: int = 0x4000) -> bytes:
+def frame(sample: int, kind: int = KIND_SPIKE, seq: int = 0, dport: int = SPIKE_PORT,
+          payload_bytes: int = wire.PAYLOAD_BYTES, ihl: int = 5, fragment: int = 0x4000, time_ns: int = 0) -> bytes:
     """Ethernet + IPv4 + UDP + spike payload, as a veth would receive it (checksums are not checked)."""
-    payload = SpikeHeader(layer=1, source=7, sign=0, sample=sample, seq=seq, kind=kind).pack(payload_bytes)[:payload_bytes]
+    header = SpikeHeader(layer=1, source=7, sign=0, sample=sample, seq=seq, kind=kind, time_ns=time_ns)
+    payload = header.pack(payload_bytes)[:payload_bytes]
     udp = struct.pack("!HHHH", SPIKE_PORT, dport, wire.UDP_HEADER_BYTES + len(payload), 0)
     options = bytes(4 * (ihl - 5))
     ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(udp) + len(payload), 0, fragment, 64, 17, 0,
@@ -50,14 +49,16 @@ def gate() -> Iterator[GateProgram]:
 
 
 def test_payload_offsets_match_the_wire_format() -> None:
-    raw = frame(0xA1B2C3D4, kind=KIND_PRIMER, payload_bytes=100)
-    assert raw[SAMPLE_OFFSET:SAMPLE_OFFSET + 4] == bytes.fromhex("a1b2c3d4")
-    assert raw[KIND_OFFSET] == KIND_PRIMER
+    raw = frame(0xA1B2C3D4, kind=KIND_PRIMER, payload_bytes=100, time_ns=0x0102030405060708)
+    assert raw[wire.FRAME_SAMPLE_OFFSET:wire.FRAME_SAMPLE_OFFSET + 4] == bytes.fromhex("a1b2c3d4")
+    assert raw[wire.FRAME_KIND_OFFSET] == KIND_PRIMER
+    assert raw[wire.FRAME_TIME_OFFSET:wire.FRAME_TIME_OFFSET + 8] == bytes.fromhex("0102030405060708")
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"k": 0}, "k=0"), ({"k": 1, "slots": 3}, "slots=3"), ({"k": 1, "slots": 1 << 17}, "slots=131072"),
     ({"k": 1, "name": "gate"}, "object name"), ({"k": 1, "drop_one_in": 0}, "drop_one_in=0"),
+    ({"k": 1, "window_ns": 0}, "window_ns=0"),
 ])
 def test_bad_parameters_are_refused_before_touching_the_kernel(kwargs: dict, match: str) -> None:
     with pytest.raises(KernelError, match=match):
@@ -105,7 +106,7 @@ def test_non_spikes_pass_untouched(gate: GateProgram) -> None:
         frame(1, ihl=6),  # IP options: not the wire format's layout
         frame(1, fragment=0x2000),  # more fragments
         frame(1, fragment=0x0001),  # a later fragment
-        frame(1, payload_bytes=10),  # shorter than a spike header
+        frame(1, payload_bytes=wire.PAYLOAD_BYTES - 1),  # shorter than a spike header
         frame(1, kind=2),  # unknown kind
     ]
     assert verdicts(gate, others * 3) == [PASS] * 21
@@ -134,6 +135,37 @@ def test_loss_drops_one_spike_in_n_before_counting_and_never_a_primer() -> None:
     with load_first_k_gate(1, slots=1, drop_one_in=1) as everything_lost:
         assert verdicts(everything_lost, [frame(1), frame(2)]) == [DROP, DROP]
         assert everything_lost.counters() == GateCounters(spikes_dropped_lost=2)
+
+
+ORIGIN_NS = 1_700_000_000_000_000_000  # a CLOCK_REALTIME origin (2023), as the injector stamps it
+WINDOW_NS = 5_000_000
+
+
+def timed_verdicts(gate: GateProgram, spikes: list[tuple[int, int, int]]) -> list[int]:
+    """Verdicts for (sample, origin stamped in the spike, kernel RX stamp) spikes."""
+    return [bpf.prog_test_run(gate.fd, frame(sample, time_ns=origin), tstamp_ns=rx).retval for sample, origin, rx in spikes]
+
+
+@pytest.mark.root
+def test_the_deadline_drops_late_spikes_before_they_count() -> None:
+    with load_first_k_gate(2, slots=4, window_ns=WINDOW_NS) as g:
+        on_time, at_deadline, late = ORIGIN_NS + 1_000, ORIGIN_NS + WINDOW_NS, ORIGIN_NS + WINDOW_NS + 1
+        got = timed_verdicts(g, [(1, ORIGIN_NS, late), (1, ORIGIN_NS, on_time), (1, ORIGIN_NS, late),
+                                 (1, ORIGIN_NS, at_deadline), (1, ORIGIN_NS, on_time)])
+        # Late spikes use up nothing: the two on-time spikes after them still pass, the third is after K.
+        assert got == [DROP, PASS, DROP, PASS, DROP]
+        assert g.counters() == GateCounters(spikes_passed=2, spikes_dropped_after_k=1, spikes_dropped_late=2)
+        # Each spike's own origin counts: sample 2 began a second later, so the same stamp is early for it.
+        assert timed_verdicts(g, [(2, ORIGIN_NS + 10**9, late), (2, ORIGIN_NS, late)]) == [PASS, DROP]
+
+
+@pytest.mark.root
+def test_spikes_without_an_origin_have_no_deadline_and_unstamped_ones_are_dropped() -> None:
+    with load_first_k_gate(3, slots=4, window_ns=WINDOW_NS) as g:
+        assert timed_verdicts(g, [(1, 0, ORIGIN_NS), (1, 0, 0), (1, ORIGIN_NS, 0)]) == [PASS, PASS, DROP]
+        assert g.counters() == GateCounters(spikes_passed=2, spikes_dropped_unstamped=1)
+    with load_first_k_gate(3, slots=4) as no_window:  # no time-out: origins are ignored
+        assert timed_verdicts(no_window, [(1, ORIGIN_NS, ORIGIN_NS + 10**12), (1, ORIGIN_NS, 0)]) == [PASS, PASS]
 
 
 @pytest.mark.root

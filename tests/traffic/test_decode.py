@@ -87,11 +87,12 @@ def test_late_and_lost_arrivals_follow_the_model():
     samples = np.arange(S, dtype=np.int64)
     t0_ns = np.arange(S, dtype=np.int64) * 50 * TAU_NS
     # Sample 0, neuron 0, z⁺: every arrival lost (timed out). Sample 1, neuron 1, z⁻: all but the
-    # latest two lost, so fewer than K remain (short). A deadline cuts the last arrivals of every set.
+    # latest two lost, so fewer than K remain (short). The gates dropped every arrival after the deadline.
     latest = np.argsort(zm[1, :, 1])[-2:]
-    def lose(s_i, a, j, sign):
-        return (s_i, j, sign) == (0, 0, 0) or ((s_i, j, sign) == (1, 1, 1) and a not in latest)
     deadline = float(np.quantile(np.concatenate([zp.ravel(), zm.ravel()]), 0.9))
+    def lose(s_i, a, j, sign):
+        late = (zp, zm)[sign][s_i, a, j] > deadline
+        return late or (s_i, j, sign) == (0, 0, 0) or ((s_i, j, sign) == (1, 1, 1) and a not in latest)
     got = decode_layer(_packets(rng, zp, zm, samples, t0_ns, lose), PORTS, samples=samples, t0_ns=t0_ns,
                        tau_ns=TAU_NS, k=k, deadline=deadline, s=SCALE)
 

@@ -15,8 +15,8 @@ from testbed.traffic.packets import Spike, parse_spike_frame, spike_frame
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 SRC_IP, DST_IP = "10.0.0.1", "10.0.0.2"
 HEADERS = [
-    SpikeHeader(layer=1, source=7, sign=1, sample=250, seq=3),
-    SpikeHeader(layer=0, source=65535, sign=0, sample=2**32 - 1, seq=65535),
+    SpikeHeader(layer=1, source=7, sign=1, sample=250, seq=3, time_ns=0x0102030405060708),
+    SpikeHeader(layer=0, source=65535, sign=0, sample=2**32 - 1, seq=65535, time_ns=2**64 - 1),
     SpikeHeader(layer=255, source=0, sign=1, sample=0, seq=0, kind=KIND_PRIMER),
 ]
 
@@ -25,27 +25,27 @@ def _scapy(header: SpikeHeader, frame_bytes: int = SPIKE_FRAME_BYTES):
     pkt = (Ether(src=SRC_MAC, dst=DST_MAC) / IP(src=SRC_IP, dst=DST_IP, id=0, flags="DF", ttl=64)
            / UDP(sport=SPIKE_PORT, dport=SPIKE_PORT, chksum=0)
            / Spike(layer=header.layer, source=header.source, sign=header.sign, sample=header.sample,
-                   seq=header.seq, kind=header.kind))
+                   seq=header.seq, kind=header.kind, time_ns=header.time_ns))
     filler = frame_bytes - SPIKE_FRAME_BYTES
     return pkt / Raw(bytes(filler)) if filler else pkt  # a primer's filler is UDP payload
 
 
 def test_spike_payload_golden_bytes():
-    assert raw(Spike(layer=1, source=7, sign=1, sample=250, seq=3, kind=0)) == bytes.fromhex(
-        "01" "0007" "01" "000000fa" "0003" "00")
+    assert raw(Spike(layer=1, source=7, sign=1, sample=250, seq=3, kind=0, time_ns=0x0102030405060708)) == bytes.fromhex(
+        "01" "0007" "01" "000000fa" "0003" "00" "0102030405060708")
 
 
 def test_spike_frame_golden_bytes():
     frame = spike_frame(SRC_MAC, DST_MAC, SRC_IP, DST_IP, HEADERS[0])
     assert frame == bytes.fromhex(
         "020000000002" "020000000001" "0800"  # Ethernet: dst, src, IPv4
-        "45000027" "00004000" "4011" "26c4" "0a000001" "0a000002"  # IPv4: len 39, DF, ttl 64, UDP, checksum
-        "151a" "151a" "0013" "0000"  # UDP 5402 -> 5402, len 19, no checksum (RFC 768)
-        "01" "0007" "01" "000000fa" "0003" "00")  # spike
+        "4500002f" "00004000" "4011" "26bc" "0a000001" "0a000002"  # IPv4: len 47, DF, ttl 64, UDP, checksum
+        "151a" "151a" "001b" "0000"  # UDP 5402 -> 5402, len 27, no checksum (RFC 768)
+        "01" "0007" "01" "000000fa" "0003" "00" "0102030405060708")  # spike: ..., kind, time_ns
     assert len(frame) == SPIKE_FRAME_BYTES
 
 
-@pytest.mark.parametrize("frame_bytes", [SPIKE_FRAME_BYTES, 60, 1000, 1514])
+@pytest.mark.parametrize("frame_bytes", [SPIKE_FRAME_BYTES, 64, 1000, 1514])
 @pytest.mark.parametrize("header", HEADERS, ids=lambda h: f"L{h.layer}S{h.source}K{h.kind}")
 def test_scapy_build_equals_fast_builder(header, frame_bytes):
     assert raw(_scapy(header, frame_bytes)) == spike_frame(SRC_MAC, DST_MAC, SRC_IP, DST_IP, header, frame_bytes)
@@ -56,7 +56,7 @@ def test_scapy_build_equals_fast_builder(header, frame_bytes):
 def test_scapy_dissects_fast_frames(header, frame_bytes):
     pkt = Ether(spike_frame(SRC_MAC, DST_MAC, SRC_IP, DST_IP, header, frame_bytes))
     spike = pkt[Spike]
-    got = SpikeHeader(spike.layer, spike.source, spike.sign, spike.sample, spike.seq, spike.kind)
+    got = SpikeHeader(spike.layer, spike.source, spike.sign, spike.sample, spike.seq, spike.kind, spike.time_ns)
     assert got == header
     assert pkt[IP].len == frame_bytes - 14 and pkt[UDP].len == frame_bytes - 34
     # scapy recomputes the IPv4 checksum from the dissected header: ours must agree.
@@ -83,8 +83,8 @@ def test_parse_skips_non_spikes():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"frame_bytes": 52}, "53..1514"),
-    ({"frame_bytes": 1515}, "53..1514"),
+    ({"frame_bytes": SPIKE_FRAME_BYTES - 1}, f"{SPIKE_FRAME_BYTES}..1514"),
+    ({"frame_bytes": 1515}, f"{SPIKE_FRAME_BYTES}..1514"),
     ({"src_mac": "02:00:00:00:01"}, "MAC address"),
     ({"dst_ip": "10.0.0.300"}, "IPv4 address"),
 ])

@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
 
 from testbed.errors import CaptureError
-from testbed.plan.wire import KIND_PRIMER, SpikeHeader
+from testbed.plan.wire import KIND_PRIMER, SPIKE_FRAME_BYTES, SpikeHeader
 from testbed.traffic.packets import Spike, spike_frame
 from testbed.traffic.pcap import read_pcap, read_spikes, write_pcap
 
@@ -22,7 +22,7 @@ HEADERS.append(SpikeHeader(layer=0, source=9, sign=0, sample=42, seq=5, kind=KIN
 
 def _frames():
     frames = [spike_frame("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2", h,
-                          300 if h.kind == KIND_PRIMER else 53) for h in HEADERS]
+                          300 if h.kind == KIND_PRIMER else SPIKE_FRAME_BYTES) for h in HEADERS]
     stamps = T0_NS + np.arange(len(frames), dtype=np.int64) * 1_000_001
     return stamps, frames
 
