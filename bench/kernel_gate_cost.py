@@ -25,10 +25,10 @@ import time
 from testbed.kernel import bpf
 from testbed.kernel.bpf import FP, JEQ, W, R0, R1, R2
 from testbed.kernel.gate import MAX_K, load_first_k_gate
-from testbed.plan.wire import KIND_PRIMER, SPIKE_PORT, SpikeHeader
+from testbed.plan.wire import KIND_PRIMER, PAYLOAD_BYTES, SPIKE_PORT, SpikeHeader
 
 
-def spike_frame(sample: int, kind: int = 0, payload_bytes: int = 11) -> bytes:
+def spike_frame(sample: int, kind: int = 0, payload_bytes: int = PAYLOAD_BYTES) -> bytes:
     payload = SpikeHeader(1, 7, 0, sample, 0, kind).pack(payload_bytes)
     udp = struct.pack("!HHHH", SPIKE_PORT, SPIKE_PORT, 8 + len(payload), 0)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0, b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02")
