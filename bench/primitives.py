@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from testbed.errors import KernelError
-from testbed.fabric.live import build_fabric, wait_until_up
+from testbed.fabric.live import build_fabric
+from testbed.fabric.ports import wait_until_up
 from testbed.kernel import cleanup
 from testbed.kernel.links import LinkBuilder
 from testbed.kernel.names import RunRegistry

@@ -33,7 +33,7 @@ from testbed.traffic.inject import Injector, Schedule, pinned
 from testbed.traffic.packets import spike_frame
 
 if TYPE_CHECKING:
-    from testbed.fabric.live import LiveFabric
+    from testbed.fabric.handle import LiveFabric
 
 # Spikes are Ethernet broadcasts, so the layer's bridge floods them to every neuron port. The
 # addresses are RFC 2544's benchmarking range and never leave the run's own namespaces.

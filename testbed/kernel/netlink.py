@@ -38,6 +38,11 @@ NETLINK_EXT_ACK = 11
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 IFLA_IFNAME = 3
+IFLA_MASTER = 10
+IFLA_LINKINFO = 18  # nested: IFLA_INFO_KIND, IFLA_INFO_DATA
+IFLA_NET_NS_FD = 28
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+VETH_INFO_PEER = 1  # include/uapi/linux/veth.h: an ifinfomsg and the peer's attributes
 IFF_UP = 0x1
 
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
@@ -171,6 +176,18 @@ class NetlinkBatch:
     def link_up(self, index: int, what: str) -> None:
         """Queue setting link `index` up."""
         self.add(RTM_NEWLINK, 0, IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP), what)
+
+    def new_veth(self, name: str, peer: str, peer_netns_fd: int, master: int | None, what: str) -> None:
+        """Queue creating veth pair `name` (in this batch's namespace; a port of bridge index
+        `master` there unless None) / `peer` (in the namespace open as `peer_netns_fd`), both down:
+        what ``ip link add NAME master BR type veth peer name PEER netns NS`` sends."""
+        peer_info = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, peer) + attr_u32(
+            IFLA_NET_NS_FD, peer_netns_fd)
+        link_info = attr_str(IFLA_INFO_KIND, "veth") + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_info))
+        body = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + attr(IFLA_LINKINFO, link_info)
+        if master is not None:
+            body += attr_u32(IFLA_MASTER, master)
+        self.add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, what, "veth")
 
     def delete_link(self, ifname: str, what: str) -> None:
         """Queue deleting link `ifname` (a veth goes with its peer, a bridge frees its ports)."""

@@ -9,14 +9,20 @@ pyroute2's ``netns.create`` and ≈8 ms for ``IPRoute(netns=...)``, which both f
 Namespace membership is per thread (setns(2) moves only the calling thread), and a socket
 stays in the namespace it was created in. So `socket_in` and `iproute` create their socket on
 a helper thread that entered the namespace, and the socket can then be used from any thread.
+
+This module owns every unshare, setns and mount the testbed does: creating and naming
+namespaces (`create`, `attach`), and sysfs as a namespace sees it (`write_sysfs`). It imports
+no other testbed.kernel module, so netlink (which makes its sockets here) can import it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
+import struct
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,12 +34,17 @@ from testbed.errors import KernelError, NeedsRootError
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
+CLONE_NEWNS = 0x00020000
 MS_BIND = 0x1000
 MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 THREAD_NS = "/proc/thread-self/ns/net"
-LOOPBACK_INDEX = 1  # lo is the first device of every new namespace
+# ioctls on an inet socket (include/uapi/linux/sockios.h); struct ifreq = name[16] + flags (short).
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFREQ_FLAGS = struct.Struct("16sH22x")
+IFF_UP = 0x1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _shared_dir_ready = False
@@ -83,8 +94,6 @@ def _setns(fd: int, what: str) -> None:
 def create(name: str, disable_ipv6: bool = True) -> None:
     """Create the named namespace, with loopback up and (by default) IPv6 off for every link
     that will appear in it (no router solicitations, DAD or MLD reports on the data path)."""
-    from testbed.kernel.netlink import NetlinkBatch  # netlink imports this module
-
     if os.geteuid() != 0:
         raise NeedsRootError(f"creating namespace {name} needs root: run with sudo")
     _share_netns_dir()
@@ -104,9 +113,7 @@ def create(name: str, disable_ipv6: bool = True) -> None:
             if disable_ipv6:
                 for conf in ("all", "default"):
                     Path(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6").write_text("1")
-            with NetlinkBatch() as nl:  # a socket made here, on this thread, is inside
-                nl.link_up(LOOPBACK_INDEX, f"loopback of namespace {name}")
-                nl.commit()
+            _loopback_up()  # a socket made here, on this thread, is inside
         finally:
             _setns(home, "the original namespace")
     except BaseException:
@@ -115,6 +122,29 @@ def create(name: str, disable_ipv6: bool = True) -> None:
         raise
     finally:
         os.close(home)
+
+
+def _loopback_up() -> None:
+    """Set ``lo`` up in the calling thread's namespace (SIOCSIFFLAGS, as ``ifconfig lo up``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        current = fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(b"lo", 0))
+        flags = IFREQ_FLAGS.unpack(current)[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, IFREQ_FLAGS.pack(b"lo", flags | IFF_UP))
+
+
+def attach(source: str, name: str) -> None:
+    """Give the namespace at `source` (a path like /proc/PID/ns/net) the name `name` under
+    /run/netns, as ``ip netns attach`` does, so it outlives its process; `remove` takes it away."""
+    _share_netns_dir()
+    target = path_of(name)
+    try:
+        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError:
+        raise KernelError(f"namespace {name} already exists; `sudo pi2 down` its run or `sudo pi2 clean`") from None
+    if _libc.mount(source.encode(), bytes(target), b"none", MS_BIND, None) != 0:
+        error = _os_error(f"naming namespace {source} as {name}")
+        target.unlink(missing_ok=True)
+        raise KernelError(str(error))
 
 
 def remove(name: str) -> bool:
@@ -169,16 +199,25 @@ def run_in(name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     or raise its exception. The caller's own thread never changes namespace."""
     if name is None:
         return fn(*args, **kwargs)
+
+    def body() -> T:
+        with entered(name):
+            return fn(*args, **kwargs)
+
+    return _on_thread(f"netns-{name}", body)
+
+
+def _on_thread(label: str, fn: Callable[[], T]) -> T:
+    """Run `fn` on a new thread and return its result or raise its exception here."""
     box: dict[str, Any] = {}
 
     def body() -> None:
         try:
-            with entered(name):
-                box["result"] = fn(*args, **kwargs)
+            box["result"] = fn()
         except BaseException as exc:  # re-raised in the caller below
             box["error"] = exc
 
-    thread = threading.Thread(target=body, name=f"netns-{name}")
+    thread = threading.Thread(target=body, name=label)
     thread.start()
     thread.join()
     if "error" in box:
@@ -191,13 +230,39 @@ def socket_in(name: str | None, family: int, type_: int, proto: int = 0) -> sock
     return run_in(name, socket.socket, family, type_, proto)
 
 
-def iproute(name: str | None = None) -> IPRoute:
+def iproute(name: str | None = None, **options: Any) -> IPRoute:
     """An `IPRoute` talking to namespace `name` (None: this process's namespace; a name or a path,
-    as for `entered`), without the fork pyroute2's ``IPRoute(netns=...)`` does. Close it when done."""
+    as for `entered`), without the fork pyroute2's ``IPRoute(netns=...)`` does; `options` go to
+    IPRoute (e.g. ext_ack=True). Close it when done."""
     if name is None:
-        return IPRoute()
+        return IPRoute(**options)
     sock = socket_in(name, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
-    return IPRoute(fileno=sock.detach())
+    return IPRoute(fileno=sock.detach(), **options)
+
+
+def write_sysfs(name: str | None, values: dict[str, str]) -> None:
+    """Write sysfs files (absolute /sys paths → text) as namespace `name` sees them.
+
+    A sysfs mount shows the network devices of the namespace its mounter was in, so a helper
+    thread unshares its own mount namespace (CLONE_NEWNS; with CLONE_FS threads share a root, so
+    only that thread moves), makes every mount private, enters `name` and mounts a fresh sysfs
+    over /sys. The mount vanishes with the thread.
+    """
+    def body() -> None:
+        if _libc.unshare(CLONE_NEWNS) != 0:
+            raise _os_error("unshare(CLONE_NEWNS)")
+        if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            raise _os_error("make / private")
+        with entered(name):
+            if _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None) != 0:
+                raise _os_error(f"mount sysfs of namespace {name}")
+            for path, value in values.items():
+                Path(path).write_text(value)
+
+    try:
+        _on_thread(f"sysfs-{name}", body)
+    except OSError as exc:
+        raise KernelError(f"namespace {name}: writing {', '.join(values)} failed: {exc}") from None
 
 
 def write_sysctl(netns: str | None, key: str, value: str) -> None:

@@ -33,15 +33,16 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWQDISC, RTM_NEWTFILTER, TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from testbed.errors import KernelError, NeedsRootError
-from testbed.kernel import bpf
-from testbed.kernel.names import new_run_id, object_name
+from testbed.kernel import bpf, cleanup, netns
+from testbed.kernel.links import LinkBuilder
+from testbed.kernel.names import RunRegistry, object_name
 from testbed.plan.capabilities import CAPABILITY_NAMES, Capabilities, Capability
 
 NAMESPACE_SUFFIX = "probe"
@@ -81,14 +82,17 @@ def probe_capabilities(purpose: str = "the capability probe") -> Capabilities:
     """Probe this kernel and machine; `purpose` names the caller in the needs-root error."""
     if os.geteuid() != 0:
         raise NeedsRootError(f"{purpose} needs root (CAP_NET_ADMIN) to create a probe namespace: run it with sudo")
-    run_id = new_run_id()
-    name = object_name(run_id, NAMESPACE_SUFFIX)
+    # A run of its own, so the namespace is recorded before it exists (a killed probe leaves
+    # nothing `pi2 clean` cannot find) and made the one way the testbed makes namespaces.
+    registry = RunRegistry.create()
+    name = object_name(registry.run_id, NAMESPACE_SUFFIX)
     found: dict[str, Capability] = {}
     ipr: IPRoute | None = None
     try:
         try:
-            netns.create(name)
-            ipr = IPRoute(netns=name, flags=0, ext_ack=True, groups=0)
+            with LinkBuilder(registry) as lb:
+                lb.namespace(NAMESPACE_SUFFIX)
+            ipr = netns.iproute(name, flags=0, ext_ack=True, groups=0)
         except OSError as exc:
             raise KernelError(
                 f"probe namespace {name}: cannot create it ({exc}); the kernel needs network namespaces (CONFIG_NET_NS)"
@@ -97,12 +101,11 @@ def probe_capabilities(purpose: str = "the capability probe") -> Capabilities:
         lo = ipr.link_lookup(ifname="lo")[0]
         found.update(_probe_qdiscs(ipr, lo))
         found.update(_probe_filters(ipr, lo, hooked=found["clsact"].available))
-        found.update(_probe_devices(ipr, run_id))
+        found.update(_probe_devices(ipr, registry.run_id))
     finally:
         if ipr is not None:
             ipr.close()  # the socket pins the namespace: close it before removing the name
-        if name in netns.listnetns():
-            netns.remove(name)
+        cleanup.down(registry.run_id)
     found.update(_probe_tools())
     return Capabilities(os.uname().release, tuple(found[n] for n in CAPABILITY_NAMES))
 

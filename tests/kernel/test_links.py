@@ -3,6 +3,7 @@ spike to every port at once (no STP wait), IPv6 stays off, names are the run's."
 
 from __future__ import annotations
 
+import socket
 import struct
 from pathlib import Path
 
@@ -60,3 +61,23 @@ def test_link_errors_name_the_object(builder, pair) -> None:
         builder.up("p2nothere", pair.tx)
     with pytest.raises(KernelError, match="suffix"):
         builder.namespace("much-too-long")
+
+
+def test_batched_veths_are_bridge_ports_in_order_with_their_peers_across(run, builder, net) -> None:
+    """LinkBuilder.veths: one netlink batch makes every pair, each recorded first, each end in its
+    namespace and already a port of the bridge, attached in the order given (the flood order the
+    plan assumes: Linux adds a new port at the head of the list a flood walks)."""
+    hub, far = builder.namespace("hub"), builder.namespace("far")
+    bridge = builder.bridge("br", hub)
+    made = builder.veths([(f"p{i}", f"q{i}") for i in range(PORTS)], hub, far, master=bridge)
+    assert made == [(builder.name(f"p{i}"), builder.name(f"q{i}")) for i in range(PORTS)]
+    assert [(e["name"], e["peer"]) for e in run.entries if e["kind"] == "link"] == made
+    with netns.iproute(hub) as ipr:
+        master = ipr.link_lookup(ifname=bridge)[0]
+        ports = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()
+                 if link.get_attr("IFLA_MASTER") == master}
+    assert sorted(ports, key=ports.get) == [p for p, _ in made]
+    far_names = {name for _, name in netns.run_in(far, socket.if_nameindex)}
+    assert {q for _, q in made} <= far_names
+    with pytest.raises(KernelError, match=r"veth .*p0.*kernel said"):
+        builder.veths([("p0", "x0")], hub, far)  # the name exists: the batch names the pair

@@ -10,7 +10,7 @@ import pytest
 
 from testbed.errors import NeedsRootError
 from testbed.kernel import probe
-from testbed.kernel.names import new_run_id, object_name
+from testbed.kernel.names import REGISTRY_DIR, REGISTRY_SUFFIX, RunRegistry, new_run_id, object_name, run_id_of
 from testbed.plan.capabilities import ACTIONS, CLASSIFIERS, DEVICES, QDISCS
 
 NETNS_DIR = Path("/run/netns")
@@ -84,30 +84,30 @@ def test_probe_agrees_with_iproute2(scratch_ns: str) -> None:
 
 
 @pytest.mark.root
-def test_probe_removes_its_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
-    run_id = new_run_id()
-    monkeypatch.setattr(probe, "new_run_id", lambda: run_id)
+def test_probe_removes_its_namespace() -> None:
     caps = probe.probe_capabilities()
-    name = object_name(run_id, probe.NAMESPACE_SUFFIX)
-    assert caps.get("netns").detail == f"created namespace {name}"
+    name = caps.get("netns").detail.removeprefix("created namespace ")
+    assert name.endswith(probe.NAMESPACE_SUFFIX) and run_id_of(name) is not None
     assert not (NETNS_DIR / name).exists()
+    assert not (REGISTRY_DIR / f"{run_id_of(name)}{REGISTRY_SUFFIX}").exists()  # its run is gone too
 
 
 @pytest.mark.root
-def test_probe_removes_its_namespace_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    run_id = new_run_id()
-    monkeypatch.setattr(probe, "new_run_id", lambda: run_id)
+def test_probe_records_its_namespace_and_removes_it_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
 
     def broken(ipr, rid):
-        seen.append((NETNS_DIR / object_name(rid, probe.NAMESPACE_SUFFIX)).exists())
+        name = object_name(rid, probe.NAMESPACE_SUFFIX)
+        seen.append(((NETNS_DIR / name).exists(), RunRegistry.load(rid).namespaces == [name]))
+        seen.append(rid)
         raise RuntimeError("injected failure")
 
     monkeypatch.setattr(probe, "_probe_devices", broken)
     with pytest.raises(RuntimeError, match="injected failure"):
         probe.probe_capabilities()
-    assert seen == [True]
-    assert not (NETNS_DIR / object_name(run_id, probe.NAMESPACE_SUFFIX)).exists()
+    assert seen[0] == (True, True)  # made, and recorded in its run's registry (before: LinkBuilder.namespace)
+    assert not (NETNS_DIR / object_name(seen[1], probe.NAMESPACE_SUFFIX)).exists()
+    assert not (REGISTRY_DIR / f"{seen[1]}{REGISTRY_SUFFIX}").exists()
 
 
 def test_probe_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:

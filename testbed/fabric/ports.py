@@ -1,0 +1,206 @@
+"""The phase both backends share once their links exist: delay trees, gates, carrier, CPUs.
+
+A backend makes the namespaces, bridges and veth pairs its own way (batched netlink, or Mininet),
+then hands `program_ports` the full names of what it made, per layer (`LayerLinks`). That brings
+every link up, builds each port's delay tree on its switch end (testbed.kernel.tc, the synapse
+programs of testbed.kernel.classifier) and its first-K gate on its host end (testbed.kernel.gate),
+one netlink batch per namespace, waits until every switch-side link has carrier, and steers the
+packet work onto the requested CPUs (RPS):
+
+    host side:    inject_host ........................ port_host[q]  (gate on clsact ingress)
+                      │ veth                                 │ veth
+    switch side:  inject_switch ── bridge (flood) ──── port_switch[q] (delay classes on egress)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from testbed.errors import KernelError
+from testbed.fabric.handle import LivePort, Progress
+from testbed.kernel import netns
+from testbed.kernel.classifier import SynapseFilter, load_synapse_classifier
+from testbed.kernel.gate import GateProgram, load_first_k_gate
+from testbed.kernel.names import SUFFIX_MAX, object_name
+from testbed.kernel.netlink import NetlinkBatch
+from testbed.kernel.tc import queue_tree
+from testbed.plan.fabric_plan import FabricPlan, NeuronPort
+from testbed.plan.tc import FilterSpec
+
+GATE_PROGRAM = "first_k_gate"  # the bpf program a plan's gate_tc names (testbed.plan.compiler)
+CLASSIFIER_PROGRAM = "synapse_classifier"  # the bpf programs a plan's delay_tc names
+FILTER_PROGRAM = "synapse_filter"
+
+
+@dataclass(frozen=True)
+class LayerLinks:
+    """One layer's links as a backend made them (full names; switch side and host side)."""
+
+    bridge: str
+    inject_switch: str  # switch end of the injector link: the fabric CPUs' RPS goes here
+    inject_host: str  # where the relay injects the layer's spikes
+    port_switch: tuple[str, ...]  # per plan port: carries the delay classes
+    port_host: tuple[str, ...]  # per plan port: carries the gate, read by the relay
+
+
+class ClassifierCache:
+    """The programs of the ports' delay trees (testbed.kernel.classifier): synapse classifiers,
+    one per layer shared by the layer's ports (a program fd may back any number of filters, each
+    holding its own reference), and a synapse filter per port that drops pruned events. The cache
+    closes its fds once the build has committed; attached filters keep what they use."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.fds: dict[int, int] = {}
+        self.filters: list[SynapseFilter] = []
+
+    def loader(self, port: NeuronPort) -> Callable[[FilterSpec], int]:
+        def load(spec: FilterSpec) -> int:
+            program = spec.params.get("program")
+            if program not in (CLASSIFIER_PROGRAM, FILTER_PROGRAM) or spec.params.get("layer") != port.layer:
+                raise KernelError(f"port {port.switch_if}: delay tree names bpf program {program!r} for layer "
+                                  f"{spec.params.get('layer')!r}; expected {CLASSIFIER_PROGRAM!r} or {FILTER_PROGRAM!r} "
+                                  f"for layer {port.layer}; recompile the plan with `pi2 compile`")
+            if program == FILTER_PROGRAM:
+                events = int(spec.params.get("events", 0))
+                kept = {2 * syn.source + syn.sign for syn in port.synapses}
+                dropped = set(range(events)) - kept
+                self.filters.append(SynapseFilter(port.layer, events, dropped,
+                                                  object_name(self.run_id, ("f" + port.switch_if[1:])[:SUFFIX_MAX])))
+                return self.filters[-1].fd
+            if port.layer not in self.fds:
+                self.fds[port.layer] = load_synapse_classifier(port.layer, object_name(self.run_id, f"c{port.layer}"))
+            return self.fds[port.layer]
+
+        return load
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        for program in self.filters:
+            program.close()
+        self.filters.clear()
+
+
+def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Callable[[FilterSpec], int]:
+    """The `bpf_loader` for one port's gate tree (testbed.kernel.tc.queue_tree): loads the
+    first-K gate named ``p2<run><host end>``, timing out after the tree's `window_us`, and
+    appends it to `loaded` (the caller closes it)."""
+
+    def load(spec: FilterSpec) -> int:
+        program = spec.params.get("program")
+        if program != GATE_PROGRAM:
+            raise KernelError(f"port {port.host_if}: bpf program {program!r} is not one the testbed loads "
+                              f"(expected {GATE_PROGRAM!r}); recompile the plan with `pi2 compile`")
+        k = spec.params.get("k", port.k)
+        if k != port.k:
+            raise KernelError(f"port {port.host_if}: gate k={k} but the port's k={port.k}; recompile the plan")
+        window_us = spec.params.get("window_us")
+        gate = load_first_k_gate(k, name=object_name(run_id, port.host_if), drop_one_in=spec.params.get("drop_one_in"),
+                                 window_ns=None if window_us is None else int(window_us) * 1000)
+        loaded.append(gate)
+        return gate.fd
+
+    return load
+
+
+def wait_until_up(ns: str | None, names: Sequence[str], timeout_s: float = 3.0) -> None:
+    """Return once every link in `names` (namespace `ns`) reports operstate UP.
+
+    A veth's carrier change reaches the bridge (which forwards only through ports with carrier)
+    via linkwatch, immediately when the event is "urgent", else batched up to 1 s later. A veth
+    counts as urgent when its ifindex differs from its peer's, so a pair whose ends got equal
+    indexes in their two namespaces would silently drop a second of spikes: wait instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    wanted = set(names)
+    with netns.iproute(ns) as ipr:
+        while True:
+            down = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+                    if link.get_attr("IFLA_OPERSTATE") != "UP"} & wanted
+            if not down:
+                return
+            if time.monotonic() > deadline:
+                where = "the root namespace" if ns is None else f"namespace {ns}"
+                raise KernelError(f"links {sorted(down)[:4]} in {where} are not up after {timeout_s:g} s")
+            time.sleep(0.01)
+
+
+def cpu_mask(cpus: Sequence[int] | None) -> str | None:
+    """rps_cpus bitmap (hex) for `cpus`, checked against the CPUs this process may use."""
+    if cpus is None:
+        return None
+    allowed = os.sched_getaffinity(0)
+    bad = sorted(set(cpus) - allowed)
+    if not cpus or bad:
+        raise KernelError(f"fabric_cpus {list(cpus)}: expected a non-empty subset of the CPUs {sorted(allowed)}")
+    return format(sum(1 << c for c in set(cpus)), "x")
+
+
+def rps_path(ifname: str) -> str:
+    """The rps_cpus file of a link's receive queue (as its namespace's sysfs shows it)."""
+    return f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus"
+
+
+def _indexes(ns: str | None) -> dict[str, int]:
+    return {name: index for index, name in netns.run_in(ns, socket.if_nameindex)}
+
+
+def _where(name: str, ns: str | None) -> str:
+    return name if ns is None else f"{name} (namespace {ns})"
+
+
+def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], switch_ns: str | None,
+                  host_ns: str, gates: list[GateProgram], progress: Progress | None = None,
+                  fabric_cpus: Sequence[int] | None = None,
+                  gate_cpus: Sequence[int] | None = None) -> tuple[tuple[LivePort, ...], ...]:
+    """Bring `links` up and build every port's delay tree and gate (module docstring); return the
+    ports as built, per layer in plan order. Each loaded gate is appended to `gates` as it loads,
+    so the caller can close them whatever happens.
+
+    `fabric_cpus`: RPS on every injector link's switch end, so flooding, classification and htb
+    enqueues leave the injector's CPU; `gate_cpus`: RPS on every port's host end, so the gates
+    and the delivery to the relay leave the CPU whose timers release the spikes (see
+    testbed.fabric.netns_backend).
+    """
+    mask, gate_mask = cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
+    switch_index, host_index = _indexes(switch_ns), _indexes(host_ns)
+    if progress is not None:
+        progress("tc", 0, 2)
+    classifiers = ClassifierCache(run_id)
+    with NetlinkBatch(switch_ns) as nl:
+        for layer, names in zip(plan.layers, links):
+            for name in (names.bridge, names.inject_switch):
+                nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
+            for port, name in zip(layer.ports, names.port_switch):
+                nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
+                queue_tree(nl, switch_index[name], port.delay_tc, _where(name, switch_ns), classifiers.loader(port))
+        try:
+            nl.commit()
+        finally:
+            classifiers.close()
+    if progress is not None:
+        progress("tc", 1, 2)
+    with NetlinkBatch(host_ns) as nl:
+        for layer, names in zip(plan.layers, links):
+            nl.link_up(host_index[names.inject_host], f"link {_where(names.inject_host, host_ns)} up")
+            for port, name in zip(layer.ports, names.port_host):
+                nl.link_up(host_index[name], f"link {_where(name, host_ns)} up")
+                queue_tree(nl, host_index[name], port.gate_tc, _where(name, host_ns), gate_loader(run_id, port, gates))
+        nl.commit()
+    if progress is not None:
+        progress("tc", 2, 2)
+    wait_until_up(switch_ns, [name for names in links for name in (names.inject_switch, *names.port_switch)])
+    if mask is not None:
+        netns.write_sysfs(switch_ns, {rps_path(names.inject_switch): mask for names in links})
+    if gate_mask is not None:
+        netns.write_sysfs(host_ns, {rps_path(name): gate_mask for names in links for name in names.port_host})
+    gate_of = {gate.name: gate for gate in gates}
+    return tuple(tuple(LivePort(p.layer, p.neuron, p.sign, name, host_index[name], gate_of[name])
+                       for p, name in zip(layer.ports, names.port_host))
+                 for layer, names in zip(plan.layers, links))
