@@ -20,8 +20,8 @@ Accepted parameters per kind (anything else is an error, never silently dropped)
 - filter ``bpf``: program (a testbed program: "first_k_gate", "synapse_classifier" or "synapse_filter"),
   direct_action (1: the program returns a tc verdict; 0: it returns a classid), and program parameters:
   the gate's k and drop_one_in (N: it loses each spike with probability 1/N before counting it; it always
-  drops primers) and window_us (the layer's deadline, which the relay applies to what the gate passed,
-  testbed.infer.session); the synapse programs' layer and events
+  drops primers) and window_us (the layer's deadline: the gate drops a spike received later than that after
+  the origin stamped in it); the synapse programs' layer and events
 """
 
 from __future__ import annotations
