@@ -18,10 +18,16 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# Kernel fabric tools: iproute2 (ip/tc), tcpdump, Mininet (mnexec + mn), user-mode Linux (a guest
-# kernel with netem), and Fashion-MNIST. Skip apt entirely when everything is already there.
-APT_PACKAGES=(iproute2 tcpdump mininet user-mode-linux dataset-fashion-mnist python3-venv python3-pip)
-[ "$DEV" = 1 ] && APT_PACKAGES+=(vagrant)
+# What the commands run: iproute2 (ip, tc), tcpdump, Mininet (mn, mnexec) with bridge-utils (its
+# LinuxBridge switch runs brctl, and --no-install-recommends leaves it out), user-mode Linux (a guest
+# kernel with netem) with kmod (the guest's init runs modprobe), and Fashion-MNIST. --dev adds what
+# only the tests run: Vagrant with a provider (`vagrant validate` needs one), busybox (ping in the
+# guest tests), and what vagrant/provision.sh installs, since its test provisions offline in a guest
+# over this machine's root. tests/test_install.py finds every program the code and tests run and
+# fails when its package is not installed here.
+# Skip apt entirely when everything is already there.
+APT_PACKAGES=(iproute2 tcpdump mininet bridge-utils user-mode-linux kmod dataset-fashion-mnist python3-venv python3-pip)
+[ "$DEV" = 1 ] && APT_PACKAGES+=(vagrant vagrant-libvirt busybox iputils-ping ethtool openvswitch-switch)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

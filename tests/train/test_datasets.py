@@ -79,9 +79,22 @@ def test_missing_mnist1d_says_what_to_install(monkeypatch):
         load_dataset("mnist1d")
 
 
+def test_digits_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    data = load_dataset("digits")
+    x = np.concatenate([data.x_train, data.x_test])
+    y = np.concatenate([data.y_train, data.y_test])
+    train, test = stratified_split(bunch.target, 360, datasets.SPLIT_SEED)
+    order = np.concatenate([train, test])
+    np.testing.assert_array_equal(x, bunch.data[order].astype(np.uint8))
+    np.testing.assert_array_equal(y, bunch.target[order])
+
+
 def test_missing_sklearn_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    with pytest.raises(DatasetError, match="pip install scikit-learn"):
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatasetError, match="install.sh"):
         load_dataset("digits")
 
 
