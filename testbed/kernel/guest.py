@@ -153,8 +153,10 @@ def guest_environment(extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[st
 def _init_script(spec: GuestSpec, share_host: Path, release: str) -> str:
     """The guest's PID 1: mount scratch filesystems, load modules, run the command, record its status, power off.
 
-    It never stops early (no `set -e`): every path ends in `poweroff -f`, and a missing status file tells the
-    host the guest broke before the command finished.
+    It never stops early (no `set -e`): every path ends in the power-off, and a missing status file tells the
+    host the guest broke before the command finished. The power-off is reboot(2) with
+    LINUX_REBOOT_CMD_POWER_OFF from this interpreter, what `poweroff -f` does, because `poweroff` comes
+    from systemd-sysv, which a minimal Debian root does not have (and installing it would replace init).
     """
     q = shlex.quote
     env = " ".join(q(f"{k}={v}") for k, v in guest_environment(spec.env))
@@ -188,8 +190,12 @@ cd {q(spec.cwd)} && env -i {env} {shlex.join(spec.command)} < /dev/null > "$S/st
 echo $? > "$S/status.tmp" && mv "$S/status.tmp" "$S/status"
 sync
 umount "$S"
-poweroff -f
+exec {q(sys.executable)} -c {q(_POWER_OFF)}
 """
+
+
+# reboot(2)'s LINUX_REBOOT_CMD_POWER_OFF (linux/reboot.h); glibc's reboot() passes both magic numbers.
+_POWER_OFF = "import ctypes; ctypes.CDLL(None).reboot(0x4321FEDC)"
 
 
 def _remount_cwd(cwd: str) -> str:
