@@ -17,6 +17,9 @@
 #                           skipped; pip installs with --no-index from what PI2_PYTHON's site-packages hold.
 #                           CI runs it so, twice, as root in a user-mode-linux guest over a throw-away overlay
 #                           of the host's root (tests/vagrant/test_vagrant.py)
+#   PI2_OFFLINE_SITE        offline only: a site-packages directory the new venv sees too (a .pth file), where
+#                           the requirements and the build backend are found (CI: its own venv's), since a
+#                           fresh machine's PI2_PYTHON has none of them
 set -euo pipefail
 
 SRC=${PI2_SRC:-/pi2}
@@ -26,6 +29,7 @@ KERNEL_RELEASE=${PI2_KERNEL_RELEASE:-$(uname -r)}
 PYTHON=${PI2_PYTHON:-python3}
 DRY_RUN=${PI2_PROVISION_DRY_RUN:-0}
 OFFLINE=${PI2_PROVISION_OFFLINE:-0}
+OFFLINE_SITE=${PI2_OFFLINE_SITE:-}
 
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump mininet openvswitch-switch)
 # Loaded now and at every boot: what the CI kernel lacks (docs: spec/kernel-notes.md). Cloud/virtual Ubuntu
@@ -118,7 +122,11 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     fi
 fi
 if [[ "$OFFLINE" == 1 ]]; then
-    # Every requirement and the build backend must already be importable from PI2_PYTHON's site-packages.
+    # Every requirement and the build backend must already be importable: from PI2_PYTHON's site-packages
+    # or from PI2_OFFLINE_SITE.
+    if [[ -n "$OFFLINE_SITE" ]]; then
+        write_file "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pi2-offline-site.pth" "$OFFLINE_SITE"
+    fi
     run "$PYTHON" -m pip --python "$VENV/bin/python" install -q --no-index --no-build-isolation -e "$SRC[$EXTRAS]"
 else
     run "$VENV/bin/pip" install -q --upgrade pip

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ mount -t tmpfs tmpfs $M/root/run && mount -t tmpfs tmpfs $M/root/tmp || exit 92
 # A checkout under /tmp or /run (a CI clone) is hidden by those tmpfs mounts: bind it back.
 case "$SRC" in /tmp/*|/run/*) mkdir -p "$M/root$SRC" && mount --bind "$SRC" "$M/root$SRC" || exit 93;; esac
 mkdir -p $M/root/lib/modules && ln -sfn /usr/lib/uml/modules/$(uname -r) $M/root/lib/modules/$(uname -r)
-in_root() { chroot $M/root env PI2_PROVISION_OFFLINE=1 PI2_SRC="$SRC" PI2_VENV=/opt/pi2/venv PI2_PYTHON="$PY" "$@"; }
+in_root() { chroot $M/root env PI2_PROVISION_OFFLINE=1 PI2_OFFLINE_SITE="$SITE" PI2_SRC="$SRC" PI2_VENV=/opt/pi2/venv PI2_PYTHON="$PY" "$@"; }
 stamp() { in_root stat -c '%n %i %Y' /etc/modules-load.d/pi2.conf /opt/pi2/venv/pyvenv.cfg /usr/local/bin/pi2; }
 for n in 1 2; do
   echo "=== run $n"
@@ -136,7 +137,8 @@ def test_provision_runs_offline_twice_as_root_in_a_guest_overlay() -> None:
     host_files = [Path("/etc/modules-load.d/pi2.conf"), Path("/opt/pi2")]
     before = [p.exists() for p in host_files]
     spec = GuestSpec(command=("sh", "-c", _OVERLAY_RUN), cwd=str(REPO), timeout_s=900,
-                     env=(("SRC", str(REPO)), ("PY", os.path.realpath(sys.executable))),
+                     env=(("SRC", str(REPO)), ("PY", os.path.realpath(sys.executable)),
+                          ("SITE", sysconfig.get_paths()["purelib"])),
                      modules=DEFAULT_MODULES + ("overlay",))
     try:
         result = run_in_guest(spec)
