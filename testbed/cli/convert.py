@@ -9,6 +9,7 @@ import click
 from testbed.cli.output import emit_json, json_option
 from testbed.model.formats import EXPORT_FORMATS, export_network, import_network
 from testbed.model.torch_import import ARCHS, ORIENTATIONS, SCALES
+from testbed.train.datasets import NORMALISATIONS
 
 
 def _k_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -36,9 +37,9 @@ def _k_list(ctx: click.Context, param: click.Parameter, value: str | None) -> li
                    "s 1 after conv1 and 10 after the rest, rectified scores; ResNet-9: BatchNorm of −1·y, scores −10·y). "
                    "auto: the authors' for their π² layouts (.cnn.weight keys) and for resnet9.")
 @click.option("--dataset", default=None, metavar="NAME",
-              help="Data set the network was trained on (digits, mnist, fashion, mnist1d): the file records it "
-                   "with its default input normalisation x = raw·scale + offset, which the network must have "
-                   "been trained with.")
+              help="Data set the network was trained on (digits, mnist, fashion, mnist1d, cifar10, cifar100): the "
+                   "file records it with its default input normalisation x = raw·scale + offset (CIFAR: per channel, "
+                   "the authors' statistics), which the network must have been trained with.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Network file to write (.npz).")
 @json_option
@@ -56,10 +57,9 @@ def import_cmd(source: Path, k: list[int] | None, arch: str | None, orientation:
     """
     record = None
     if dataset is not None:
-        from testbed.train.datasets import load_dataset  # lazily: it loads the data to learn its normalisation
-
-        norm = load_dataset(dataset).normalisation
-        record = {"name": dataset, "scale": norm.scale, "offset": norm.offset}
+        if dataset not in NORMALISATIONS:
+            raise click.BadParameter(f"{dataset!r} is not one of {sorted(NORMALISATIONS)}", param_hint="--dataset")
+        record = {"name": dataset, **NORMALISATIONS[dataset].record()}
     net = import_network(source, out, k, arch, orientation, record, constants)
     summary = {"source": str(source), "output": str(out), "input_shape": list(net.input_shape),
                "layers": [type(layer).__name__ for layer in net.layers], "k": list(net.k),

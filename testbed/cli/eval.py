@@ -26,16 +26,20 @@ from testbed.train.evaluate import EvalConfig, evaluate_network
                    "(0.1 keeps 90 %). pi2 compile/infer --loss instead drops each port's copy independently.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the jitter/loss noise.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory holding the CIFAR-10/100 python or binary batches (cifar10, cifar100 only).")
 @json_option
 def eval_command(network: Path, dataset: str | None, split: str, bits: int | None, jitter: float, event_loss: float,
-                 limit: int | None, seed: int, as_json: bool) -> None:
+                 limit: int | None, seed: int, data_dir: Path | None, as_json: bool) -> None:
     """Accuracy of the π² NETWORK file on a data set split, using its stored input normalisation.
 
     \b
     Example:
       pi2 eval testbed/networks/digits-mlp.npz --dataset digits --bits 3 --jitter 0.1
+      pi2 eval resnet9.npz --dataset cifar10 --data-dir ~/data --limit 100
     """
-    result = evaluate_network(load_network(network), EvalConfig(dataset, split, bits, jitter, event_loss, limit, seed))
+    result = evaluate_network(load_network(network), EvalConfig(dataset, split, bits, jitter, event_loss, limit, seed,
+                                                                data_dir))
     result["network"] = str(network)
     if as_json:
         emit_json(result)

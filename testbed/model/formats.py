@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from testbed.errors import ImportFormatError
-from testbed.model.netfile import load_network, save_network
+from testbed.model.netfile import check_dataset_record, load_network, save_network
 from testbed.model.network import Pi2Network
 from testbed.model.nir_io import export_nir, import_nir
 from testbed.model.torch_checkpoint import read_state_dict
@@ -49,6 +49,7 @@ def import_network(source: str | Path, out: str | Path, k: Sequence[int] | None,
         raise ImportFormatError(f"{source}: unknown file type {suffix!r}; expected "
                                 f"{' or '.join(TORCH_SUFFIXES + NIR_SUFFIXES)}")
     if dataset is not None:
+        check_dataset_record(dict(dataset), list(net.input_shape), str(out))
         net = replace(net, provenance={**net.provenance, "dataset": dict(dataset)})
     save_network(net, out)
     return net

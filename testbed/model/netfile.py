@@ -161,7 +161,7 @@ def network_from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     if not isinstance(provenance, dict):
         raise ModelError(f"{where}: field 'provenance' must be an object, got {type(provenance).__name__}")
     if "dataset" in provenance:
-        _check_dataset(provenance["dataset"], shape, where)
+        check_dataset_record(provenance["dataset"], shape, where)
     topology = _field(meta, "topology", list, where, "a non-empty list of layers")
     layers = []
     in_shape = tuple(shape)
@@ -179,7 +179,7 @@ def network_from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
         raise ModelError(f"{where}: {exc}") from None
 
 
-def _check_dataset(record: Any, shape: list[int], where: str) -> None:
+def check_dataset_record(record: Any, shape: list[int], where: str) -> None:
     """provenance["dataset"]: {"name", "scale", "offset"}, each of scale/offset a number or one per channel."""
     expected = ('{"name": str, "scale": s, "offset": o} with s, o numbers or lists of one number per input '
                 f"channel ({shape[0]})")

@@ -12,7 +12,7 @@
   (``little`` when absent: files written before torch 1.10 have none).
 
 Offsets, sizes and strides count elements, not bytes; several tensors may share a storage
-(views). Unpickling runs only an allow-list of callables: ``collections.OrderedDict``, the two
+(views). Unpickling (testbed.model.safe_pickle) runs only an allow-list of callables: ``collections.OrderedDict``, the two
 rebuild functions above and the ``torch.*Storage`` types in `STORAGE_DTYPES`. Anything else —
 a pickled ``nn.Module``, an optimizer class, arbitrary code — is refused with an
 `ImportFormatError` naming the class, so reading an untrusted checkpoint cannot execute code.
@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from testbed.errors import ImportFormatError
+from testbed.model.safe_pickle import AllowListUnpickler
 
 # torch storage type -> element type as stored. numpy has no bfloat16: its 16 bits are the top
 # half of a float32, so bfloat16 storages are widened to float32 exactly.
@@ -83,19 +84,20 @@ _ALLOWED = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(AllowListUnpickler):
     def __init__(self, file: Any, where: str) -> None:
-        super().__init__(file)
+        super().__init__(file, _ALLOWED, self._refuse)
         self.where = where
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in STORAGE_DTYPES:
-            return _StorageType(name)
-        raise ImportFormatError(
+    def _refuse(self, module: str, name: str) -> ImportFormatError:
+        return ImportFormatError(
             f"{self.where}: the checkpoint pickles '{module}.{name}', which this reader does not load; "
             "save the weights only, e.g. torch.save(model.state_dict(), path)")
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name)
+        return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> tuple[str, _StorageType]:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"

@@ -33,6 +33,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from testbed.errors import DatasetError
+from testbed.model.safe_pickle import NUMPY_ARRAYS, AllowListUnpickler
 
 DIGITS_TEST_SIZE = 360
 SPLIT_SEED = 0  # fixed: every run and every engineer sees the same digits split
@@ -49,18 +50,54 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Input normalisation x = raw·scale + offset (what the network sees)."""
+    """Input normalisation x = raw·scale + offset (what the network sees).
 
-    scale: float
-    offset: float
+    `scale` and `offset` are numbers, or tuples with one number per channel (axis 1 of a
+    (batch, C, H, W) batch)."""
+
+    scale: float | tuple[float, ...]
+    offset: float | tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.scale) and self.scale != 0 and np.isfinite(self.offset)):
-            raise DatasetError(f"normalisation needs a finite non-zero scale and a finite offset, "
-                               f"got scale={self.scale}, offset={self.offset}")
+        scale, offset = np.atleast_1d(self.scale), np.atleast_1d(self.offset)
+        if not (np.isfinite(scale).all() and (scale != 0).all() and np.isfinite(offset).all()
+                and (scale.size == offset.size or 1 in (scale.size, offset.size))):
+            raise DatasetError(f"normalisation needs finite non-zero scales and finite offsets (numbers, or one "
+                               f"per channel), got scale={self.scale}, offset={self.offset}")
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        return np.asarray(raw, dtype=np.float64) * self.scale + self.offset
+        raw = np.asarray(raw, dtype=np.float64)
+        scale, offset = np.atleast_1d(self.scale), np.atleast_1d(self.offset)
+        if max(scale.size, offset.size) == 1:
+            return raw * scale[0] + offset[0]
+        channels = max(scale.size, offset.size)
+        if raw.ndim < 2 or raw.shape[1] != channels:
+            raise DatasetError(f"a per-channel normalisation of {channels} channels needs (batch, {channels}, …) "
+                               f"samples, got shape {raw.shape}")
+        shape = (1, channels) + (1,) * (raw.ndim - 2)
+        return raw * scale.reshape(shape) + offset.reshape(shape)
+
+    def record(self) -> dict[str, float | list[float]]:
+        """scale and offset as a network file's provenance["dataset"] holds them (numbers or lists)."""
+        return {key: list(value) if isinstance(value, tuple) else float(value)
+                for key, value in (("scale", self.scale), ("offset", self.offset))}
+
+
+def _per_channel(mean: tuple[float, ...], std: tuple[float, ...]) -> Normalisation:
+    """(raw/255 − mean_c)/std_c as raw·scale_c + offset_c."""
+    return Normalisation(tuple(1 / (255 * s) for s in std), tuple(-m / s for m, s in zip(mean, std)))
+
+
+# Each data set's default normalisation, known without loading it (pi2 import records it).
+# CIFAR: the authors' per-channel statistics (CIFAR10_EXP and CIFAR100_EXP training scripts).
+NORMALISATIONS: Mapping[str, Normalisation] = {
+    "digits": Normalisation(1 / 16, 0.0),
+    "mnist": Normalisation(1 / 255, 0.0),
+    "fashion": Normalisation(1 / 255, 0.0),
+    "mnist1d": Normalisation(1.0, 0.0),
+    "cifar10": _per_channel((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": _per_channel((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,7 +195,7 @@ def _digits() -> Dataset:
     x = table[:, :64].astype(np.uint8)  # 8×8 images, values 0..16, flattened row-major
     y = table[:, 64]
     train, test = stratified_split(y, DIGITS_TEST_SIZE, SPLIT_SEED)
-    return Dataset("digits", x[train], y[train], x[test], y[test], Normalisation(1 / 16, 0.0),
+    return Dataset("digits", x[train], y[train], x[test], y[test], NORMALISATIONS["digits"],
                    "sklearn.datasets.load_digits")
 
 
@@ -229,7 +266,7 @@ def _mnist() -> Dataset:
         arrays = {key: npz[key] for key in IDX_NAMES}
         sha = str(npz["sha256"])
     return Dataset("mnist", arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
-                   arrays["y_test"].astype(np.int64), Normalisation(1 / 255, 0.0), f"{MNIST_FILE} sha256:{sha}")
+                   arrays["y_test"].astype(np.int64), NORMALISATIONS["mnist"], f"{MNIST_FILE} sha256:{sha}")
 
 
 def _fashion() -> Dataset:
@@ -240,7 +277,7 @@ def _fashion() -> Dataset:
             raise DatasetError(f"data set 'fashion' needs {path}: apt-get install dataset-fashion-mnist")
         arrays[key] = read_idx(path.read_bytes(), str(path))
     return Dataset("fashion", arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
-                   arrays["y_test"].astype(np.int64), Normalisation(1 / 255, 0.0), str(FASHION_DIR))
+                   arrays["y_test"].astype(np.int64), NORMALISATIONS["fashion"], str(FASHION_DIR))
 
 
 def _mnist1d() -> Dataset:
@@ -254,18 +291,105 @@ def _mnist1d() -> Dataset:
     finally:
         np.random.set_state(state)
     return Dataset("mnist1d", data["x"], data["y"].astype(np.int64), data["x_test"], data["y_test"].astype(np.int64),
-                   Normalisation(1.0, 0.0), "mnist1d.data.make_dataset(get_dataset_args())")
+                   NORMALISATIONS["mnist1d"], "mnist1d.data.make_dataset(get_dataset_args())")
 
 
-LOADERS: Mapping[str, Callable[[], Dataset]] = {"digits": _digits, "mnist": _mnist, "fashion": _fashion,
-                                                "mnist1d": _mnist1d}
+@dataclass(frozen=True)
+class CifarLayout:
+    """Where one CIFAR variant keeps its batches: folder names and files, python and binary."""
+
+    python_dir: str
+    python_train: tuple[str, ...]
+    python_test: str
+    label_key: bytes
+    binary_dir: str
+    binary_train: tuple[str, ...]
+    binary_test: str
+    label_bytes: int  # bytes before each binary record's image; the last is the label we use
+    archive: str
 
 
-def load_dataset(name: str) -> Dataset:
-    """Load a data set by name (see the module table)."""
+CIFAR = {
+    "cifar10": CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                           b"labels", "cifar-10-batches-bin", tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                           "test_batch.bin", 1, "cifar-10-python.tar.gz"),
+    "cifar100": CifarLayout("cifar-100-python", ("train",), "test", b"fine_labels", "cifar-100-binary",
+                            ("train.bin",), "test.bin", 2, "cifar-100-python.tar.gz"),
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+CIFAR_PIXELS = 3 * 32 * 32
+
+
+def _cifar_refuse(where: str) -> Callable[[str, str], DatasetError]:
+    return lambda module, name: DatasetError(f"{where}: the batch pickles '{module}.{name}', which a CIFAR batch "
+                                             "never holds; refusing to load it (get the batches from "
+                                             f"{CIFAR_URL})")
+
+
+def read_cifar_pickle(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, 32, 32) uint8, labels) of one python batch, unpickled with an allow-list."""
+    try:
+        with path.open("rb") as fh:
+            batch = AllowListUnpickler(fh, NUMPY_ARRAYS, _cifar_refuse(str(path)), encoding="bytes").load()
+    except DatasetError:
+        raise
+    except Exception as exc:  # a truncated or foreign file fails inside pickle in many ways
+        raise DatasetError(f"{path}: not a CIFAR python batch: {str(exc) or type(exc).__name__}") from None
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(label_key) if isinstance(batch, dict) else None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == CIFAR_PIXELS and isinstance(labels, list) and len(labels) == len(data)):
+        raise DatasetError(f"{path}: not a CIFAR python batch (expected a dict with b'data' uint8 N×{CIFAR_PIXELS} "
+                           f"and {label_key!r}, a list of N labels)")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def read_cifar_binary(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of one binary batch: records of `label_bytes` label bytes then 3072 pixels."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    record = label_bytes + CIFAR_PIXELS
+    if raw.size == 0 or raw.size % record:
+        raise DatasetError(f"{path}: {raw.size} bytes is no whole number of {record}-byte CIFAR records")
+    rows = raw.reshape(-1, record)
+    return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, label_bytes - 1].astype(np.int64)
+
+
+def _cifar(name: str, data_dir: Path | None) -> Dataset:
+    layout = CIFAR[name]
+    base = cache_dir() / name if data_dir is None else Path(data_dir)
+    # the directory may be the extracted folder itself or the folder the archive was extracted into
+    for folder, train, test, read in (
+            (layout.python_dir, layout.python_train, layout.python_test,
+             lambda p: read_cifar_pickle(p, layout.label_key)),
+            (layout.binary_dir, layout.binary_train, layout.binary_test,
+             lambda p: read_cifar_binary(p, layout.label_bytes))):
+        for root in (base, base / folder):
+            if all((root / f).is_file() for f in (*train, test)):
+                parts = [read(root / f) for f in train]
+                x_test, y_test = read(root / test)
+                return Dataset(name, np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]),
+                               x_test, y_test, NORMALISATIONS[name], str(root))
+    raise DatasetError(f"data set {name!r} needs its batches in {base} (or {base / layout.python_dir}): download "
+                       f"{CIFAR_URL}{layout.archive} (or the binary version), extract it there and pass "
+                       "--data-dir DIR")
+
+
+# name -> loader(data_dir); only CIFAR reads a user's directory, the others know where their data is
+LOADERS: Mapping[str, Callable[[Path | None], Dataset]] = {
+    "digits": lambda _: _digits(), "mnist": lambda _: _mnist(), "fashion": lambda _: _fashion(),
+    "mnist1d": lambda _: _mnist1d(), "cifar10": lambda d: _cifar("cifar10", d), "cifar100": lambda d: _cifar("cifar100", d),
+}
+DATA_DIR_SETS = tuple(CIFAR)
+
+
+def load_dataset(name: str, data_dir: Path | str | None = None) -> Dataset:
+    """Load a data set by name (see the module table); `data_dir` is where CIFAR's batches are."""
     if name not in LOADERS:
         raise DatasetError(f"unknown data set {name!r}; choose one of {sorted(LOADERS)}")
-    return LOADERS[name]()
+    if data_dir is not None and name not in DATA_DIR_SETS:
+        raise DatasetError(f"--data-dir applies to {', '.join(DATA_DIR_SETS)}; data set {name!r} knows where its "
+                           "data is")
+    return LOADERS[name](None if data_dir is None else Path(data_dir))
 
 
 def normalisation_of(provenance: Mapping[str, object], dataset: Dataset) -> Normalisation:
@@ -273,6 +397,14 @@ def normalisation_of(provenance: Mapping[str, object], dataset: Dataset) -> Norm
     stored = provenance.get("dataset")
     if stored is None:
         return dataset.normalisation
-    if not (isinstance(stored, Mapping) and all(isinstance(stored.get(k), (int, float)) for k in ("scale", "offset"))):
+
+    def value(key: str) -> float | tuple[float, ...] | None:
+        v = stored.get(key) if isinstance(stored, Mapping) else None
+        if isinstance(v, list) and v and all(isinstance(e, (int, float)) for e in v):
+            return tuple(float(e) for e in v)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    scale, offset = value("scale"), value("offset")
+    if scale is None or offset is None:
         raise DatasetError(f"network provenance 'dataset' = {stored!r}; expected {{\"name\", \"scale\", \"offset\"}}")
-    return Normalisation(float(stored["scale"]), float(stored["offset"]))
+    return Normalisation(scale, offset)

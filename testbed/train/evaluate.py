@@ -7,6 +7,7 @@ network is always fed what it was trained on; a network without one gets the dat
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ class EvalConfig:
     event_loss: float = 0.0     # fraction of input events lost, each at every neuron (keep = 1 − event_loss)
     limit: int | None = None
     seed: int = 0
+    data_dir: Path | None = None  # where CIFAR's batches are (testbed.train.datasets)
 
     def __post_init__(self) -> None:
         if self.bits is not None and not 0 <= self.bits <= 16:
@@ -57,7 +59,7 @@ def evaluate_network(net: Pi2Network, config: EvalConfig) -> dict[str, Any]:
         if not (isinstance(stored, dict) and isinstance(stored.get("name"), str)):
             raise DatasetError("the network names no data set in its provenance; pass --dataset")
         name = stored["name"]
-    dataset = load_dataset(name)
+    dataset = load_dataset(name, config.data_dir)
     norm = normalisation_of(net.provenance, dataset)
     raw, labels = dataset.split(config.split)
     if config.limit is not None:

@@ -107,3 +107,13 @@ def test_import_authors_lenet5_student_text(tmp_path):
                                        "-o", str(tmp_path / "u.npz"), "--json"])
     assert json.loads(uniform.stdout)["import"]["constants"] == "uniform"
     assert load_network(tmp_path / "u.npz").uniform
+
+
+def test_dataset_normalisation_must_fit_the_input_channels(tmp_path):
+    path, _ = net_file(tmp_path / "a.npz")
+    CliRunner().invoke(pi2, ["export", str(path), "-o", str(tmp_path / "a.nir")])
+    result = CliRunner().invoke(pi2, ["import", str(tmp_path / "a.nir"), "--dataset", "cifar10", "-o", str(tmp_path / "b.npz")])
+    assert "one number per input channel (6)" in str(result.exception)
+    assert not (tmp_path / "b.npz").exists()
+    result = CliRunner().invoke(pi2, ["import", str(tmp_path / "a.nir"), "--dataset", "imagenet", "-o", str(tmp_path / "b.npz")])
+    assert result.exit_code == 2 and "'imagenet' is not one of" in result.output

