@@ -38,7 +38,6 @@ PORT = 5402
 PAYLOAD_BYTES = 18  # 14 + 20 + 8 + 18 = 60-byte frames, as qdiscs count them
 FRAME_BYTES = 60
 SO_TIMESTAMPNS = 35
-SO_RCVBUFFORCE = 33
 A_IP, B_IP = "198.18.200.1", "198.18.200.2"
 
 
@@ -77,7 +76,7 @@ class Link:
         self.tx = netns.socket_in(a, socket.AF_INET, socket.SOCK_DGRAM)
         self.rx = netns.socket_in(b, socket.AF_INET, socket.SOCK_DGRAM)
         self.rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 26)
+        self.rx.setsockopt(socket.SOL_SOCKET, netns.SO_RCVBUFFORCE, 1 << 26)
         self.rx.bind((B_IP, PORT))
         self.seq = 0
 

@@ -29,7 +29,6 @@ LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0
 # Memory access sizes (bytes 4, 2, 1, 8) and modes.
 W, H, B, DW = 0x00, 0x08, 0x10, 0x18
 IMM, MEM, ATOMIC = 0x00, 0x60, 0xC0
-SIZE_BYTES = {W: 4, H: 2, B: 1, DW: 8}
 # Operand source: the immediate (K) or the src register (X).
 SRC_K, SRC_X = 0x00, 0x08
 # ALU operations.

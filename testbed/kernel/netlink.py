@@ -30,8 +30,6 @@ NLM_F_CREATE = 0x400
 NLM_F_CAPPED = 0x100  # error message carries only the request header
 NLM_F_ACK_TLVS = 0x200  # extended ack attributes follow
 NLMSGERR_ATTR_MSG = 1
-SO_SNDBUFFORCE = 32  # asm-generic/socket.h (root may exceed net.core.wmem_max)
-SO_RCVBUFFORCE = 33
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
@@ -91,7 +89,7 @@ class NetlinkBatch:
     def __init__(self, netns_name: str | None = None) -> None:
         self.netns = netns_name
         self.sock = netns.socket_in(netns_name, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        for opt, size in ((SO_SNDBUFFORCE, SOCKET_BUF), (SO_RCVBUFFORCE, SOCKET_BUF)):
+        for opt, size in ((netns.SO_SNDBUFFORCE, SOCKET_BUF), (netns.SO_RCVBUFFORCE, SOCKET_BUF)):
             self.sock.setsockopt(socket.SOL_SOCKET, opt, size)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)

@@ -45,6 +45,9 @@ THREAD_NS = "/proc/thread-self/ns/net"
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 IFREQ_FLAGS = struct.Struct("16sH22x")
 IFF_UP = 0x1
+# Like SO_SNDBUF/SO_RCVBUF but may exceed net.core.wmem_max/rmem_max (CAP_NET_ADMIN;
+# asm-generic/socket.h; Python's socket module lacks them).
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _shared_dir_ready = False

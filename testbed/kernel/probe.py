@@ -43,11 +43,12 @@ from testbed.errors import KernelError, NeedsRootError
 from testbed.kernel import bpf, cleanup, netns
 from testbed.kernel.links import LinkBuilder
 from testbed.kernel.names import RunRegistry, object_name
+from testbed.kernel.tc import ETH_P_ALL, parse_handle
 from testbed.plan.capabilities import CAPABILITY_NAMES, Capabilities, Capability
+from testbed.plan.tc import CLSACT_INGRESS as CLSACT_INGRESS_HANDLE
 
 NAMESPACE_SUFFIX = "probe"
-ETH_P_ALL = 0x0003
-CLSACT_INGRESS = 0xFFFFFFF2  # tc's "ffff:fff2": the clsact qdisc's ingress hook
+CLSACT_INGRESS = parse_handle(CLSACT_INGRESS_HANDLE, "the clsact qdisc's ingress hook")
 PROBE_HANDLE = 0x10000  # "1:"
 
 # What the kernel says when a kind is not built and no module loads (iproute2 prints the same).

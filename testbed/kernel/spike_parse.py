@@ -21,8 +21,6 @@ from testbed.kernel import bpf
 from testbed.kernel.bpf import ADD, JGT, JLT, JNE, JSET, B, H, R0, R1, R2, R6, R7, R8, W
 from testbed.plan import wire
 
-ETH_P_IP = 0x0800
-IPPROTO_UDP = 17
 IPV4_NO_OPTIONS = 0x45  # version 4, header length 5 words: the only layout wire.py's offsets allow
 IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
 
@@ -50,9 +48,9 @@ def emit_spike_prologue(a: bpf.Assembler, need: int, not_spike: str) -> None:
     )
     a.label("spike_parse")
     a.emit(
-        bpf.ldx(H, R2, R7, wire.ETHERTYPE_OFFSET), bpf.jmp(JNE, R2, host16(ETH_P_IP), not_spike),
+        bpf.ldx(H, R2, R7, wire.ETHERTYPE_OFFSET), bpf.jmp(JNE, R2, host16(wire.ETH_P_IP), not_spike),
         bpf.ldx(B, R2, R7, wire.IP_VERSION_IHL_OFFSET), bpf.jmp(JNE, R2, IPV4_NO_OPTIONS, not_spike),
-        bpf.ldx(B, R2, R7, wire.IP_PROTOCOL_OFFSET), bpf.jmp(JNE, R2, IPPROTO_UDP, not_spike),
+        bpf.ldx(B, R2, R7, wire.IP_PROTOCOL_OFFSET), bpf.jmp(JNE, R2, wire.IPPROTO_UDP, not_spike),
         bpf.ldx(H, R2, R7, wire.IP_FRAGMENT_OFFSET), bpf.jmp(JSET, R2, host16(IP_MORE_FRAGMENTS_AND_OFFSET), not_spike),
         bpf.ldx(H, R2, R7, wire.UDP_DPORT_OFFSET), bpf.jmp(JNE, R2, host16(wire.SPIKE_PORT), not_spike),
         bpf.ldx(H, R2, R7, wire.UDP_LENGTH_OFFSET), bpf.to_be(R2, 16),

@@ -24,6 +24,7 @@ from testbed.errors import KernelError, PlanError
 from testbed.kernel import netns
 from testbed.kernel.netlink import NLM_F_CREATE, NLM_F_EXCL, NetlinkBatch, attr, attr_str, attr_u32
 from testbed.plan.tc import ClassSpec, FilterSpec, QdiscSpec, TcTree
+from testbed.plan.wire import ETH_P_IP
 
 RTM_NEWQDISC = 36
 RTM_NEWTCLASS = 40
@@ -33,8 +34,7 @@ TCA_OPTIONS = 2
 TC_H_ROOT = 0xFFFFFFFF
 TC_H_CLSACT = 0xFFFFFFF1  # also TC_H_INGRESS
 CLSACT_HANDLE = 0xFFFF0000
-ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003  # a filter's protocol: every frame
 TC_LINKLAYER_ETHERNET = 1
 NS_PER_TICK = 64  # psched tick (PSCHED_TICKS2NS: << 6)
 U32_MAX = 0xFFFFFFFF

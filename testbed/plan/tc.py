@@ -1,8 +1,9 @@
 """tc objects as data: the qdisc/class/filter trees a plan asks the kernel to build.
 
-The plan describes *what* each interface's traffic control looks like; `testbed.kernel`
-turns these specs into netlink messages and `testbed.sim` interprets the same specs, so both
-executors read one description. Handles use tc's notation ("1:", "1:10", "root",
+The plan describes *what* each interface's traffic control looks like, and `testbed.kernel`
+turns these specs into netlink messages. The simulator does not interpret them: it reads the
+plan's synapses (their realised delays), windows and each gate tree's loss (`drop_probability`),
+the facts the compiler derived these trees from. Handles use tc's notation ("1:", "1:10", "root",
 "ffff:fff2" for clsact ingress, "ffff:fff3" for clsact egress). Parameter keys carry units.
 
 Accepted parameters per kind (anything else is an error, never silently dropped):

@@ -1,4 +1,4 @@
-"""The spike's wire format: what a packet carries, and where a u32 filter finds it.
+"""The spike's wire format: what a packet carries, and where in the frame the fabric reads it.
 
 A spike is one UDP datagram to port `SPIKE_PORT`. Its value is *when* it arrives, never its
 content; the header only names the synapse source so the fabric can route it into the right
@@ -16,9 +16,11 @@ Payload layout (network byte order), offsets from the start of the UDP payload::
                      layer it enters; the neuron port's gate drops the spike if its kernel RX stamp is
                      later than time_ns + the layer's window (0: no deadline, e.g. a spike sent by hand)
 
-Bytes 0..3 form one 32-bit word, the *synapse key* (layer, source, sign): a single u32
-key at IP offset 28 (20 B IPv4 header without options + 8 B UDP header) classifies a spike or
-its primer into its synapse's class.
+Bytes 0..3 form one 32-bit word, the *synapse key* (layer, source, sign), at `FRAME_KEY_OFFSET`
+of the frame: the eBPF synapse classifier (testbed.kernel.classifier) reads it to put a spike or
+its primer into its synapse's class. (A u32 filter could match the same word at IP offset
+`KEY_IP_OFFSET`, 20 B IPv4 header without options + 8 B UDP header; the fabric no longer uses
+one per synapse, benches and tc tests still do.)
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ KEY_IP_OFFSET = IPV4_HEADER_BYTES + UDP_HEADER_BYTES
 SPIKE_FRAME_BYTES = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES + PAYLOAD_BYTES
 # The largest frame (a primer) a 1500-byte-MTU veth carries, Ethernet header included.
 MAX_FRAME_BYTES = ETH_HEADER_BYTES + 1500
+ETH_P_IP = 0x0800  # the Ethernet type of every spike frame (IPv4)
+IPPROTO_UDP = 17
 
 # Offsets from the start of the Ethernet frame (where a tc program's packet data begins), for the
 # kernel's programs (testbed.kernel.spike_parse): the frame layout has this one owner.

@@ -23,7 +23,8 @@ import numpy as np
 
 from testbed.errors import KernelError
 from testbed.plan.wire import KIND_SPIKE
-from testbed.traffic.packets import ETH_P_IP, MAX_FRAME_BYTES, parse_spike_frame
+from testbed.plan.wire import ETH_P_IP, MAX_FRAME_BYTES
+from testbed.traffic.packets import parse_spike_frame
 from testbed.traffic.sockets import grow_receive_buffer, packet_socket
 
 SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD; its control message type SCM_TIMESTAMPNS is the same number

@@ -19,9 +19,12 @@ from scapy.packet import Packet, bind_layers
 from testbed.errors import PlanError
 from testbed.plan.wire import (
     ETH_HEADER_BYTES,
+    ETH_P_IP,
+    IPPROTO_UDP,
     IPV4_HEADER_BYTES,
     KIND_PRIMER,
     KIND_SPIKE,
+    MAX_FRAME_BYTES,
     PAYLOAD_BYTES,
     SPIKE_FRAME_BYTES,
     SPIKE_PORT,
@@ -29,10 +32,6 @@ from testbed.plan.wire import (
     SpikeHeader,
 )
 
-ETH_P_IP = 0x0800
-IPPROTO_UDP = 17
-# Largest frame a veth with the default MTU (1500 B of IP) carries: 14 B Ethernet + 1500.
-MAX_FRAME_BYTES = ETH_HEADER_BYTES + 1500
 IP_TTL = 64
 IP_FLAG_DF = 0x4000  # don't fragment: a spike is one datagram, never a fragment
 HEADERS_BYTES = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES

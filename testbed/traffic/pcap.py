@@ -17,7 +17,8 @@ import numpy as np
 from testbed.atomic_file import write_atomic
 from testbed.errors import CaptureError
 from testbed.traffic.capture import ARRIVAL_DTYPE
-from testbed.traffic.packets import MAX_FRAME_BYTES, parse_spike_frame
+from testbed.plan.wire import MAX_FRAME_BYTES
+from testbed.traffic.packets import parse_spike_frame
 
 MAGIC_NS = 0xA1B23C4D
 MAGIC_US = 0xA1B2C3D4

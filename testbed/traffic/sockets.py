@@ -9,10 +9,7 @@ from __future__ import annotations
 import socket
 
 from testbed.errors import NeedsRootError
-from testbed.kernel.netns import socket_in
-
-SO_SNDBUFFORCE = 32  # like SO_SNDBUF but may exceed net.core.wmem_max (needs CAP_NET_ADMIN)
-SO_RCVBUFFORCE = 33  # like SO_RCVBUF but may exceed net.core.rmem_max (needs CAP_NET_ADMIN)
+from testbed.kernel.netns import SO_RCVBUFFORCE, SO_SNDBUFFORCE, socket_in
 
 
 def packet_socket(netns: str | None, proto: int) -> socket.socket:

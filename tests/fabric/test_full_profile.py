@@ -26,6 +26,8 @@ from testbed.plan.tc import drop_probability
 from testbed.plan.wire import KIND_SPIKE, SpikeHeader
 from testbed.traffic.inject import Schedule
 from testbed.traffic.packets import spike_frame
+from testbed.kernel.tc import parse_handle
+from testbed.plan.tc import CLSACT_INGRESS
 
 pytestmark = pytest.mark.root
 SAMPLES = 100
@@ -57,7 +59,7 @@ def _run(plan: FabricPlan, backend: str, spikes) -> tuple[np.ndarray, list[dict]
             kinds = []
             with netns.iproute(fab.host_netns) as ipr:
                 for port in fab.ports[0]:
-                    kinds.append({f.get_attr("TCA_KIND") for f in ipr.get_filters(port.ifindex, parent=0xFFFFFFF2)}
+                    kinds.append({f.get_attr("TCA_KIND") for f in ipr.get_filters(port.ifindex, parent=parse_handle(CLSACT_INGRESS, 'clsact ingress'))}
                                  - {None})
             expected = len(fab.ports[0]) * SAMPLES
             _, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], _frames(plan), expected, wait_s=2.0)

@@ -19,6 +19,8 @@ from testbed.fabric.live import bring_up, build_fabric
 from testbed.kernel import cleanup, netns
 from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE
 from testbed.traffic.inject import Schedule
+from testbed.kernel.tc import parse_handle
+from testbed.plan.tc import CLSACT_INGRESS
 
 EVENTS = [(i, s) for i in range(3) for s in (0, 1)]
 
@@ -164,7 +166,7 @@ def test_bring_up_leaves_it_up_until_down(tiny_plan, spikes):
         # the gate stays attached with no fd of ours open
         with netns.iproute(f"p2{run}h") as ipr:
             index = ipr.link_lookup(ifname=f"p2{run}{tiny_plan.layers[0].ports[0].host_if}")[0]
-            assert any(f.get_attr("TCA_KIND") == "bpf" for f in ipr.get_filters(index, parent=0xFFFFFFF2))
+            assert any(f.get_attr("TCA_KIND") == "bpf" for f in ipr.get_filters(index, parent=parse_handle(CLSACT_INGRESS, 'clsact ingress')))
     finally:
         cleanup.down(run)
     assert spikes.leftovers(run) == []

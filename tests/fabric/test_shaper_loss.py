@@ -19,6 +19,8 @@ from testbed.plan.compiler import Realisation, compile_network
 from testbed.plan.profiles import load_profile
 from testbed.plan.tc import drop_probability
 from testbed.traffic.inject import Schedule
+from testbed.kernel.tc import parse_handle
+from testbed.plan.tc import CLSACT_INGRESS
 
 pytestmark = pytest.mark.root
 SAMPLES = 100
@@ -38,7 +40,7 @@ def test_the_gate_loses_half_the_spikes_before_counting(backend, spikes):
     offsets = np.repeat(np.arange(SAMPLES, dtype=np.int64) * GAP_NS, 2)  # primer and spike back to back
     with build_fabric(plan, backend=backend) as fab:
         with netns.iproute(fab.host_netns) as ipr:
-            kinds = [{f.get_attr("TCA_KIND") for f in ipr.get_filters(port.ifindex, parent=0xFFFFFFF2)} - {None}
+            kinds = [{f.get_attr("TCA_KIND") for f in ipr.get_filters(port.ifindex, parent=parse_handle(CLSACT_INGRESS, 'clsact ingress'))} - {None}
                      for port in fab.ports[0]]
         expected = len(fab.ports[0]) * SAMPLES
         _, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule(offsets, frames), expected, wait_s=2.0)

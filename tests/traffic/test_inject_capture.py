@@ -85,14 +85,16 @@ def test_injected_schedule_arrives_intact_and_on_time(veth_pair, tmp_path):
     # the injector's own clock reads, mapped to CLOCK_REALTIME, agree with the kernel's stamps
     user_real = report.sent_mono_ns + report.realtime_minus_monotonic_ns
     assert np.abs(t_rx - user_real).max() < LOOSE_NS
-    # the schedule's spacing, wherever the injector was not preempted (a shared 2-core machine
-    # can stall it for tens of ms; it then reports the frames late and sends them at once)
+    # The injector may be late (a shared 2-core machine can stall it for tens of ms; it then
+    # sends the frames it owes at once) but never early: by the kernel's own TX stamps, not the
+    # injector's account of itself, no frame leaves before its time. A pacer that ignores the
+    # schedule sends frame 59 over a second early and fails here, however loaded the machine.
+    assert np.all(report.tx_real_ns - (report.start_real_ns + schedule.offsets_ns) > -LOOSE_NS)
+    # and where two neighbours were both sent on time, the kernel saw the schedule's spacing
     on_time = report.lateness_ns < 100_000
     pairs = on_time[1:] & on_time[:-1]
-    if pairs.sum() < 5:
-        pytest.skip(f"injector preempted: only {pairs.sum()} of {N_FRAMES - 1} frame pairs sent on time")
     spacing_error = np.diff(t_rx) - np.diff(schedule.offsets_ns)
-    assert np.abs(spacing_error[pairs]).max() < LOOSE_NS
+    assert np.all(np.abs(spacing_error[pairs]) < LOOSE_NS)
 
     path = tmp_path / "capture.pcap"
     write_pcap(path, got["t_ns"], capture.frames)
