@@ -50,7 +50,8 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except TestbedError as exc:
-        click.echo(f"pi2: error: {exc}", err=True)
+        one_line = " ".join(str(exc).split("\n"))  # a library's message (YAML, HDF5) may span lines
+        click.echo(f"pi2: error: {one_line}", err=True)
         sys.exit(2)
 
 

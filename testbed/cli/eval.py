@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from testbed.cli.output import emit_json, json_option
+from testbed.cli.params import FiniteRange
 from testbed.model.netfile import load_network
 from testbed.train.datasets import LOADERS
 from testbed.train.evaluate import EvalConfig, evaluate_network
@@ -19,9 +20,9 @@ from testbed.train.evaluate import EvalConfig, evaluate_network
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--bits", type=click.IntRange(0, 16), default=None,
               help="Override delay quantisation: 1..16 bits, or 0 for float delays. Default: the network's own.")
-@click.option("--jitter", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--jitter", type=FiniteRange(min=0), default=0.0, show_default=True,
               help="Gaussian jitter σ (model time units) added to every layer's output times.")
-@click.option("--event-loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--event-loss", type=FiniteRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Fraction of every layer's input events lost at random: a lost event reaches no neuron "
                    "(0.1 keeps 90 %). pi2 compile/infer --loss instead drops each port's copy independently.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N samples.")

@@ -9,6 +9,7 @@ import sys
 import click
 
 from testbed.cli.output import emit_json, json_option
+from testbed.cli.params import FiniteRange
 from testbed.kernel.guest import DEFAULT_MODULES, GuestSpec, run_in_guest
 
 _MEM = re.compile(r"^(\d+)([MG]?)$", re.IGNORECASE)
@@ -35,7 +36,7 @@ def _env_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 @click.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 @click.option("--mem", "mem_mb", default="1G", show_default=True, callback=_mem_mb,
               help="Guest RAM: MiB, or with suffix M/G (512M, 2G).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0,
+@click.option("--timeout", "timeout_s", type=FiniteRange(min=0, min_open=True), default=600.0,
               show_default=True, help="Hard limit in seconds for boot + command + poweroff; the guest is then killed.")
 @click.option("--env", "env", multiple=True, callback=_env_pairs, metavar="NAME=VALUE",
               help="Set a variable for the command (repeatable). Host PI2_* variables are passed on anyway.")

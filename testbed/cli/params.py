@@ -26,12 +26,22 @@ class Duration(click.ParamType):
         if isinstance(value, (int, float)):
             return float(value)
         match = _DURATION.match(str(value))
-        if match is None or float(match.group(1)) <= 0:
+        if match is None or not 0 < float(match.group(1)) < math.inf:
             self.fail(f"{value!r} is not a positive duration; write e.g. 500us, 1ms or 0.5s", param, ctx)
         return float(match.group(1)) * _UNITS_US[match.group(2)]
 
 
 DURATION = Duration()
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange, minus nan and ±inf (which compare False with every bound, so it let them through)."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class NumberOr(click.ParamType):
@@ -88,12 +98,12 @@ def compile_options(command):  # type: ignore[no-untyped-def]
                      help="Leave out synapses whose arrival never came within this many model units of their "
                           "port's K-th earliest on the calibration data (they cannot change the port's output "
                           "there, yet cost the kernel two shaped packets per sample); 'off' keeps every synapse."),
-        click.option("--lead", type=click.FloatRange(0), default=DEFAULT_LEAD, show_default=True,
+        click.option("--lead", type=FiniteRange(0), default=DEFAULT_LEAD, show_default=True,
                      help="Spread each layer's events over at least this many model units ahead of their times "
                           "(more where the slowest layer leaves room), each event's delay classes holding it that "
                           "much longer (arrivals unchanged): the zero inputs' burst at T0 becomes a train the "
                           "kernel enqueues on time. 0 sends every event at its time."),
-        click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+        click.option("--loss", type=FiniteRange(0, 1, max_open=True), default=0.0, show_default=True,
                      help="Drop each port's copy of a spike with this probability, independently at every neuron "
                           "port, 1/N for an integer N (e.g. 0.1), before its gate counts it: the shaper profile's "
                           "gate drops it (eBPF), the full profile's gact action does; the simulator drops with the "

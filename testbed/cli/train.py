@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from testbed.cli.output import emit_json, json_option
-from testbed.cli.params import LOGIT_SCALE
+from testbed.cli.params import LOGIT_SCALE, FiniteRange
 from testbed.model.netfile import save_network
 from testbed.train.datasets import LOADERS
 from testbed.train.recipe import TrainConfig, train_network
@@ -30,9 +30,9 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
                    "the teacher on digits.")
 @click.option("--bits", type=click.IntRange(1, 16), default=None,
               help="Quantise synapse delays to 2^bits levels on [0, 2c]; fine-tunes quantisation-aware. Default: float.")
-@click.option("--jitter", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--jitter", type=FiniteRange(min=0), default=0.0, show_default=True,
               help="Fine-tune under Gaussian jitter σ (model time units) on every layer's output times.")
-@click.option("--event-loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--event-loss", type=FiniteRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Fine-tune under random event loss: fraction of every layer's input events dropped, each at "
                    "every neuron (0.1 keeps 90 %; pi2 compile/infer --loss drops port copies independently).")
 @click.option("--teacher-epochs", type=click.IntRange(min=0), default=DEFAULTS.teacher_epochs, show_default=True)
@@ -40,7 +40,7 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
               help="Distillation epochs.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, show_default=True,
               help="Fine-tuning epochs (only with --bits, --jitter or --event-loss).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True,
+@click.option("--lr", type=FiniteRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True,
               help="Adam learning rate of distillation (teacher and fine-tuning use their own defaults).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--logit-scale", type=LOGIT_SCALE, metavar="λ|auto", default=DEFAULTS.logit_scale, show_default=True,

@@ -20,6 +20,7 @@ a pickled ``nn.Module``, an optimizer class, arbitrary code — is refused with 
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from testbed.model.safe_pickle import AllowListUnpickler
 
 # torch storage type -> element type as stored. numpy has no bfloat16: its 16 bits are the top
 # half of a float32, so bfloat16 storages are widened to float32 exactly.
+MAX_ELEMENTS = 1 << 28  # per tensor (1 GiB of float32): far beyond any π² network's layer
 STORAGE_DTYPES: dict[str, str] = {
     "BFloat16Storage": "u2",
     "DoubleStorage": "f8",
@@ -166,9 +168,13 @@ def _tensor_mapping(obj: Any, where: str) -> Mapping[str, _Tensor]:
 def _storage(archive: zipfile.ZipFile, prefix: str, tensor: _Tensor, byteorder: str, where: str) -> np.ndarray:
     member = f"{prefix}data/{tensor.key}"
     try:
-        raw = archive.read(member)
+        info = archive.getinfo(member)
     except KeyError:
         raise ImportFormatError(f"{where}: storage '{member}' is missing from the zip") from None
+    if info.file_size > MAX_ELEMENTS * 8:  # before inflating it (a zip may declare any size)
+        raise ImportFormatError(f"{where}: storage '{member}' declares {info.file_size} bytes, more than any "
+                                f"network's weights (at most {MAX_ELEMENTS} elements)")
+    raw = archive.read(info)
     dtype = tensor.storage_type.dtype.newbyteorder("<" if byteorder == "little" else ">")
     if len(raw) % dtype.itemsize:
         raise ImportFormatError(f"{where}: storage '{member}' has {len(raw)} bytes, not a whole number "
@@ -183,6 +189,10 @@ def _materialise(storage: np.ndarray, tensor: _Tensor, where: str) -> np.ndarray
     if len(tensor.size) != len(tensor.stride) or any(s < 0 for s in tensor.size + tensor.stride) or tensor.offset < 0:
         raise ImportFormatError(f"{where}: bad geometry size={tensor.size} stride={tensor.stride} "
                                 f"offset={tensor.offset}")
+    count = math.prod(tensor.size)
+    if count > MAX_ELEMENTS:  # a stride-0 view declares any size over a few bytes of storage
+        raise ImportFormatError(f"{where}: size={tensor.size} is {count} elements; a weight tensor may hold at most "
+                                f"{MAX_ELEMENTS}")
     # The last element read is offset + Σ (size_d − 1)·stride_d; it must lie inside the storage.
     last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride)) if all(tensor.size) else -1
     if last >= len(storage):

@@ -319,6 +319,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ProfileError(f"tc profile {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"tc profile {path}: not UTF-8 text; a profile is a YAML file like "
+                           f"{PROFILE_DIR / 'shaper.yaml'}") from None
+    except RecursionError:
+        raise ProfileError(f"tc profile {path}: nested too deeply to be a profile") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

