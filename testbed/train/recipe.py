@@ -51,6 +51,8 @@ class TrainConfig:
     finetune_lr: float = 3e-3
     batch_size: int = 32
     logit_scale: float | None = 1.0  # λ on the student's scores in the loss; None: calibrate (distill.py)
+    constants: str = "uniform"  # or "authors": LeNet5_K's per-layer s and rectified scores (teacher.student_template)
+    rescale: bool = True     # range-scale before an n-bit fine-tune (module doc)
     seed: int = 0
     threads: int = 1
     command: str | None = None  # the command line that ran this, stored in provenance
@@ -66,6 +68,8 @@ class TrainConfig:
             raise TrainingError("epochs must be ≥ 0, and batch size and threads ≥ 1")
         if self.logit_scale is not None and not (self.logit_scale > 0 and np.isfinite(self.logit_scale)):
             raise TrainingError(f"--logit-scale must be a finite number > 0 (or auto), got {self.logit_scale}")
+        if self.constants not in ("uniform", "authors"):
+            raise TrainingError(f"--constants must be uniform or authors, got {self.constants!r}")
 
     @property
     def perturbed(self) -> bool:
@@ -93,6 +97,8 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
     """
     arch = parse_arch(config.arch)
     k = parse_k(config.k, arch)
+    if config.constants == "authors" and arch.kind == "mlp":
+        raise TrainingError(f"--constants authors are LeNet5_K's per-layer constants; {arch} has the uniform ones")
     dataset = load_dataset(config.dataset)
     x_train, x_test = _inputs(dataset, arch)
     torch = require_torch()
@@ -120,7 +126,7 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         accuracy: dict[str, float | None] = {
             "teacher": teacher_accuracy(teacher, torch.as_tensor(x_test, dtype=torch.float32), dataset.y_test)}
 
-        template = student_template(teacher, arch, k)
+        template = student_template(teacher, arch, k, config.constants == "authors")
         student = Pi2TorchNetwork(template)
         targets = teacher_logits(teacher, xt)
         scale = (calibrated_logit_scale(student, targets[:CALIBRATION_SAMPLES], xt[:CALIBRATION_SAMPLES])
@@ -130,10 +136,18 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         accuracy["student"] = numpy_accuracy(student.to_numpy(template), x_test, dataset.y_test)
         distil_s = time.perf_counter() - started - teacher_s
 
+        norm, alpha = dataset.normalisation, 1.0
+        if config.bits is not None and config.rescale:
+            alpha = range_scale(student.to_numpy(template), x_train)
+            with torch.no_grad():
+                for layer in student.layers:
+                    layer.weight.mul_(alpha)
+            xt, x_test, norm = xt * alpha, x_test * alpha, norm.scaled(alpha)
         if config.perturbed:
             student.bits, student.jitter, student.keep = config.bits, config.jitter, 1.0 - config.event_loss
+            # λ/α: the loss sees the scores it saw before the range scale multiplied them by α
             distill(student, targets, xt, yt, DistillConfig(config.finetune_epochs, config.finetune_lr,
-                                                            config.batch_size, logit_scale=scale), generator,
+                                                            config.batch_size, logit_scale=scale / alpha), generator,
                     hook("fine-tune", config.finetune_epochs))
             student.jitter, student.keep = 0.0, 1.0
         net = student.to_numpy(template)
@@ -152,24 +166,38 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
-    provenance = _provenance(config, arch, k, dataset.name, dataset.normalisation, accuracy, torch.__version__,
-                             scale)
+    provenance = _provenance(config, arch, k, dataset.name, norm, accuracy, torch.__version__, scale, alpha)
     report = {
         "dataset": dataset.name, "arch": str(arch), "k": list(k), "bits": config.bits, "jitter": config.jitter,
         "event_loss": config.event_loss, "seed": config.seed, "threads": config.threads, "logit_scale": scale,
+        "range_scale": alpha, "constants": config.constants,
         "accuracy": accuracy,
         "train_samples": len(x_train), "test_samples": len(x_test),
         "seconds": {"teacher": teacher_s, "distil": distil_s, "total": total_s},
     }
-    return Pi2Network(net.layers, net.input_shape, net.constants, net.bits, None, provenance), report
+    return replace(net, gamma=None, provenance=provenance), report
+
+
+def range_scale(net: Pi2Network, x: np.ndarray) -> float:
+    """α = min(T0 / max|x|, c / max|w|) ≥ 1: how far inputs and weights can be scaled up with no
+    input event clipped at 0 ([T0 − αx]₊) and no weight clamped, i.e. exactly on the first layer
+    (hidden values may still clip: fine-tuning learns through that). 1 if either is already at its bound."""
+    c = net.constants
+    widest = max(float(np.abs(layer.weight).max()) for layer in net.layers)
+    largest = float(np.abs(x).max())
+    bounds = [c.t0 / largest if largest > 0 else np.inf, c.c / widest if widest > 0 else np.inf]
+    alpha = min(bounds)
+    return float(alpha) if np.isfinite(alpha) and alpha > 1 else 1.0
 
 
 def _provenance(config: TrainConfig, arch: Arch, k: tuple[int, ...], name: str, norm: Normalisation,
-                accuracy: dict[str, float | None], torch_version: str, logit_scale: float) -> dict[str, Any]:
+                accuracy: dict[str, float | None], torch_version: str, logit_scale: float,
+                alpha: float) -> dict[str, Any]:
     training = {key: value for key, value in asdict(config).items() if key not in ("command", "dataset", "arch", "k")}
     training["logit_scale"] = logit_scale  # the λ used (calibrated when the config says None)
+    training["range_scale"] = alpha  # the α inputs and weights were scaled by before the n-bit fine-tune
     return {
-        "dataset": {"name": name, "scale": norm.scale, "offset": norm.offset},
+        "dataset": {"name": name, **norm.record()},
         "split": "test",
         "arch": str(arch),
         "k": list(k),

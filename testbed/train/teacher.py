@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.model.torch_import import LENET5_AUTHORS_S
 from testbed.train.arch import Arch
 from testbed.train.loop import EpochHook, fit
 
@@ -15,6 +18,7 @@ from testbed.train.loop import EpochHook, fit
 
 def build_teacher(arch: Arch) -> nn.Sequential:
     """The ReLU teacher of `arch`: an MLP, or LeNet-5 (conv → ReLU → max-pool twice, then 120-84-10)."""
+    # nn.Sequential names its weights 0.weight, 3.weight, …: pi2 import reads those as well
     if arch.kind == "mlp":
         modules: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(arch.widths[:-1], arch.widths[1:])):
@@ -22,18 +26,21 @@ def build_teacher(arch: Arch) -> nn.Sequential:
                 modules.append(nn.ReLU())
             modules.append(nn.Linear(n_in, n_out, bias=False))
         return nn.Sequential(*modules)
+    flat = 16 * ((8 + arch.padding) // 2) ** 2  # 28 + 2p − 4 → pool → − 4 → pool: 400 (p = 2) or 256 (p = 0)
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 6, 5, padding=arch.padding, bias=False), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120, bias=False), nn.ReLU(), nn.Linear(120, 84, bias=False), nn.ReLU(),
+        nn.Linear(flat, 120, bias=False), nn.ReLU(), nn.Linear(120, 84, bias=False), nn.ReLU(),
         nn.Linear(84, 10, bias=False))
 
 
-def student_template(teacher: nn.Sequential, arch: Arch, k: tuple[int, ...]) -> Pi2Network:
+def student_template(teacher: nn.Sequential, arch: Arch, k: tuple[int, ...], authors: bool = False) -> Pi2Network:
     """The π² network of the teacher's topology holding the teacher's weights.
 
     nn.Linear keeps its weight out×in while a π² dense layer is in×out, so dense weights are
-    transposed; conv weights are Cout×Cin×kh×kw in both.
+    transposed; conv weights are Cout×Cin×kh×kw in both. With `authors` (LeNets), the
+    authors' LeNet5_K constants: s = 1 after conv1 and 10 after the rest, rectified scores
+    (testbed.model.torch_import.LENET5_AUTHORS_S).
     """
     modules = list(teacher)
     weighted = [i for i, m in enumerate(modules) if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -51,7 +58,10 @@ def student_template(teacher: nn.Sequential, arch: Arch, k: tuple[int, ...]) -> 
             layer = ConvLayer(weight, k_layer, tuple(shape), module.stride[0], module.padding[0], int(pool))
         layers.append(layer)
         shape = layer.out_shape
-    return Pi2Network(tuple(layers), arch.input_shape)
+    if not authors:
+        return Pi2Network(tuple(layers), arch.input_shape)
+    layers = [replace(layer, s=s) for layer, s in zip(layers, LENET5_AUTHORS_S)]
+    return Pi2Network(tuple(layers), arch.input_shape, rectified=True)
 
 
 def train_teacher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int,

@@ -12,7 +12,8 @@ from testbed.model.netfile import load_network, save_network
 from testbed.train.arch import parse_arch
 from testbed.train.datasets import load_dataset
 from testbed.train.evaluate import EvalConfig, evaluate_network
-from testbed.train.recipe import TrainConfig, train_network
+from testbed.model.network import DenseLayer, Pi2Network
+from testbed.train.recipe import TrainConfig, range_scale, train_network
 
 torch = pytest.importorskip("torch")
 from testbed.errors import TrainingError  # noqa: E402
@@ -71,9 +72,32 @@ def test_short_digits_run_distils_and_quantises(tmp_path):
     result = evaluate_network(load_network(path), EvalConfig())
     assert result["accuracy"] == pytest.approx(acc["quantised"])
     prov = load_network(path).provenance
-    assert prov["dataset"] == {"name": "digits", "scale": 1 / 16, "offset": 0.0}
+    alpha = report["range_scale"]  # the n-bit fine-tune ran on inputs and weights scaled by α
+    assert alpha > 1 and prov["training"]["range_scale"] == alpha
+    assert prov["dataset"] == {"name": "digits", "scale": pytest.approx(alpha / 16), "offset": 0.0}
     assert prov["command"] == "pi2 train (test)" and prov["seed"] == 0 and prov["torch"] == torch.__version__
     assert set(prov["accuracy"]) == {"teacher", "student", "quantised"}
+
+
+def test_range_scale_keeps_the_float_function():
+    # inputs and weights times α: every y times α, so the scores too, and the argmax stays
+    rng = np.random.default_rng(0)
+    net = Pi2Network((DenseLayer(rng.normal(0, 0.03, (12, 8)), 5), DenseLayer(rng.normal(0, 0.3, (8, 4)), 3)), (12,))
+    x = rng.uniform(0, 1, (50, 12))
+    alpha = range_scale(net, x)
+    assert alpha == pytest.approx(min(3 / np.abs(x).max(), 3 / max(np.abs(l.weight).max() for l in net.layers)))
+    scaled = replace(net, layers=tuple(replace(l, weight=l.weight * alpha) for l in net.layers))
+    hidden = np.maximum(-10 * net.trace(x)[0].y, 0)
+    assert alpha * hidden.max() < 3  # no hidden value clips either, so the scaling is exact
+    np.testing.assert_allclose(scaled.scores(x * alpha), alpha * net.scores(x), rtol=1e-9, atol=1e-9)
+    assert range_scale(scaled, x * alpha) == 1.0  # at its bound: no further scaling
+
+
+def test_no_rescale_keeps_the_normalisation():
+    config = TrainConfig("digits", "mlp:64-8-10", "4,2", bits=4, teacher_epochs=2, epochs=1, finetune_epochs=1,
+                         rescale=False, seed=1)
+    net, report = train_network(config)
+    assert report["range_scale"] == 1.0 and net.provenance["dataset"]["scale"] == 1 / 16
 
 
 def test_calibrated_logit_scale_gives_the_student_the_teacher_spread():
@@ -114,3 +138,19 @@ def test_same_seed_same_network():
 def test_digits_data_feeds_the_mlp_shape():
     data = load_dataset("digits")
     assert data.sample_shape == (64,) and data.n_classes == 10
+
+
+def test_authors_lenet5k_student_topology_and_constants():
+    arch = parse_arch("lenet5k")
+    teacher = build_teacher(arch)
+    net = student_template(teacher, arch, (12, 50, 85, 25, 75), authors=True)
+    assert net.layers[0].padding == 0 and net.layers[2].n_inputs == 256
+    assert net.scales == (1.0, 10.0, 10.0, 10.0, 10.0) and net.rectified
+    x = torch.rand(3, 1, 28, 28)
+    np.testing.assert_allclose(Pi2TorchNetwork(net, torch.float64)(x.double()).detach().numpy(),
+                               net.scores(x.numpy()), atol=1e-6)
+
+
+def test_authors_constants_need_a_lenet():
+    with pytest.raises(TrainingError, match="--constants authors are LeNet5_K's"):
+        train_network(TrainConfig("digits", "mlp:64-8-10", "4,2", constants="authors"))
