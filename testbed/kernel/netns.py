@@ -249,8 +249,15 @@ def write_sysfs(name: str | None, values: dict[str, str]) -> None:
     A sysfs mount shows the network devices of the namespace its mounter was in, so a helper
     thread unshares its own mount namespace (CLONE_NEWNS; with CLONE_FS threads share a root, so
     only that thread moves), makes every mount private, enters `name` and mounts a fresh sysfs
-    over /sys. The mount vanishes with the thread.
+    over /sys. The mount vanishes with the thread. For this process's own namespace (None) /sys
+    already is that view (and a second sysfs of it over /sys is refused: EBUSY), so the files are
+    written directly.
     """
+    if name is None:
+        for path, value in values.items():
+            Path(path).write_text(value)
+        return
+
     def body() -> None:
         if _libc.unshare(CLONE_NEWNS) != 0:
             raise _os_error("unshare(CLONE_NEWNS)")

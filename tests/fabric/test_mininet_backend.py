@@ -4,8 +4,10 @@ passes a gate on every port, and nothing is left behind (links, bridges, host sh
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,11 +33,15 @@ def test_missing_mnexec_is_a_one_line_error(monkeypatch, tiny_plan):
 @needs_mininet
 def test_tiny_plan_builds_and_passes_a_spike(tiny_plan, spikes):
     layer = tiny_plan.layers[0]
-    with build_fabric(tiny_plan, backend="mininet") as fab:
+    cpu = max(os.sched_getaffinity(0))
+    with build_fabric(tiny_plan, backend="mininet", fabric_cpus=[cpu], gate_cpus=[cpu]) as fab:
         run = fab.run_id
         assert fab.backend == "mininet" and fab.host_netns.startswith("/proc/")
         root_links = {name for _, name in socket.if_nameindex()}
         assert f"p2{run}{layer.switch}" in root_links  # Mininet's switches live in the root namespace
+        # RPS steered as asked, on the switch side (the root namespace's own sysfs) and the host side
+        rps = f"/sys/class/net/p2{run}{layer.switch}i/queues/rx-0/rps_cpus"
+        assert int(Path(rps).read_text(), 16) == 1 << cpu
         host_links = {name for _, name in netns.run_in(fab.host_netns, socket.if_nameindex)}
         assert {p.ifname for p in fab.ports[0]} | set(fab.inject_ifs) <= host_links
         with netns.iproute(None) as ipr:
