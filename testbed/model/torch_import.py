@@ -44,7 +44,6 @@ with weights beyond ±c computes differently here. The provenance counts them (`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -212,20 +211,18 @@ def _chains(dense: Sequence[tuple[str, np.ndarray]], n_in: int | None, orientati
     return True
 
 
-def conv_weight(module: _Module, c_in: int, kernel: int | None, where: str) -> np.ndarray:
+def conv_weight(module: _Module, c_in: int, kernel: int, where: str) -> np.ndarray:
     """The Cout×Cin×kh×kw weight of a conv module; a π² ``.cnn`` weight (k·k·Cin)×Cout is
-    transposed and unflattened in F.unfold's (channel, row, column) order. `kernel` None: square
-    kernel inferred from the row count."""
+    transposed and unflattened in F.unfold's (channel, row, column) order."""
     w = module.weight
     if module.kind == "conv":
         return w.astype(np.float64)
     rows, c_out = w.shape
-    k = kernel if kernel is not None else math.isqrt(rows // c_in) if rows % c_in == 0 else 0
-    if k < 1 or rows != c_in * k * k:
-        expect = f"{c_in}·{kernel}·{kernel} = {c_in * kernel * kernel}" if kernel else f"{c_in}·k·k"
-        raise ImportFormatError(f"{where}: π² conv '{module.name}.cnn.weight' has shape {tuple(w.shape)}; its "
-                                f"rows must be {expect} (Cin·kh·kw, F.unfold order) for {c_in} input channels")
-    return np.ascontiguousarray(w.T.reshape(c_out, c_in, k, k), dtype=np.float64)
+    if rows != c_in * kernel * kernel:
+        raise ImportFormatError(f"{where}: π² conv '{module.name}.cnn.weight' has shape {tuple(w.shape)}; its rows "
+                                f"must be {c_in}·{kernel}·{kernel} = {c_in * kernel * kernel} (Cin·kh·kw, F.unfold "
+                                f"order) for {c_in} input channels")
+    return np.ascontiguousarray(w.T.reshape(c_out, c_in, kernel, kernel), dtype=np.float64)
 
 
 def network_from_state_dict(state: Mapping[str, np.ndarray], k: Sequence[int], arch: str | None = None,
