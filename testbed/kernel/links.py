@@ -1,9 +1,10 @@
 """Namespaces, veth pairs and bridges of one run, each recorded before it is made.
 
 `LinkBuilder` names every object ``p2<run><suffix>`` (testbed.kernel.names), records it in the
-run's registry *before* asking the kernel, and keeps one `IPRoute` per namespace open. Links
-are created from the root namespace straight into their target namespace (IFLA_NET_NS_FD), so
-nothing is moved afterwards.
+run's registry *before* asking the kernel, and keeps one `IPRoute` per namespace open. Veth
+pairs are made in batches (`veths`: one netlink commit for a whole layer's ports, already
+enslaved to its bridge), from a socket in the first end's namespace with the peer created
+straight in its own (IFLA_NET_NS_FD), so nothing is moved afterwards.
 
 Kernel semantics that matter for the data path:
 - Bridges are made with STP off and forward_delay 0: with either on, a new port spends ~1 s in
@@ -32,6 +33,10 @@ NUD_PERMANENT = 0x80  # include/uapi/linux/neighbour.h
 
 def _where(name: str, ns: str | None) -> str:
     return name if ns is None else f"{name} (namespace {ns})"
+
+
+def _where_pair(ns: str | None, peer_ns: str | None) -> str:
+    return " / ".join("the root namespace" if n is None else f"namespace {n}" for n in (ns, peer_ns))
 
 
 class LinkBuilder:
@@ -75,24 +80,7 @@ class LinkBuilder:
 
     def veth(self, suffix: str, peer_suffix: str, ns: str | None = None, peer_ns: str | None = None) -> tuple[str, str]:
         """Create a veth pair with one end in `ns` and the other in `peer_ns`; both stay down."""
-        name, peer = self.name(suffix), self.name(peer_suffix)
-        self.registry.record("link", name=name, netns=ns, peer=peer, peer_netns=peer_ns)
-        fds = [os.open(netns.path_of(n), os.O_RDONLY) for n in (ns, peer_ns) if n is not None]
-        try:
-            end: dict[str, object] = {"ifname": peer}
-            main: dict[str, object] = {}
-            if ns is not None:
-                main["net_ns_fd"] = fds[0]
-            if peer_ns is not None:
-                end["net_ns_fd"] = fds[-1]
-            self._call(f"veth {name}/{peer}", self.ipr(None).link, "add", ifname=name, kind="veth", peer=end, **main)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        for n, n_ns in ((name, ns), (peer, peer_ns)):
-            if n_ns is None:
-                self.disable_ipv6(n, None)
-        return name, peer
+        return self.veths([(suffix, peer_suffix)], ns, peer_ns)[0]
 
     def veths(self, pairs: Sequence[tuple[str, str]], ns: str | None, peer_ns: str | None,
               master: str | None = None) -> list[tuple[str, str]]:
@@ -107,7 +95,7 @@ class LinkBuilder:
         try:
             with NetlinkBatch(ns) as nl:
                 for name, peer in made:
-                    nl.new_veth(name, peer, peer_fd, master_index, f"veth {_where(name, ns)}/{_where(peer, peer_ns)}")
+                    nl.new_veth(name, peer, peer_fd, master_index, f"veth {name}/{peer} ({_where_pair(ns, peer_ns)})")
                 nl.commit()
         finally:
             os.close(peer_fd)
