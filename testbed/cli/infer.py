@@ -94,18 +94,16 @@ def render(report: InferenceReport) -> None:
     console.print(f"throughput: {report.samples_per_s:.1f} samples/s, {report.synaptic_events_per_s:,.0f} synaptic "
                   f"events/s; per sample {packets['injected']} frames injected, {packets['port_copies']} port copies, "
                   f"{packets['pruned']} pruned, {packets['shaped']} shaped")
-    layers = per_layer_table(len(report.layers), "kernel − simulated arrival of gated spikes (µs)")
-    rows = (("spikes received", lambda r: f"{r.spikes_received}/{r.spikes_expected}"),
+    layers = per_layer_table(len(report.layers), "kernel − simulated T of the in-kernel neurons' events (µs)")
+    rows = (("spikes counted", lambda r: f"{r.spikes_received}/{r.spikes_expected}"),
             ("ports short of K", lambda r: str(r.ports_short)),
             ("error mean", lambda r: f"{r.error_us_mean:.0f}"), ("error median", lambda r: f"{r.error_us_median:.0f}"),
             ("error sd", lambda r: f"{r.error_us_sd:.0f}"), ("|error| p99", lambda r: f"{r.error_us_p99:.0f}"),
-            ("injection late p99", lambda r: f"{r.inject_late_us_p99:.0f}"),
-            ("delay error median", lambda r: f"{r.delay_error_us_median:.0f}"),
-            ("|delay error| p99", lambda r: f"{r.delay_error_us_p99:.0f}"))
+            ("injection late p99", lambda r: f"{r.inject_late_us_p99:.0f}"))
     for label, cell in rows:
         layers.add_row(label, *(cell(row) for row in report.layers))
     console.print(layers)
-    gates = per_layer_table(len(report.gates), "where the gates sent spikes and primers")
+    gates = per_layer_table(len(report.gates), "where the neurons (gates) sent spikes and primers")
     for key in report.gates[0]:
         gates.add_row(key.replace("_", " "), *(str(layer[key]) for layer in report.gates))
     console.print(gates)

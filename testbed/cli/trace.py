@@ -10,7 +10,9 @@ from rich.table import Table
 
 from testbed.atomic_file import check_output_file
 from testbed.cli.output import emit_json, json_option
-from testbed.plan.wire import KIND_PRIMER
+from testbed.plan.wire import KIND_EVENT, KIND_PRIMER, KIND_SPIKE
+
+KIND_NAMES = {KIND_SPIKE: "spike", KIND_PRIMER: "primer", KIND_EVENT: "event"}
 
 
 @click.command()
@@ -43,7 +45,8 @@ def trace(pcap: Path, raster: Path | None, as_json: bool) -> None:
     first = int(spikes["t_ns"].min()) if len(spikes) else 0
     rows = [{"t_ns": int(s["t_ns"]), "t_ms": (int(s["t_ns"]) - first) / 1e6, "layer": int(s["layer"]),
              "source": int(s["source"]), "sign": "t-" if s["sign"] else "t+", "sample": int(s["sample"]),
-             "seq": int(s["seq"]), "kind": "primer" if s["kind"] == KIND_PRIMER else "spike"} for s in spikes]
+             "seq": int(s["seq"]), "kind": KIND_NAMES.get(int(s["kind"]), str(int(s["kind"]))),
+             "time_ns": int(s["time_ns"])} for s in spikes]
     if as_json:
         emit_json(rows)
         return

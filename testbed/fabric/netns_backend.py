@@ -1,7 +1,7 @@
 """The default backend: a FabricPlan in two named namespaces, built with batched netlink.
 
 ``p2<run>h`` (host) holds every injector end ``in<l>`` and every neuron port's host end with its
-first-K gate; ``p2<run>f`` (fabric) holds one bridge per layer and the switch ends with their
+eBPF neuron (first-K gate); ``p2<run>f`` (fabric) holds one bridge per layer and the switch ends with their
 delay classes. Bridges run STP off, forward_delay 0 and ageing 0: every frame floods to every
 port like a hub (spikes go to ff:ff:ff:ff:ff:ff anyway), and a new port forwards at once.
 

@@ -89,7 +89,7 @@ class ClassifierCache:
 
 def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Callable[[FilterSpec], int]:
     """The `bpf_loader` for one port's gate tree (testbed.kernel.tc.queue_tree): loads the
-    first-K gate named ``p2<run><host end>``, timing out after the tree's `window_us`, and
+    neuron (first-K gate) named ``p2<run><host end>``, timing out after the tree's `window_us`, and
     appends it to `loaded` (the caller closes it)."""
 
     def load(spec: FilterSpec) -> int:

@@ -5,12 +5,13 @@ Samples move through the layers in a pipeline of fixed slots. Slot q starts at
 samples in flight. For every active layer the injector sends that sample's events (a primer
 and its spike where the delay realisation needs primers) at its time t·τ after the layer's origin
 less the event's lead (testbed.plan.fabric_plan), on the layer's injector link, each spike
-stamped with the sample's origin in the layer; the kernel floods, delays (lead included), times
-out (a gate drops a spike received later than origin + window) and gates them, and delivers what
-passed; the receiver reads it with kernel RX timestamps until the layer's deadline. The relay
-never filters by time. It decodes T±, y and
-ReLU(−s·y) (`testbed.traffic.decode`) and the next layer's events for that sample are
-scheduled in the next slot. Nothing in user space delays, orders or drops a spike.
+stamped with the sample's origin in the layer; the kernel floods and delays them (lead included),
+and each port's neuron (testbed.kernel.gate) drops late spikes, counts the first K, sums their
+kernel RX stamps and passes one neuron event per (port, sample). The receiver reads the events
+until the layer's deadline; a port that counted fewer than K passes none, and the relay reads its
+count and sum from the kernel then. The relay never filters by time nor sees a spike: it turns
+events into T±, y and ReLU(−s·y) (`testbed.traffic.decode`), and the next layer's events for that
+sample are scheduled in the next slot. Nothing in user space delays, orders or drops a spike.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from testbed.errors import PlanError
 from testbed.kernel.idle import idle_polling
 from testbed.model.encoding import encode
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan
-from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE, SpikeHeader
-from testbed.traffic.capture import Receiver
+from testbed.plan.wire import KIND_EVENT, KIND_PRIMER, KIND_SPIKE, SpikeHeader
+from testbed.traffic.capture import ARRIVAL_DTYPE, Receiver
 from testbed.traffic.clock import realtime_minus_monotonic_ns
 from testbed.traffic.decode import PortRole, decode_layer
 from testbed.traffic.inject import Injector, Schedule, pinned
@@ -59,10 +60,9 @@ class KernelRun:
     t_plus: list[np.ndarray]  # per layer (samples, neurons), model units
     t_minus: list[np.ndarray]
     inputs: list[np.ndarray]  # per layer, the values the relay injected (samples, n)
-    counts: list[np.ndarray]  # per layer (samples, ports): spikes the relay received by the deadline
-    passed_us: list[np.ndarray]  # per layer (samples, ports, K): arrival times after the origin (µs), nan: none
+    counts: list[np.ndarray]  # per layer (samples, ports): spikes each port's neuron counted by the deadline
+    t_us: list[np.ndarray]  # per layer (samples, ports): the neuron's T, µs after the origin (nan: counted none)
     lateness_us: list[list[float]]  # per layer: kernel TX time − scheduled time of each injected frame
-    delay_error_us: list[list[float]]  # per layer: (RX − TX of the same spike) − the plan's delay, per gated spike
     arrivals: list[np.ndarray] = field(default_factory=list)  # raw captures, ARRIVAL_DTYPE
     frames: list[bytes] = field(default_factory=list)  # received frames when kept (pcap)
     injected: list[tuple[int, bytes]] = field(default_factory=list)  # (TX ns, frame) when kept
@@ -82,11 +82,9 @@ def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
 
 
 def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str, origin_real_ns: int,
-                  keep: list[tuple[int, bytes, str]], spikes: list[tuple[int, int, int, int] | None],
-                  ranks: list[float], earliest_us: np.ndarray) -> None:
+                  keep: list[tuple[int, bytes, str]], ranks: list[float], earliest_us: np.ndarray) -> None:
     """Append (offset ns from the slot base: origin + t·τ − lead, frame, ifname) for one layer's events of one sample,
-    to `spikes` each frame's (layer, sample, source, sign), None for primers, and to `ranks` the
-    event's shortest delay on any port (`earliest_us`, (n, 2)), which orders simultaneous events.
+    and to `ranks` the event's shortest delay on any port (`earliest_us`, (n, 2)), which orders simultaneous events.
     Every spike carries the sample's origin in this layer (`origin_real_ns`, CLOCK_REALTIME), from
     which the ports' gates time it out."""
     tau_ns = plan.timing.tau_us * 1e3
@@ -101,23 +99,24 @@ def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifna
             if primer:
                 head = SpikeHeader(layer, source, sign, sample, seq, KIND_PRIMER)
                 keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head, primer), ifname))
-                spikes.append(None)
                 ranks.append(earliest_us[source, sign])
             head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE, origin_real_ns)
             keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head), ifname))
-            spikes.append((layer, sample, source, sign))
             ranks.append(earliest_us[source, sign])
             seq += 1
 
 
-def _passed(mine: np.ndarray, fabric: LiveFabric, layer: int, t0_ns: int, k: int) -> np.ndarray:
-    """(ports, K) arrival times (µs after the layer's origin) of one sample's spikes the gates passed, nan where none."""
-    ports = fabric.ports[layer]
-    out = np.full((len(ports), k), np.nan)
-    for q, port in enumerate(ports):
-        times = np.sort(mine["t_ns"][mine["ifindex"] == port.ifindex] - t0_ns)[:k] / 1e3
-        out[q, : len(times)] = times
-    return out
+def _deadline_reads(fabric: LiveFabric, layer: int, sample: int, have: set[int]) -> np.ndarray:
+    """Neuron events, as `ARRIVAL_DTYPE` rows (t_ns 0: read, not received), for the ports of `layer`
+    that passed none for `sample` (fewer than K spikes by the deadline): count and sum read from
+    each port's neuron state. A port that counted nothing gives no row."""
+    rows = []
+    for port in fabric.ports[layer]:
+        if port.ifindex not in have:
+            state = port.gate.partial(sample)
+            if state.count:
+                rows.append((port.ifindex, layer, 0, 0, sample, state.count, KIND_EVENT, state.sum_ns, 0))
+    return np.array(rows, dtype=ARRIVAL_DTYPE)
 
 
 def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject_cpu: int | None = None,
@@ -135,26 +134,15 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
         t_minus=[np.full((n_samples, layer.n_neurons), np.nan) for layer in plan.layers],
         inputs=[x] + [np.full((n_samples, layer.n_inputs), np.nan) for layer in plan.layers[1:]],
         counts=[np.zeros((n_samples, len(layer.ports)), dtype=np.int64) for layer in plan.layers],
-        passed_us=[np.full((n_samples, len(layer.ports), layer.k), np.nan) for layer in plan.layers],
+        t_us=[np.full((n_samples, len(layer.ports)), np.nan) for layer in plan.layers],
         lateness_us=[[] for _ in plan.layers],
-        delay_error_us=[[] for _ in plan.layers],
     )
-    # The plan's delay of event (source, sign) on each port, plus the port's place in the flood order.
     delays_us = [layer.port_delays_us() for layer in plan.layers]
-    expected_us = [d + layer.flood_offsets_us(plan.timing.flood_copy_us)[:, None, None]
-                   for d, layer in zip(delays_us, plan.layers)]
     # Events injected at the same instant reach the kernel one after another, and the kernel works
     # through a burst (e.g. every zero input at T0) in that order: the ones that can arrive first
     # (shortest delay on some port) go first, so queueing lateness falls on the least urgent.
     earliest_us = [d.min(axis=0) for d in delays_us]
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
-    # Port position by ifindex (−1: not a port of the layer), for vectorised lookups.
-    ifindexes = 1 + max(port.ifindex for layer in fabric.ports for port in layer)
-    ports_index = []
-    for li in range(n_layers):
-        index = np.full(ifindexes, -1)
-        index[[port.ifindex for port in fabric.ports[li]]] = np.arange(len(fabric.ports[li]))
-        ports_index.append(index)
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]
     port_sign = [np.array([port.sign for port in fabric.ports[li]]) for li in range(n_layers)]
     # The whole loop (pacing, capture, decoding) stays on the injector's CPU: the kernel's packet
@@ -179,12 +167,11 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
             origin_real = {li: base_real + int(round(plan.layers[li].origin_us * 1e3)) for li, _ in active}
             pairs: list[tuple[int, bytes, str]] = []
             owner: list[int] = []
-            spikes: list[tuple[int, int, int, int] | None] = []
             ranks: list[float] = []
             for li, sample in active:
                 before = len(pairs)
                 _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], origin_real[li], pairs,
-                              spikes, ranks, earliest_us[li])
+                              ranks, earliest_us[li])
                 owner += [li] * (len(pairs) - before)
             # Stable sort: a primer, with its spike's key, stays right before its spike.
             order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], ranks[i]))
@@ -192,13 +179,8 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
             report = injector.send(schedule, start_mono_ns=base)
             run.injector_refused += report.refused
             late = (report.send_real_ns - base_real - schedule.offsets_ns) / 1e3
-            sent_at = report.send_real_ns
-            tx_of = {(li, sample): np.full((plan.layers[li].n_inputs, 2), -1, dtype=np.int64) for li, sample in active}
             for j, i in enumerate(order):
                 run.lateness_us[owner[i]].append(float(late[j]))
-                if spikes[i] is not None:
-                    li, sample, source, sign = spikes[i]
-                    tx_of[li, sample][source, sign] = sent_at[j]
             if keep_frames:
                 run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
             deadline = base + int(max(plan.layers[li].origin_us + plan.layers[li].window_us for li, _ in active) * 1e3)
@@ -209,23 +191,18 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 run.frames += list(capture.frames)
             for li, sample in active:
                 layer = plan.layers[li]
-                decoded = decode_layer(capture.arrivals, roles[li], samples=np.array([sample]),
-                                       t0_ns=np.array([origin_real[li]]), tau_ns=tau_ns, k=layer.k,
+                got = capture.arrivals
+                mine = got[(got["layer"] == li) & (got["sample"] == sample) & (got["kind"] == KIND_EVENT)]
+                events = np.concatenate([mine, _deadline_reads(fabric, li, sample, set(mine["ifindex"].tolist()))])
+                decoded = decode_layer(events, roles[li], samples=np.array([sample]), tau_ns=tau_ns, k=layer.k,
                                        deadline=layer.window_us / plan.timing.tau_us, s=plan.constants["s"])
                 run.t_plus[li][sample] = decoded.t_plus[0]
                 run.t_minus[li][sample] = decoded.t_minus[0]
-                mine = capture.arrivals[(capture.arrivals["layer"] == li) & (capture.arrivals["sample"] == sample)
-                                        & (capture.arrivals["kind"] == KIND_SPIKE)]
-                run.counts[li][sample] = np.where(port_sign[li] == SIGN_PLUS, decoded.count_plus[0][port_neuron[li]],
-                                                  decoded.count_minus[0][port_neuron[li]])
-                run.passed_us[li][sample] = _passed(mine, fabric, li, origin_real[li], layer.k)
-                # The gates dropped what came after the deadline: everything here was on time.
-                q = ports_index[li][mine["ifindex"]]  # spikes come in through ports only
-                tx = tx_of[li, sample][mine["source"], mine["sign"]]
-                ok = (q >= 0) & (tx >= 0)
-                measured = (mine["t_ns"][ok].astype(np.int64) - tx[ok]) / 1e3
-                expected = expected_us[li][q[ok], mine["source"][ok], mine["sign"][ok]]
-                run.delay_error_us[li] += (measured - expected).tolist()
+                plus = port_sign[li] == SIGN_PLUS
+                counts = np.where(plus, decoded.count_plus[0][port_neuron[li]], decoded.count_minus[0][port_neuron[li]])
+                t = np.where(plus, decoded.t_plus[0][port_neuron[li]], decoded.t_minus[0][port_neuron[li]])
+                run.counts[li][sample] = counts
+                run.t_us[li][sample] = np.where(counts > 0, t * plan.timing.tau_us, np.nan)
                 if li + 1 < n_layers:
                     run.inputs[li + 1][sample] = decoded.x_next[0]
                 elif progress is not None:

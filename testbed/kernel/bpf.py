@@ -42,7 +42,9 @@ JA, JEQ, JGT, JGE, JSET, JNE, JSGT, JSGE, CALL, EXIT, JLT, JLE, JSLT, JSLE = (
 )
 # Atomic operations, in the immediate of a STX|ATOMIC instruction. FETCH loads the old value into
 # src; CMPXCHG compares R0 with memory, stores src if equal, and always loads the old value into R0.
+# Both are fully ordered.
 FETCH = 0x01
+XCHG = 0xE0 | FETCH  # exchange: store src, load the old value into src (a full barrier)
 CMPXCHG = 0xF0 | FETCH
 # ld_imm64 with this src loads a map's kernel pointer from its fd.
 PSEUDO_MAP_FD = 1

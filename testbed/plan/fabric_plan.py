@@ -9,7 +9,8 @@ Per layer l (n inputs, m neurons), the data path is::
     host:in<l> ──► switch sw<l> (bridge: flood = broadcast) ──► 2m neuron ports
     each port  = a veth pair: switch end s<l>n<j><p|m> carries the delay classes on egress
                  (one class per synapse event source (i, sign)), host end l<l>n<j><p|m> carries
-                 the first-K gate (cls_bpf on clsact ingress) and is read by the relay.
+                 the port's π²_K neuron (the first-K gate: cls_bpf on clsact ingress, which
+                 passes one neuron event per sample), and is read by the relay.
 
 Interface names are logical suffixes; the builder prefixes ``p2<run id>``.
 Times: `tau_us` maps one model unit to microseconds; layer windows are in µs from the layer's

@@ -100,7 +100,9 @@ KINDS: dict[str, dict[str, KindSpec]] = {
                                 "rate_quantum_bps": POSITIVE_INT}),
     },
     "gate": {
-        # cls_bpf direct-action on clsact ingress: pass the first K spikes per (port, sample).
+        # cls_bpf direct-action on clsact ingress, the π²_K neuron in the kernel: per (port, sample) it
+        # counts the first K spikes on time, sums their kernel RX stamps after the origin, and passes
+        # the K-th rewritten as one neuron event (count, sum); every other spike is dropped.
         # (A police action, conform → pass / exceed → drop, passes exactly K only from a bucket refilled per
         # sample by user space, and it has no sample id: docs/cbs-neuron.md has the measurements.)
         "bpf-first-k": KindSpec(frozenset({"clsact", "bpf"}), {}),

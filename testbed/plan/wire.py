@@ -11,10 +11,15 @@ Payload layout (network byte order), offsets from the start of the UDP payload::
     3  u8   sign     0: t⁺ event, 1: t⁻ event
     4  u32  sample   sample id (wraps at 2³²)
     8  u16  seq      position of the event in its sample's injection schedule
-   10  u8   kind     0: spike, 1: token-bucket primer (a filler whose size sets a shaper's delay)
-   11  u64  time_ns  a spike's layer origin for its sample: CLOCK_REALTIME ns of model time 0 in the
-                     layer it enters; the neuron port's gate drops the spike if its kernel RX stamp is
-                     later than time_ns + the layer's window (0: no deadline, e.g. a spike sent by hand)
+   10  u8   kind     0: spike, 1: token-bucket primer (a filler whose size sets a shaper's delay),
+                     2: neuron event (what a neuron port's gate passes instead of K spikes)
+   11  s64  time_ns  a spike: its sample's origin in the layer it enters (CLOCK_REALTIME ns of model
+                     time 0), from which the port's neuron times its arrival and its deadline;
+                     an event: the sum of its K spikes' arrival times after that origin, ns
+
+A neuron event is the K-th counted spike of a (port, sample), rewritten in the kernel
+(testbed.kernel.gate): layer, source, sign and sample stay, seq becomes the count K and
+time_ns the sum, so T = time_ns / (seq · τ) model units after the origin.
 
 Bytes 0..3 form one 32-bit word, the *synapse key* (layer, source, sign), at `FRAME_KEY_OFFSET`
 of the frame: the eBPF synapse classifier (testbed.kernel.classifier) reads it to put a spike or
@@ -31,10 +36,11 @@ from dataclasses import dataclass
 from testbed.errors import PlanError
 
 SPIKE_PORT = 5402
-PAYLOAD = struct.Struct("!BHBIHBQ")
+PAYLOAD = struct.Struct("!BHBIHBq")
 PAYLOAD_BYTES = PAYLOAD.size  # 19
 KIND_SPIKE = 0
 KIND_PRIMER = 1
+KIND_EVENT = 2
 
 # u32 offsets are relative to the network header; the key is the first payload word.
 IPV4_HEADER_BYTES = 20

@@ -14,13 +14,16 @@ realisations' semantics:
 - loss: where a port's gate tree has a random-drop filter (probability 1/N, testbed.plan.tc
   `drop_probability`), each arriving spike is dropped with that probability before the gate,
   independently (the kernel draws its own random numbers, so only the statistics agree);
-- time-out: a port's gate drops a spike that arrives more than the layer's window after the
+- time-out: a port's neuron drops a spike that arrives more than the layer's window after the
   layer's origin (the kernel: RX stamp − the origin the injector stamped into the spike > window,
   testbed.kernel.gate); a late spike never counts;
-- gate: of the spikes on time, the first K of a sample on a port pass, later ones are dropped;
-- relay: T± = mean of the passed arrival times (model units from the layer's origin), with
-  the model's time-out rule (`testbed.model.layers.mean_k_earliest`, as `testbed.traffic.decode`
-  uses it); y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
+- neuron: of the spikes on time, the port's neuron counts the first K of a sample and emits their
+  mean arrival time as one event (the kernel sums the K RX stamps); later spikes are dropped. A
+  port that counted fewer than K by the deadline emits the mean of those it counted, none: the
+  deadline (the relay reads the kernel's count and sum then);
+- relay: T± = the ports' events (model units from the layer's origin), by the model's time-out
+  rule (`testbed.model.layers.mean_k_earliest`; `testbed.traffic.decode` reads the kernel's);
+  y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
 
 With no quantisation and zero flood cost the simulation equals the golden model.
 """
@@ -43,7 +46,8 @@ class LayerResult:
     """One layer's simulated behaviour for a batch of samples."""
 
     inject_us: np.ndarray  # (batch, n, 2) injection time of event (i, sign) after the layer's origin
-    passed_us: np.ndarray  # (batch, ports, K) arrival times of the spikes the gate passed (nan: none)
+    passed_us: np.ndarray  # (batch, ports, K) arrival times of the spikes the neuron counted (nan: none)
+    t_us: np.ndarray  # (batch, ports) the port's neuron event: mean of the counted arrivals, µs (nan: none)
     t_plus: np.ndarray  # (batch, m) T⁺ in model units
     t_minus: np.ndarray  # (batch, m)
     y: np.ndarray  # (batch, m)
@@ -86,7 +90,8 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
     t_m = np.empty((len(x), layer.n_neurons))
     t_p[:, neurons[signs == SIGN_PLUS]] = times[:, signs == SIGN_PLUS]
     t_m[:, neurons[signs != SIGN_PLUS]] = times[:, signs != SIGN_PLUS]
-    return LayerResult(inject, passed, t_p, t_m, t_p - t_m, late.sum(axis=2))
+    t_us = np.where(np.isfinite(passed).any(axis=2), times * tau, np.nan)
+    return LayerResult(inject, passed, t_us, t_p, t_m, t_p - t_m, late.sum(axis=2))
 
 
 def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0) -> SimResult:

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from testbed.errors import KernelError
-from testbed.plan.wire import KIND_SPIKE
-from testbed.plan.wire import ETH_P_IP, MAX_FRAME_BYTES
+from testbed.plan.wire import ETH_P_IP, KIND_PRIMER, MAX_FRAME_BYTES
 from testbed.traffic.packets import parse_spike_frame
 from testbed.traffic.sockets import grow_receive_buffer, packet_socket
 
@@ -43,7 +42,8 @@ ARRIVAL_DTYPE = np.dtype([
     ("sign", "u1"),  # 0: t⁺ event, 1: t⁻ event
     ("sample", "<u4"),
     ("seq", "<u2"),
-    ("kind", "u1"),  # 0: spike, 1: primer
+    ("kind", "u1"),  # 0: spike, 1: primer, 2: neuron event
+    ("time_ns", "<i8"),  # the header's time_ns: a spike's origin, an event's sum of arrivals (ns)
     ("t_ns", "<i8"),  # kernel RX timestamp, CLOCK_REALTIME ns
 ])
 
@@ -59,7 +59,8 @@ class Capture:
 
     @property
     def spikes(self) -> int:
-        return int(np.count_nonzero(self.arrivals["kind"] == KIND_SPIKE))
+        """Spikes and neuron events read (everything but primers)."""
+        return int(np.count_nonzero(self.arrivals["kind"] != KIND_PRIMER))
 
 
 class Receiver:
@@ -118,7 +119,7 @@ class Receiver:
     def collect(self, deadline_mono_ns: int, *, expected_spikes: int | None = None,
                 keep_frames: bool = False) -> Capture:
         """Read spikes until CLOCK_MONOTONIC reaches `deadline_mono_ns` or `expected_spikes`
-        spikes (kind 0; primers are kept but not counted) have arrived, whichever is first."""
+        spikes or neuron events (primers are kept but not counted) have arrived, whichever is first."""
         rows: list[tuple[int, int, int, int, int, int, int, int]] = []
         frames: list[bytes] = []
         others = 0
@@ -142,10 +143,10 @@ class Receiver:
                     others += 1
                     continue
                 rows.append((self._index(address[0]), header.layer, header.source, header.sign, header.sample,
-                             header.seq, header.kind, _stamp(ancillary)))
+                             header.seq, header.kind, header.time_ns, _stamp(ancillary)))
                 if keep_frames:
                     frames.append(frame)
-                spikes += header.kind == KIND_SPIKE
+                spikes += header.kind != KIND_PRIMER
         finally:
             poller.close()
         return Capture(

@@ -1,17 +1,19 @@
-"""From kernel-timestamped arrivals to π² quantities (pi2-model.md, steps 4–5).
+"""From the kernel's neuron events to π² quantities (pi2-model.md, steps 4–5).
 
-Each neuron port (an interface, known by its ifindex) receives the arrival set z⁺_j or z⁻_j of
-one neuron. Per sample, with t0 the sample's time origin and τ the model time unit::
+Each neuron port (an interface, known by its ifindex) is the input set z⁺_j or z⁻_j of one
+neuron, and its gate program is that input set's π²_K neuron (testbed.kernel.gate): it counts the
+first K spikes of a sample that arrive by the layer's deadline, sums their kernel RX stamps after
+the sample's origin, and passes one *neuron event* carrying count c and sum Σ. So, per sample::
 
-    t = (t_ns − t0_ns) / τ                  arrival times in model units
-    T±_j = mean of the K earliest t         (the gates passed only arrivals by the deadline)
+    T±_j = Σ / (c · τ)                      the mean of the K earliest arrivals, in model units
     y_j = T⁺_j − T⁻_j,  scores = −s·y,  prediction = argmax(scores),  x'_j = ReLU(−s·y_j)
 
-The time-out happens in the kernel: each neuron port's gate drops spikes received after the
-layer's deadline (testbed.kernel.gate), so the decoder never filters by time. Missing arrivals
-follow the model (`testbed.model.layers.mean_k_earliest`): a set with fewer than K arrivals
-averages the ones it has, and a set with none times out at the deadline. Both cases are counted in the result so a run can report them. x' = 0 re-encodes as
-both events at T0 in the next layer: the model's time-out. Pure numpy: no kernel here.
+A set with fewer than K spikes by the deadline emits no event; the relay reads its count and sum
+from the kernel at the deadline and hands them in as an event of the same form. Missing arrivals
+thus follow the model (`testbed.model.layers.mean_k_earliest`): fewer than K average the ones
+that came, and a set with none times out at the deadline. x' = 0 re-encodes as both events at T0
+in the next layer: the model's time-out. Pure numpy: no kernel here, and no time filtering (the
+kernel dropped late spikes).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from typing import Mapping
 import numpy as np
 
 from testbed.errors import PlanError
-from testbed.model.layers import mean_k_earliest
 from testbed.plan.fabric_plan import SIGN_MINUS, SIGN_PLUS
-from testbed.plan.wire import KIND_SPIKE
+from testbed.plan.wire import KIND_EVENT
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class LayerDecode:
     samples: np.ndarray  # (S,) sample ids, in the order asked for
     t_plus: np.ndarray  # T⁺
     t_minus: np.ndarray  # T⁻
-    count_plus: np.ndarray  # arrivals used for T⁺ (≤ K; < K: short, 0: timed out)
+    count_plus: np.ndarray  # arrivals the neuron counted for T⁺ (≤ K; < K: short, 0: timed out)
     count_minus: np.ndarray
     k: int
     y: np.ndarray
@@ -66,19 +67,20 @@ class LayerDecode:
         return (self.count_plus == 0) | (self.count_minus == 0)
 
 
-def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples: np.ndarray,
-                 t0_ns: np.ndarray, tau_ns: float, k: int, deadline: float, s: float = 10.0) -> LayerDecode:
-    """Decode one layer from `arrivals` (`testbed.traffic.capture.ARRIVAL_DTYPE`).
+def decode_layer(events: np.ndarray, ports: Mapping[int, PortRole], *, samples: np.ndarray, tau_ns: float,
+                 k: int, deadline: float, s: float = 10.0) -> LayerDecode:
+    """Decode one layer from its neuron events (`testbed.traffic.capture.ARRIVAL_DTYPE` rows of kind
+    `KIND_EVENT`: seq = the count, time_ns = the sum of the counted arrivals after the origin, ns).
 
     `ports` maps ifindex → role and must cover z⁺ and z⁻ of neurons 0..m−1 of one layer.
-    `t0_ns[i]` is sample `samples[i]`'s time origin on the arrivals' clock (CLOCK_REALTIME ns).
-    `deadline` (model units after t0) is the T of a set that received nothing; the gates already
-    dropped later arrivals. Primers and arrivals of other layers, samples or interfaces are ignored.
+    `deadline` (model units after the origin) is the T of a set that counted nothing. Spikes,
+    primers and events of other layers, samples or interfaces are ignored; if a (sample, port)
+    has several events, the one with the largest count is the neuron's (a deadline read never
+    outnumbers the K-th spike's event).
     """
     samples = np.asarray(samples, dtype=np.int64)
-    t0_ns = np.asarray(t0_ns, dtype=np.int64)
-    if samples.shape != t0_ns.shape or samples.ndim != 1 or samples.size == 0:
-        raise PlanError(f"decode: {samples.size} sample ids for {t0_ns.size} time origins; expected one each (at least one)")
+    if samples.ndim != 1 or samples.size == 0:
+        raise PlanError(f"decode: {samples.size} sample ids; expected a 1-D array of at least one")
     if len(np.unique(samples)) != len(samples):
         raise PlanError("decode: sample ids must be distinct")
     if not tau_ns > 0:
@@ -92,37 +94,28 @@ def decode_layer(arrivals: np.ndarray, ports: Mapping[int, PortRole], *, samples
     neuron_of = np.array([ports[p].neuron for p in port_ids.tolist()], dtype=np.int64)
     sign_of = np.array([ports[p].sign for p in port_ids.tolist()], dtype=np.int64)
 
-    a = arrivals[(arrivals["kind"] == KIND_SPIKE) & (arrivals["layer"] == layer)]
-    port_at = np.searchsorted(port_ids, a["ifindex"])
-    port_at = np.minimum(port_at, len(port_ids) - 1)
+    e = events[(events["kind"] == KIND_EVENT) & (events["layer"] == layer) & (events["seq"] > 0)]
+    port_at = np.minimum(np.searchsorted(port_ids, e["ifindex"]), len(port_ids) - 1)
     order = np.argsort(samples, kind="stable")
-    sample_at = np.minimum(np.searchsorted(samples[order], a["sample"]), len(samples) - 1)
+    sample_at = np.minimum(np.searchsorted(samples[order], e["sample"]), len(samples) - 1)
     row = order[sample_at]
-    known = (port_ids[port_at] == a["ifindex"]) & (samples[row] == a["sample"])
-    t = (a["t_ns"][known] - t0_ns[row[known]]) / tau_ns
-    row = row[known]
-    neuron = neuron_of[port_at[known]]
-    sign = sign_of[port_at[known]]
-
-    # Keep the K earliest per (sample, neuron, sign): rank each arrival within its set.
-    group = (row * m + neuron) * 2 + sign
-    by_time = np.lexsort((t, group))
-    group, t, row, neuron, sign = group[by_time], t[by_time], row[by_time], neuron[by_time], sign[by_time]
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
-    first_k = rank < k
-
-    # z[sign]: (S, K, m) of the K earliest arrivals, +inf where none (lost, or dropped late by a gate).
-    z = np.full((2, len(samples), k, m), np.inf)
-    z[sign[first_k], row[first_k], rank[first_k], neuron[first_k]] = t[first_k]
-    counts = np.isfinite(z).sum(axis=2)
-    t_plus = mean_k_earliest(z[SIGN_PLUS], k, timeout=deadline)
-    t_minus = mean_k_earliest(z[SIGN_MINUS], k, timeout=deadline)
+    known = (port_ids[port_at] == e["ifindex"]) & (samples[row] == e["sample"])
+    e, row, port_at = e[known], row[known], port_at[known]
+    # Ascending count, so where a (sample, port) has several events the largest count is written last.
+    by_count = np.argsort(e["seq"], kind="stable")
+    e, row, port_at = e[by_count], row[by_count], port_at[by_count]
+    count = np.zeros((2, len(samples), m), dtype=np.int64)
+    total = np.zeros((2, len(samples), m))
+    count[sign_of[port_at], row, neuron_of[port_at]] = np.minimum(e["seq"], k)
+    total[sign_of[port_at], row, neuron_of[port_at]] = e["time_ns"] / tau_ns
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(count > 0, total / np.maximum(count, 1), deadline)
+    t_plus, t_minus = t[SIGN_PLUS], t[SIGN_MINUS]
     y = t_plus - t_minus
     scores = -s * y
     return LayerDecode(
         samples=samples, t_plus=t_plus, t_minus=t_minus,
-        count_plus=counts[SIGN_PLUS], count_minus=counts[SIGN_MINUS], k=int(k),
+        count_plus=count[SIGN_PLUS], count_minus=count[SIGN_MINUS], k=int(k),
         y=y, scores=scores, prediction=scores.argmax(axis=1), x_next=np.maximum(scores, 0.0),
     )
 

@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from functools import lru_cache
 
-from scapy.fields import ByteEnumField, ByteField, IntField, LongField, ShortField
+from scapy.fields import ByteEnumField, ByteField, IntField, ShortField, SignedLongField
 from scapy.layers.inet import UDP
 from scapy.packet import Packet, bind_layers
 
@@ -22,6 +22,7 @@ from testbed.plan.wire import (
     ETH_P_IP,
     IPPROTO_UDP,
     IPV4_HEADER_BYTES,
+    KIND_EVENT,
     KIND_PRIMER,
     KIND_SPIKE,
     MAX_FRAME_BYTES,
@@ -51,8 +52,8 @@ class Spike(Packet):
         ByteEnumField("sign", 0, {0: "t+", 1: "t-"}),
         IntField("sample", 0),  # sample id, wraps at 2**32
         ShortField("seq", 0),  # position in the sample's injection schedule
-        ByteEnumField("kind", KIND_SPIKE, {KIND_SPIKE: "spike", KIND_PRIMER: "primer"}),
-        LongField("time_ns", 0),  # a spike's layer origin (CLOCK_REALTIME ns) its gate times out from
+        ByteEnumField("kind", KIND_SPIKE, {KIND_SPIKE: "spike", KIND_PRIMER: "primer", KIND_EVENT: "event"}),
+        SignedLongField("time_ns", 0),  # a spike: its layer origin (CLOCK_REALTIME ns); an event: Σ arrivals (ns)
     ]
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:

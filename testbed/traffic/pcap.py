@@ -79,5 +79,6 @@ def read_spikes(path: Path | str) -> np.ndarray:
     for stamp, frame in zip(stamps.tolist(), frames):
         header = parse_spike_frame(frame)
         if header is not None:
-            rows.append((0, header.layer, header.source, header.sign, header.sample, header.seq, header.kind, stamp))
+            rows.append((0, header.layer, header.source, header.sign, header.sample, header.seq, header.kind,
+                         header.time_ns, stamp))
     return np.array(rows, dtype=ARRIVAL_DTYPE)

@@ -21,7 +21,8 @@ def test_infer_with_loss_reports_the_spikes_each_layer_lost():
     assert (report["samples"], report["profile"], report["loss"]) == (4, "shaper", 0.5)
     for gates in report["gates"]:
         # Each port gets every kept synapse's spike; half of them are lost before the gate counts them.
-        seen = gates["spikes_passed"] + gates["spikes_dropped_after_k"] + gates["spikes_dropped_lost"]
+        seen = (gates["spikes_counted"] + gates["spikes_dropped_after_k"] + gates["spikes_dropped_late"]
+                + gates["spikes_dropped_lost"])
         assert 0.35 < gates["spikes_dropped_lost"] / seen < 0.65, gates
     assert set(netns.list_names()) == before  # torn down
 

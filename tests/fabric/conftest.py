@@ -46,9 +46,12 @@ def pruned_tiny_plan() -> FabricPlan:
 
 
 def event_frames(plan: FabricPlan, sample: int, events: list[tuple[int, int]], seq0: int = 0,
-                 origin_ns: int = 0) -> list[bytes]:
+                 origin_ns: int | None = None) -> list[bytes]:
     """Primer then spike for each (source, sign) event of layer 0, in order; spikes carry the
-    sample's origin `origin_ns` (CLOCK_REALTIME; 0: no deadline)."""
+    sample's origin `origin_ns` (CLOCK_REALTIME; default an hour from now, so that every arrival
+    is early and never late: the neurons count and sum whatever comes first)."""
+    if origin_ns is None:
+        origin_ns = time.clock_gettime_ns(time.CLOCK_REALTIME) + 3600 * 10**9
     frames = []
     for n, (source, sign) in enumerate(events):
         for kind, size in ((KIND_PRIMER, plan.packets.primer_bytes), (KIND_SPIKE, plan.packets.spike_bytes)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -46,8 +47,9 @@ def _plan(loss: float) -> FabricPlan:
 
 
 def _frames(plan: FabricPlan) -> Schedule:
+    origin = time.clock_gettime_ns(time.CLOCK_REALTIME) + 10**9  # every arrival early: never late
     frames = [spike_frame("02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff", "10.0.0.1", "10.0.0.255",
-                          SpikeHeader(layer=0, source=0, sign=0, sample=1 + s, seq=s, kind=KIND_SPIKE),
+                          SpikeHeader(layer=0, source=0, sign=0, sample=1 + s, seq=s, kind=KIND_SPIKE, time_ns=origin),
                           plan.packets.spike_bytes) for s in range(SAMPLES)]
     return Schedule(np.arange(SAMPLES, dtype=np.int64) * GAP_NS, frames)
 
@@ -76,7 +78,7 @@ def test_without_loss_every_spike_reaches_its_gate(spikes):
     assert all(drop_probability(p.gate_tc) == 0 for p in plan.layers[0].ports)
     got, counters, kinds, run = _run(plan, "netns", spikes)
     assert kinds == [{"bpf"}] * len(plan.layers[0].ports)
-    assert [(c["spikes_passed"], c["spikes_dropped_after_k"]) for c in counters] == [(SAMPLES, 0)] * len(counters)
+    assert [(c["events_passed"], c["spikes_dropped_after_k"]) for c in counters] == [(SAMPLES, 0)] * len(counters)
     assert len(got) == len(plan.layers[0].ports) * SAMPLES
     assert spikes.leftovers(run) == []
 
@@ -88,7 +90,7 @@ def test_loss_drops_half_the_spikes_before_the_gate(backend, spikes):
     assert kinds == [{"u32", "bpf"}] * len(plan.layers[0].ports)  # the gact drop runs before the gate
     # 400 spikes each kept with probability 1/2: 200 ± 10 (sd); 130..270 is 7 sd either way.
     assert 130 < len(got) < 270
-    per_port = [c["spikes_passed"] for c in counters]
+    per_port = [c["events_passed"] for c in counters]
     assert sum(per_port) == len(got)  # the gate saw only the survivors, and passed each (K = 1 per sample)
     assert all(c["spikes_dropped_after_k"] == 0 for c in counters)
     assert all(10 < n < SAMPLES - 10 for n in per_port), per_port

@@ -55,5 +55,5 @@ def test_tiny_plan_builds_and_passes_a_spike(tiny_plan, spikes):
         got = capture.arrivals
         assert not np.any(got["kind"] == KIND_PRIMER)
         assert sorted(got["ifindex"].tolist()) == sorted(p.ifindex for p in fab.ports[0])
-        assert [c["spikes_passed"] for c in fab.gate_counters()[0]] == [1] * len(fab.ports[0])
+        assert [c["events_passed"] for c in fab.gate_counters()[0]] == [1] * len(fab.ports[0])
     assert spikes.leftovers(run) == []

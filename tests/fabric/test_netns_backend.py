@@ -17,12 +17,19 @@ import pytest
 from testbed.errors import KernelError
 from testbed.fabric.live import bring_up, build_fabric
 from testbed.kernel import cleanup, netns
-from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE
+from testbed.model.network import DenseLayer, Pi2Network
+from testbed.plan.compiler import Realisation, compile_network
+from testbed.plan.profiles import load_profile
+from testbed.plan.wire import KIND_EVENT, KIND_PRIMER, KIND_SPIKE
+from testbed.traffic.capture import Receiver
+from testbed.traffic.sockets import packet_socket
 from testbed.traffic.inject import Schedule
 from testbed.kernel.tc import parse_handle
 from testbed.plan.tc import CLSACT_INGRESS
 
 EVENTS = [(i, s) for i in range(3) for s in (0, 1)]
+WEIGHTS = np.array([[0.5, -1.5], [1.5, 2.5], [2.5, 0.5]])  # conftest's: delays 0.5 … 5.5 ms per port
+ETH_P_ALL = 0x0003  # linux/if_ether.h: every frame, seen before tc ingress
 
 
 def _plan_delays(port) -> dict[tuple[int, int], float]:
@@ -54,7 +61,7 @@ def test_objects_exist_with_the_plans_class_counts(tiny_plan, spikes):
                 assert kinds == {"bpf"}  # one synapse classifier per port, not a filter per synapse
             info = ipr.get_links(bridge)[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
             assert info.get_attr("IFLA_BR_STP_STATE") == 0 and info.get_attr("IFLA_BR_AGEING_TIME") == 0
-        assert all(c["spikes_passed"] == 0 for c in fab.gate_counters()[0])
+        assert all(c["events_passed"] == 0 for c in fab.gate_counters()[0])
     assert spikes.leftovers(run) == []
 
 
@@ -94,11 +101,11 @@ def test_gate_passes_k_spikes_per_port_and_order_follows_the_delays(tiny_plan, s
             assert arrival_order == [EVENTS[s - 101] for s in sorted(tx, key=lambda s: tx[s])]
         counters = fab.gate_counters()[0]
         for c in counters:
-            assert c["spikes_passed"] == 7 and c["spikes_dropped_after_k"] == len(EVENTS) - 1
+            assert c["events_passed"] == c["spikes_counted"] == 7 and c["spikes_dropped_after_k"] == len(EVENTS) - 1
             assert c["primers_dropped"] == 2 * len(EVENTS)
         fab.reset_gates()
-        assert all(c["spikes_passed"] == 0 for c in fab.gate_counters()[0])
-    assert got["kind"].tolist().count(KIND_SPIKE) == expected
+        assert all(c["events_passed"] == 0 for c in fab.gate_counters()[0])
+    assert got["kind"].tolist().count(KIND_EVENT) == expected  # K = 1: each counted spike is its port's event
     assert spikes.leftovers(run) == []
 
 
@@ -119,8 +126,43 @@ def test_the_kernel_deadline_drops_late_spikes(tiny_plan, spikes):
         for live in fab.ports[0]:
             assert got[got["ifindex"] == live.ifindex]["sample"].tolist() == [200]
         for c in fab.gate_counters()[0]:
-            assert (c["spikes_passed"], c["spikes_dropped_after_k"]) == (1, len(EVENTS) - 1)
-            assert c["spikes_dropped_late"] == len(EVENTS) and c["spikes_dropped_unstamped"] == 0
+            assert (c["events_passed"], c["spikes_dropped_after_k"]) == (1, len(EVENTS) - 1)
+            assert c["spikes_dropped_late"] == len(EVENTS) and c["spikes_dropped_untimed"] == 0
+    assert spikes.leftovers(run) == []
+
+
+@pytest.mark.root
+def test_each_port_passes_one_event_whose_t_is_the_mean_of_its_k_earliest_kernel_stamps(spikes):
+    # K = 3 of each port's six synapses (delays 0.5 … 5.5 ms). A tap in the host namespace sees
+    # every spike at the ports' host ends with its kernel RX stamp, before the neurons; the relay's
+    # socket sees only what they pass: one event per port carrying K and the exact sum of the
+    # three earliest stamps after the origin.
+    k = 3
+    plan = compile_network(Pi2Network((DenseLayer(WEIGHTS, k),), (3,)), Realisation.from_profile(load_profile("shaper")),
+                           1000.0, np.zeros((1, 3)), prune_margin=None)
+    with build_fabric(plan, fabric_cpus=[max(os.sched_getaffinity(0))]) as fab:
+        run = fab.run_id
+        origin = time.clock_gettime_ns(time.CLOCK_REALTIME) + 10**9  # every arrival early: never late
+        frames = spikes.event_frames(plan, 300, EVENTS, origin_ns=origin)
+        tap_sock = packet_socket(fab.host_netns, ETH_P_ALL)
+        try:
+            tap = Receiver(tap_sock)
+            tap.discard()
+            _, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs([(0, f) for f in frames]),
+                                       len(fab.ports[0]))
+            tapped = tap.collect(time.monotonic_ns() + 200_000_000).arrivals
+        finally:
+            tap_sock.close()
+        counters = fab.gate_counters()[0]
+    got = capture.arrivals
+    for live, c in zip(fab.ports[0], counters):
+        events = got[got["ifindex"] == live.ifindex]
+        assert events["kind"].tolist() == [KIND_EVENT] and events["seq"].tolist() == [k]
+        seen = tapped[(tapped["ifindex"] == live.ifindex) & (tapped["kind"] == KIND_SPIKE)]
+        assert len(seen) == len(EVENTS)  # every synapse's spike reached the port; the neuron kept three
+        earliest = np.sort(seen["t_ns"] - origin)[:k]
+        assert int(events["time_ns"][0]) == int(earliest.sum())
+        assert (c["spikes_counted"], c["events_passed"], c["spikes_dropped_after_k"]) == (k, 1, len(EVENTS) - k)
     assert spikes.leftovers(run) == []
 
 
@@ -144,7 +186,7 @@ def test_pruned_synapses_are_dropped_before_the_shaper(pruned_tiny_plan, spikes)
             assert [(int(r["source"]), int(r["sign"])) for r in mine] == [(kept.source, kept.sign)]
         # Only the kept synapse's primer and spike reached each gate: the filter dropped the rest.
         for c in fab.gate_counters()[0]:
-            assert c["spikes_passed"] == 1 and c["spikes_dropped_after_k"] == 0 and c["primers_dropped"] == 1
+            assert c["events_passed"] == 1 and c["spikes_dropped_after_k"] == 0 and c["primers_dropped"] == 1
     assert spikes.leftovers(run) == []
 
 

@@ -50,8 +50,8 @@ def test_the_gate_loses_half_the_spikes_before_counting(backend, spikes):
     got = capture.arrivals
     # 400 spikes each kept with probability 1/2: 200 ± 10 (sd); 130..270 is 7 sd either way.
     assert 130 < len(got) < 270
-    assert [c["spikes_passed"] + c["spikes_dropped_lost"] for c in counters] == [SAMPLES] * len(counters)
-    assert sum(c["spikes_passed"] for c in counters) == len(got)
+    assert [c["spikes_counted"] + c["spikes_dropped_lost"] for c in counters] == [SAMPLES] * len(counters)
+    assert sum(c["events_passed"] for c in counters) == len(got)  # K = 1: each counted spike is an event
     assert all(10 < c["spikes_dropped_lost"] < SAMPLES - 10 for c in counters), counters
     assert all(c["spikes_dropped_after_k"] == 0 and c["primers_dropped"] == SAMPLES for c in counters)
     assert spikes.leftovers(run) == []

@@ -8,7 +8,7 @@ from testbed.infer.report import LayerStats, kernel_warnings
 
 ON_TIME = LayerStats(layer=0, spikes_expected=100, spikes_received=100, ports_short=0, error_us_mean=40.0,
                      error_us_median=35.0, error_us_sd=50.0, error_us_p99=300.0, inject_late_us_median=5.0,
-                     inject_late_us_p99=60.0, delay_error_us_median=30.0, delay_error_us_p99=250.0)
+                     inject_late_us_p99=60.0)
 
 
 def test_a_run_on_time_has_no_warnings():
@@ -18,8 +18,9 @@ def test_a_run_on_time_has_no_warnings():
 def test_missing_spikes_and_late_arrivals_are_named_with_the_fix():
     short = replace(ON_TIME, layer=1, spikes_received=60, ports_short=12, error_us_median=-700.0)
     warnings = kernel_warnings((ON_TIME, short), tau_us=6000.0, loss=0.0)
-    assert warnings == ("layer 1: 40 of 100 gated spikes never arrived (12 sample-ports got fewer than K)",
-                        "layer 1: spikes arrive a median -700 µs off the plan, 0.12 τ",
+    assert warnings == ("layer 1: 40 of 100 spikes the neurons should have counted never arrived in time "
+                        "(12 sample-ports got fewer than K)",
+                        "layer 1: neuron events come a median -700 µs off the plan, 0.12 τ",
                         "the kernel could not keep up with this τ: use a larger --tau")
 
 

@@ -1,7 +1,9 @@
-"""Decoding arrivals: the decoder must reproduce the model's π²_K layer from synthetic packets.
+"""Decoding neuron events: the decoder must reproduce the model's π²_K layer from what the kernel's neurons emit.
 
-Arrival timestamps are built from the model's own arrival sets (z⁺, z⁻ of a random layer),
-scaled by τ, shuffled and mixed with noise the decoder must ignore (primers, other samples, other
+The events are built from the model's own arrival sets (z⁺, z⁻ of a random layer) the way a
+port's neuron builds them (testbed.kernel.gate): of the arrivals it keeps (not lost, not after the
+deadline) it counts the K earliest and sums their times after the origin in whole ns. They are
+shuffled and mixed with rows the decoder must ignore (spikes, primers, other samples, other
 interfaces, other layers); then T±, y, scores, prediction and x' must equal the model's.
 """
 
@@ -14,7 +16,7 @@ from testbed.errors import PlanError
 from testbed.model.encoding import delays, encode
 from testbed.model.layers import arrivals as model_arrivals
 from testbed.model.layers import mean_k_earliest
-from testbed.plan.wire import KIND_PRIMER, KIND_SPIKE
+from testbed.plan.wire import KIND_EVENT, KIND_PRIMER, KIND_SPIKE
 from testbed.traffic.capture import ARRIVAL_DTYPE
 from testbed.traffic.decode import PortRole, decode_layer
 
@@ -36,24 +38,24 @@ def _layer(seed: int):
     return rng, zp, zm
 
 
-def _packets(rng, zp, zm, samples, t0_ns, lose=None):
-    """Arrival rows for sets z (model units): one spike per element, in shuffled order."""
+def _events(rng, zp, zm, samples, k, deadline=DEADLINE, lose=None):
+    """One event per (sample, port) that counted anything: count and whole-ns sum of its K earliest kept arrivals."""
     rows = []
     for sign, z in ((0, zp), (1, zm)):
         for s_i in range(S):
-            for a in range(z.shape[1]):
-                for j in range(M):
-                    if lose is not None and lose(s_i, a, j, sign):
-                        continue
-                    t_ns = int(t0_ns[s_i] + round(z[s_i, a, j] * TAU_NS))
-                    source, sign_bit = a % N_IN, a // N_IN
-                    rows.append((10 + 2 * j + sign, LAYER, source, sign_bit, samples[s_i], a, KIND_SPIKE, t_ns))
-    # Noise the decoder must ignore: a primer before everything, another sample, an unknown port,
-    # a spike of another layer, all on real ports and at early times.
-    rows.append((10, LAYER, 0, 0, samples[0], 0, KIND_PRIMER, int(t0_ns[0])))
-    rows.append((10, LAYER, 0, 0, 999_999, 0, KIND_SPIKE, int(t0_ns[0])))
-    rows.append((99, LAYER, 0, 0, samples[0], 0, KIND_SPIKE, int(t0_ns[0])))
-    rows.append((10, LAYER + 1, 0, 0, samples[0], 0, KIND_SPIKE, int(t0_ns[0])))
+            for j in range(M):
+                kept = [t for a, t in enumerate(z[s_i, :, j]) if t <= deadline and not (lose and lose(s_i, a, j, sign))]
+                counted = sorted(kept)[:k]
+                if counted:
+                    total = sum(int(round(t * TAU_NS)) for t in counted)
+                    rows.append((10 + 2 * j + sign, LAYER, 0, 0, samples[s_i], len(counted), KIND_EVENT, total, 0))
+    # Rows the decoder must ignore: a spike and a primer on a real port, an event of another
+    # sample, of an unknown port, of another layer, and one with count 0.
+    rows.append((10, LAYER, 0, 0, samples[0], 1, KIND_SPIKE, 5, 0))
+    rows.append((10, LAYER, 0, 0, samples[0], 1, KIND_PRIMER, 5, 0))
+    rows.append((10, LAYER, 0, 0, 999_999, 1, KIND_EVENT, 5, 0))
+    rows.append((99, LAYER, 0, 0, samples[0], 1, KIND_EVENT, 5, 0))
+    rows.append((10, LAYER + 1, 0, 0, samples[0], 1, KIND_EVENT, 5, 0))
     table = np.array(rows, dtype=ARRIVAL_DTYPE)
     return table[rng.permutation(len(table))]
 
@@ -62,11 +64,10 @@ def _packets(rng, zp, zm, samples, t0_ns, lose=None):
 def test_decode_matches_model_mean_of_k_earliest(k):
     rng, zp, zm = _layer(seed=k)
     samples = np.array([7, 3, 100, 4_000_000_000, 5], dtype=np.int64)
-    t0_ns = 1_700_000_000_000_000_000 + np.arange(S, dtype=np.int64) * 40 * TAU_NS
-    got = decode_layer(_packets(rng, zp, zm, samples, t0_ns), PORTS, samples=samples, t0_ns=t0_ns,
-                       tau_ns=TAU_NS, k=k, deadline=DEADLINE, s=SCALE)
+    got = decode_layer(_events(rng, zp, zm, samples, k), PORTS, samples=samples, tau_ns=TAU_NS, k=k,
+                       deadline=DEADLINE, s=SCALE)
     want_p, want_m = mean_k_earliest(zp, k), mean_k_earliest(zm, k)
-    # timestamps are whole ns: 1 ns = 1e-6 model units at τ = 1 ms
+    # sums of whole ns: 1 ns = 1e-6 model units at τ = 1 ms
     np.testing.assert_allclose(got.t_plus, want_p, atol=1e-6)
     np.testing.assert_allclose(got.t_minus, want_m, atol=1e-6)
     np.testing.assert_allclose(got.y, want_p - want_m, atol=2e-6)
@@ -85,16 +86,16 @@ def test_late_and_lost_arrivals_follow_the_model():
     k = 4
     rng, zp, zm = _layer(seed=11)
     samples = np.arange(S, dtype=np.int64)
-    t0_ns = np.arange(S, dtype=np.int64) * 50 * TAU_NS
     # Sample 0, neuron 0, z⁺: every arrival lost (timed out). Sample 1, neuron 1, z⁻: all but the
-    # latest two lost, so fewer than K remain (short). The gates dropped every arrival after the deadline.
+    # latest two lost, so fewer than K remain (short: the relay's deadline read). The neurons dropped
+    # every arrival after the deadline.
     latest = np.argsort(zm[1, :, 1])[-2:]
     deadline = float(np.quantile(np.concatenate([zp.ravel(), zm.ravel()]), 0.9))
+
     def lose(s_i, a, j, sign):
-        late = (zp, zm)[sign][s_i, a, j] > deadline
-        return late or (s_i, j, sign) == (0, 0, 0) or ((s_i, j, sign) == (1, 1, 1) and a not in latest)
-    got = decode_layer(_packets(rng, zp, zm, samples, t0_ns, lose), PORTS, samples=samples, t0_ns=t0_ns,
-                       tau_ns=TAU_NS, k=k, deadline=deadline, s=SCALE)
+        return (s_i, j, sign) == (0, 0, 0) or ((s_i, j, sign) == (1, 1, 1) and a not in latest)
+    got = decode_layer(_events(rng, zp, zm, samples, k, deadline, lose), PORTS, samples=samples, tau_ns=TAU_NS,
+                       k=k, deadline=deadline, s=SCALE)
 
     def model(z):  # the model's treatment: lost or late = never arrives (+inf), empty set = deadline
         return mean_k_earliest(np.where(z <= deadline, z, np.inf), k, timeout=deadline)
@@ -110,9 +111,18 @@ def test_late_and_lost_arrivals_follow_the_model():
     assert got.count_minus[1, 1] == np.count_nonzero(zm[1, latest, 1] <= deadline) < k and got.short[1, 1]
 
 
+def test_the_event_with_the_largest_count_is_the_neurons():
+    # A deadline read taken while the K-th spike's event was in flight holds fewer spikes: it must not win.
+    rows = [(10, LAYER, 0, 0, 1, 2, KIND_EVENT, 2 * 3 * TAU_NS, 0), (10, LAYER, 0, 0, 1, 1, KIND_EVENT, 2 * TAU_NS, 0)]
+    for table in (rows, rows[::-1]):
+        got = decode_layer(np.array(table, dtype=ARRIVAL_DTYPE), PORTS, samples=np.array([1]), tau_ns=TAU_NS, k=2,
+                           deadline=DEADLINE)
+        assert got.t_plus[0, 0] == 3.0 and got.count_plus[0, 0] == 2
+
+
 def test_missing_samples_time_out_everywhere():
-    got = decode_layer(np.zeros(0, dtype=ARRIVAL_DTYPE), PORTS, samples=np.array([1, 2]),
-                       t0_ns=np.array([0, 10]), tau_ns=TAU_NS, k=2, deadline=DEADLINE)
+    got = decode_layer(np.zeros(0, dtype=ARRIVAL_DTYPE), PORTS, samples=np.array([1, 2]), tau_ns=TAU_NS, k=2,
+                       deadline=DEADLINE)
     assert np.all(got.t_plus == DEADLINE) and np.all(got.y == 0) and np.all(got.x_next == 0)
     assert got.timed_out.all()
 
@@ -124,11 +134,10 @@ def test_missing_samples_time_out_everywhere():
 ])
 def test_bad_port_maps_are_rejected(ports, match):
     with pytest.raises(PlanError, match=match):
-        decode_layer(np.zeros(0, dtype=ARRIVAL_DTYPE), ports, samples=np.array([0]), t0_ns=np.array([0]),
-                     tau_ns=TAU_NS, k=1, deadline=1.0)
+        decode_layer(np.zeros(0, dtype=ARRIVAL_DTYPE), ports, samples=np.array([0]), tau_ns=TAU_NS, k=1, deadline=1.0)
 
 
-def test_mismatched_time_origins_are_rejected():
-    with pytest.raises(PlanError, match="time origins"):
-        decode_layer(np.zeros(0, dtype=ARRIVAL_DTYPE), PORTS, samples=np.array([0, 1]), t0_ns=np.array([0]),
-                     tau_ns=TAU_NS, k=1, deadline=1.0)
+def test_repeated_samples_are_rejected():
+    with pytest.raises(PlanError, match="distinct"):
+        decode_layer(np.zeros(0, dtype=ARRIVAL_DTYPE), PORTS, samples=np.array([1, 1]), tau_ns=TAU_NS, k=1,
+                     deadline=1.0)

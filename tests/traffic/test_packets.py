@@ -16,7 +16,7 @@ SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 SRC_IP, DST_IP = "10.0.0.1", "10.0.0.2"
 HEADERS = [
     SpikeHeader(layer=1, source=7, sign=1, sample=250, seq=3, time_ns=0x0102030405060708),
-    SpikeHeader(layer=0, source=65535, sign=0, sample=2**32 - 1, seq=65535, time_ns=2**64 - 1),
+    SpikeHeader(layer=0, source=65535, sign=0, sample=2**32 - 1, seq=65535, time_ns=-1),
     SpikeHeader(layer=255, source=0, sign=1, sample=0, seq=0, kind=KIND_PRIMER),
 ]
 
