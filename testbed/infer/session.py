@@ -31,7 +31,7 @@ from testbed.traffic.capture import ARRIVAL_DTYPE, Receiver
 from testbed.traffic.clock import realtime_minus_monotonic_ns
 from testbed.traffic.decode import PortRole, decode_layer
 from testbed.traffic.inject import Injector, Schedule, pinned
-from testbed.traffic.packets import spike_frame
+from testbed.traffic.packets import spike_frame, stamp_origin
 
 if TYPE_CHECKING:
     from testbed.fabric.handle import LiveFabric
@@ -81,12 +81,13 @@ def _port_roles(fabric: LiveFabric, layer: int) -> dict[int, PortRole]:
     return {port.ifindex: PortRole(layer, port.neuron, port.sign) for port in fabric.ports[layer]}
 
 
-def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str, origin_real_ns: int,
-                  keep: list[tuple[int, bytes, str]], ranks: list[float], earliest_us: np.ndarray) -> None:
+def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifname: str,
+                  keep: list[tuple[int, bytes, str]], spikes: list[int], ranks: list[float],
+                  earliest_us: np.ndarray) -> None:
     """Append (offset ns from the slot base: origin + t·τ − lead, frame, ifname) for one layer's events of one sample,
-    and to `ranks` the event's shortest delay on any port (`earliest_us`, (n, 2)), which orders simultaneous events.
-    Every spike carries the sample's origin in this layer (`origin_real_ns`, CLOCK_REALTIME), from
-    which the ports' gates time it out."""
+    to `spikes` the positions of the spike frames (which the slot stamps with the sample's origin once it
+    knows its start), and to `ranks` the event's shortest delay on any port (`earliest_us`, (n, 2)),
+    which orders simultaneous events."""
     tau_ns = plan.timing.tau_us * 1e3
     layer_plan = plan.layers[layer]
     src_mac, (src_ip, dst_ip) = injector_mac(layer), injector_ip(layer)
@@ -100,7 +101,8 @@ def _layer_events(plan: FabricPlan, layer: int, sample: int, x: np.ndarray, ifna
                 head = SpikeHeader(layer, source, sign, sample, seq, KIND_PRIMER)
                 keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head, primer), ifname))
                 ranks.append(earliest_us[source, sign])
-            head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE, origin_real_ns)
+            head = SpikeHeader(layer, source, sign, sample, seq, KIND_SPIKE)
+            spikes.append(len(keep))
             keep.append((offset, spike_frame(src_mac, BROADCAST_MAC, src_ip, dst_ip, head), ifname))
             ranks.append(earliest_us[source, sign])
             seq += 1
@@ -158,21 +160,26 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
         began = time.perf_counter()
         for slot in range(n_samples + n_layers - 1):
             active = [(li, slot - li) for li in range(n_layers) if 0 <= slot - li < n_samples]
+            pairs: list[tuple[int, bytes, str]] = []
+            owner: list[int] = []
+            spikes: list[int] = []
+            ranks: list[float] = []
+            for li, sample in active:
+                before = len(pairs)
+                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs, spikes, ranks,
+                              earliest_us[li])
+                owner += [li] * (len(pairs) - before)
             # Slots start a period apart, or later when the loop falls behind: a slot never starts
             # before the previous one's classes drained, so only throughput suffers, not timing.
+            # The frames are built first, so a late slot's lead is not spent building them.
             base = max(next_base, time.monotonic_ns() + SLOT_LEAD_NS)
             run.late_slots += base > next_base
             next_base = base + period_ns
             base_real = base + real_minus_mono
             origin_real = {li: base_real + int(round(plan.layers[li].origin_us * 1e3)) for li, _ in active}
-            pairs: list[tuple[int, bytes, str]] = []
-            owner: list[int] = []
-            ranks: list[float] = []
-            for li, sample in active:
-                before = len(pairs)
-                _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], origin_real[li], pairs,
-                              ranks, earliest_us[li])
-                owner += [li] * (len(pairs) - before)
+            for i in spikes:
+                offset, frame, ifname = pairs[i]
+                pairs[i] = (offset, stamp_origin(frame, origin_real[owner[i]]), ifname)
             # Stable sort: a primer, with its spike's key, stays right before its spike.
             order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], ranks[i]))
             schedule = Schedule.from_pairs([pairs[i] for i in order])

@@ -20,6 +20,7 @@ from testbed.errors import PlanError
 from testbed.plan.wire import (
     ETH_HEADER_BYTES,
     ETH_P_IP,
+    FRAME_TIME_OFFSET,
     IPPROTO_UDP,
     IPV4_HEADER_BYTES,
     KIND_EVENT,
@@ -39,6 +40,7 @@ HEADERS_BYTES = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES
 _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
+_TIME = struct.Struct("!q")  # the header's time_ns (testbed.plan.wire)
 _SPIKE_PORT_BYTES = SPIKE_PORT.to_bytes(2, "big")
 
 
@@ -113,6 +115,12 @@ def spike_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, header: Sp
     """
     headers = _headers(src_mac, dst_mac, src_ip, dst_ip, frame_bytes)
     return headers + header.pack(frame_bytes - HEADERS_BYTES)
+
+
+def stamp_origin(frame: bytes, origin_ns: int) -> bytes:
+    """`frame` (from `spike_frame`) with its header's time_ns set to `origin_ns`: the injector builds a
+    slot's frames before it knows when the slot starts, then stamps each spike with its sample's origin."""
+    return frame[:FRAME_TIME_OFFSET] + _TIME.pack(origin_ns) + frame[FRAME_TIME_OFFSET + _TIME.size:]
 
 
 def parse_spike_frame(frame: bytes) -> SpikeHeader | None:

@@ -10,7 +10,7 @@ from scapy.packet import Raw
 
 from testbed.errors import PlanError
 from testbed.plan.wire import KIND_PRIMER, PAYLOAD_BYTES, SPIKE_FRAME_BYTES, SPIKE_PORT, SpikeHeader
-from testbed.traffic.packets import Spike, parse_spike_frame, spike_frame
+from testbed.traffic.packets import Spike, parse_spike_frame, spike_frame, stamp_origin
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 SRC_IP, DST_IP = "10.0.0.1", "10.0.0.2"
@@ -92,3 +92,10 @@ def test_bad_frame_arguments_are_rejected(kwargs, match):
     args = {"src_mac": SRC_MAC, "dst_mac": DST_MAC, "src_ip": SRC_IP, "dst_ip": DST_IP, "header": HEADERS[0]} | kwargs
     with pytest.raises(PlanError, match=match):
         spike_frame(**args)
+
+
+def test_stamping_an_origin_changes_only_time_ns():
+    frame = spike_frame(SRC_MAC, DST_MAC, SRC_IP, DST_IP, HEADERS[0])
+    stamped = stamp_origin(frame, -5)
+    assert parse_spike_frame(stamped) == SpikeHeader(1, 7, 1, 250, 3, time_ns=-5)
+    assert len(stamped) == len(frame) and stamped[:-8] == frame[:-8]
