@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,8 @@ def test_attach_names_the_same_namespace_and_remove_drops_only_the_name(run, bui
     assert builder.name("a") in {name for _, name in netns.run_in(ns, socket.if_nameindex)}
 
 
+@pytest.mark.skipif(not Path("/sys/class/net/lo/queues/rx-0/rps_cpus").exists(),
+                    reason="this kernel has no RPS (CONFIG_RPS; the one-CPU UML guest)")
 def test_write_sysfs_writes_the_namespace_devices(builder) -> None:
     """The device exists only inside the namespace: the root's /sys has no such file."""
     ns, other = builder.namespace("sys"), builder.namespace("sys2")
