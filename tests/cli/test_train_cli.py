@@ -81,3 +81,10 @@ def test_train_writes_a_network_and_reports_json(tmp_path):
     shown = json.loads(CliRunner().invoke(pi2, ["show", str(out), "--json"]).output)
     assert shown["provenance"]["training"]["logit_scale"] == 0.5
     assert shown["provenance"]["accuracy"]["student"] == pytest.approx(report["accuracy"]["student"], abs=1e-3)
+
+
+def test_train_lenet5k_and_authors_constants_are_checked_before_training(tmp_path):
+    result = CliRunner().invoke(pi2, ["train", "--arch", "lenet5k", "--k", "1,1", "-o", str(tmp_path / "n.npz")])
+    assert isinstance(result.exception, TrainingError) and "lenet5k has 5 layers" in str(result.exception)
+    result = CliRunner().invoke(pi2, ["train", "--constants", "authors", "--k", "1,1", "-o", str(tmp_path / "n.npz")])
+    assert isinstance(result.exception, TrainingError) and "--constants authors are LeNet5_K's" in str(result.exception)
