@@ -36,7 +36,7 @@ def raster(plan: FabricPlan, run: KernelRun, sample: int, path: Path) -> Path:
     axes[0][0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"sample {sample}: the ports' neuron events (dashed: deadline)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, 110)
     plt.close(fig)
     return path
 
@@ -54,6 +54,6 @@ def error_histogram(plan: FabricPlan, run: KernelRun, path: Path) -> Path:
     ax.set_title(f"neuron timing error, τ = {plan.timing.tau_us:g} µs, profile {plan.profile}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, 110)
     plt.close(fig)
     return path
