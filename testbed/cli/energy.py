@@ -54,7 +54,7 @@ def _si(value: float, unit: str) -> str:
 @click.option("--switch-pj", "switch_pj_per_packet", type=float, help="Override switch energy per packet copy, pJ.")
 @click.option("--static-w", "static_w_per_port", type=float, help="Override fixed power per port, W.")
 @click.option("--packet", type=click.Choice(["frame", "aer"]),
-              help="Spike packet: the testbed's 61 B frame or a minimal address-event packet.")
+              help="Spike packet: the testbed's 62 B frame or a minimal address-event packet.")
 @click.option("--rate", "rate_hz", type=float, default=1000.0, show_default=True,
               help="Inferences per second for the power column (the brain workload is per second).")
 @click.option("--neurons", type=float, help="Brain workload: neurons [8.6e10].")

@@ -12,7 +12,7 @@ Measured statistics (from the model's trace or a kernel run) replace E_ℓ; arri
 
 Packets and hops
 ----------------
-Bits per event b: the testbed frame, b_frame = 8·SPIKE_FRAME_BYTES = 488 bits, or the minimal
+Bits per event b: the testbed frame, b_frame = 8·SPIKE_FRAME_BYTES = 496 bits, or the minimal
 address-event packet b_aer = ⌈log₂(S·σ)⌉ + h, with S distinct sources, σ = 2 if events carry a
 sign (t⁺/t⁻) else 1, and h header bits. One event reaches its F ports through a multicast tree of
 radix-R switches: s₀ = F, s_{j+1} = ⌈s_j/R⌉ down to 1 switch, and it crosses::
@@ -219,7 +219,7 @@ class Fabric:
     link: str
     pj_per_bit: float
     bandwidth_gbps: float
-    packet: str  # "frame" (the testbed's 61 B frame) or "aer" (minimal address-event packet)
+    packet: str  # "frame" (the testbed's 62 B frame) or "aer" (minimal address-event packet)
     switch_pj_per_packet: float
     static_w_per_port: float
     switch_radix: int

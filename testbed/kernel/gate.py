@@ -72,7 +72,7 @@ from testbed.kernel.spike_parse import emit_spike_prologue
 from testbed.plan import wire
 from testbed.plan.tc import MAX_DROP_ONE_IN
 
-SPIKE_FRAME_MIN_BYTES = wire.SPIKE_FRAME_BYTES  # 61: every byte the gate reads, up to time_ns
+SPIKE_FRAME_MIN_BYTES = wire.SPIKE_FRAME_BYTES  # 62: every byte the gate reads, up to time_ns
 CAS_RETRIES = 32  # tries for the state entry: a holder keeps the lock for a handful of instructions
 MAX_SLOTS = 1 << 16
 MAX_K = 0xFFFF  # the event's count travels in the u16 seq field

@@ -13,7 +13,9 @@ Payload layout (network byte order), offsets from the start of the UDP payload::
     8  u16  seq      position of the event in its sample's injection schedule
    10  u8   kind     0: spike, 1: token-bucket primer (a filler whose size sets a shaper's delay),
                      2: neuron event (what a neuron port's gate passes instead of K spikes)
-   11  s64  time_ns  a spike: its sample's origin in the layer it enters (CLOCK_REALTIME ns of model
+   11  u8   (zero)   padding: keeps time_ns 8-byte aligned in the kernel's packet buffer (NET_IP_ALIGN
+                     2 + frame offset 54 = 56), as strict-alignment kernels (UML, some CPUs) require
+   12  s64  time_ns  a spike: its sample's origin in the layer it enters (CLOCK_REALTIME ns of model
                      time 0), from which the port's neuron times its arrival and its deadline;
                      an event: the sum of its K spikes' arrival times after that origin, ns
 
@@ -36,8 +38,8 @@ from dataclasses import dataclass
 from testbed.errors import PlanError
 
 SPIKE_PORT = 5402
-PAYLOAD = struct.Struct("!BHBIHBq")
-PAYLOAD_BYTES = PAYLOAD.size  # 19
+PAYLOAD = struct.Struct("!BHBIHBxq")
+PAYLOAD_BYTES = PAYLOAD.size  # 20
 KIND_SPIKE = 0
 KIND_PRIMER = 1
 KIND_EVENT = 2
@@ -72,7 +74,7 @@ FRAME_SIGN_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BH")
 FRAME_SAMPLE_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHB")
 FRAME_SEQ_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBI")
 FRAME_KIND_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIH")
-FRAME_TIME_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIHB")
+FRAME_TIME_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIHBx")
 
 
 def synapse_key(layer: int, source: int, sign: int) -> int:

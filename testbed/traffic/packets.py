@@ -55,11 +55,12 @@ class Spike(Packet):
         IntField("sample", 0),  # sample id, wraps at 2**32
         ShortField("seq", 0),  # position in the sample's injection schedule
         ByteEnumField("kind", KIND_SPIKE, {KIND_SPIKE: "spike", KIND_PRIMER: "primer", KIND_EVENT: "event"}),
+        ByteField("reserved", 0),  # keeps time_ns 8-byte aligned in the kernel (testbed.plan.wire)
         SignedLongField("time_ns", 0),  # a spike: its layer origin (CLOCK_REALTIME ns); an event: Σ arrivals (ns)
     ]
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
-        # Bytes after the 19-byte header are a primer's filler (or zero padding), not a layer.
+        # Bytes after the 20-byte header are a primer's filler (or zero padding), not a layer.
         return b"", s
 
 
@@ -111,7 +112,7 @@ def spike_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, header: Sp
     """Ethernet/IPv4/UDP frame of `frame_bytes` carrying `header`, zero-filled to size.
 
     `frame_bytes` is the length a qdisc counts (skb->len on a veth); primers use it to set a
-    shaper's delay, spikes keep the default `SPIKE_FRAME_BYTES` (61 B).
+    shaper's delay, spikes keep the default `SPIKE_FRAME_BYTES` (62 B).
     """
     headers = _headers(src_mac, dst_mac, src_ip, dst_ip, frame_bytes)
     return headers + header.pack(frame_bytes - HEADERS_BYTES)

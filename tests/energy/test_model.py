@@ -33,7 +33,7 @@ def test_dense_layer_counts_follow_the_pi2_layer():
 
 
 def test_frame_bits_come_from_the_wire_format():
-    assert FRAME_BITS == 8 * SPIKE_FRAME_BYTES == 488
+    assert FRAME_BITS == 8 * SPIKE_FRAME_BYTES == 496
 
 
 def test_aer_bits_are_address_plus_header():

@@ -32,16 +32,16 @@ def _scapy(header: SpikeHeader, frame_bytes: int = SPIKE_FRAME_BYTES):
 
 def test_spike_payload_golden_bytes():
     assert raw(Spike(layer=1, source=7, sign=1, sample=250, seq=3, kind=0, time_ns=0x0102030405060708)) == bytes.fromhex(
-        "01" "0007" "01" "000000fa" "0003" "00" "0102030405060708")
+        "01" "0007" "01" "000000fa" "0003" "00" "00" "0102030405060708")
 
 
 def test_spike_frame_golden_bytes():
     frame = spike_frame(SRC_MAC, DST_MAC, SRC_IP, DST_IP, HEADERS[0])
     assert frame == bytes.fromhex(
         "020000000002" "020000000001" "0800"  # Ethernet: dst, src, IPv4
-        "4500002f" "00004000" "4011" "26bc" "0a000001" "0a000002"  # IPv4: len 47, DF, ttl 64, UDP, checksum
-        "151a" "151a" "001b" "0000"  # UDP 5402 -> 5402, len 27, no checksum (RFC 768)
-        "01" "0007" "01" "000000fa" "0003" "00" "0102030405060708")  # spike: ..., kind, time_ns
+        "45000030" "00004000" "4011" "26bb" "0a000001" "0a000002"  # IPv4: len 48, DF, ttl 64, UDP, checksum
+        "151a" "151a" "001c" "0000"  # UDP 5402 -> 5402, len 28, no checksum (RFC 768)
+        "01" "0007" "01" "000000fa" "0003" "00" "00" "0102030405060708")  # spike: ..., kind, pad, time_ns
     assert len(frame) == SPIKE_FRAME_BYTES
 
 
