@@ -34,8 +34,11 @@ def _cpus(text: str | None) -> list[int] | None:
 @json_option
 def up_cmd(plan_file: Path, backend: str, fabric_cpus: str | None, as_json: bool) -> None:
     """Build PLAN (from `pi2 compile`) in the kernel and leave it up: namespaces, bridges, veths,
-    one htb class per synapse and an eBPF neuron (first-K gate) per neuron port. Prints the run id; the gates
-    stay attached after pi2 exits. Remove it with `sudo pi2 down RUN`.
+    one htb class per synapse and an eBPF neuron (first-K gate) per neuron port. Prints the run id;
+    the gates stay attached after pi2 exits. Remove it with `sudo pi2 down RUN`. A neuron counts
+    only spikes that carry their sample's origin (time_ns, CLOCK_REALTIME) and get a kernel RX
+    stamp (some socket in the host namespace has SO_TIMESTAMPNS on); it passes one event per port
+    and sample.
 
     \b
     Example:
