@@ -5,8 +5,8 @@ split through the `--profile` fabric; reported per run: kernel / plan-simulation
 accuracy, per-sample kernel-vs-simulation agreement, arrival and fabric delay errors per layer,
 samples/s, synaptic events/s, kernel CPU time per synaptic event (system + softirq ticks from
 /proc/stat over the run, divided by the spike copies that reached neuron ports), and the gate
-counters. Beside them, in the same run, the machine's raw veth rate: 53-byte frames sent back to
-back through one veth pair, counted at the receiver.
+counters. Beside them, in the same run, the machine's raw veth rate: spike frames (62 B,
+wire.SPIKE_FRAME_BYTES) sent back to back through one veth pair, counted at the receiver.
 
     sudo python bench/infer.py [--net NET] [--limit N] [--tau 5ms] [--prune 0.5|off] [--lead 1] [--backends netns,mininet] [-o out.json]
 """
