@@ -179,14 +179,15 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
 
 
 def range_scale(net: Pi2Network, x: np.ndarray) -> float:
-    """α = min(T0 / max|x|, c / max|w|) ≥ 1: how far inputs and weights can be scaled up with no
-    input event clipped at 0 ([T0 − αx]₊) and no weight clamped, i.e. exactly on the first layer
-    (hidden values may still clip: fine-tuning learns through that). 1 if either is already at its bound."""
+    """α = min(T0 / max|x|, c / max|w₀|) ≥ 1 over the inputs and the first layer's weights: how far
+    they can be scaled up with no input event clipped at 0 ([T0 − αx]₊) and no first-layer weight
+    clamped, so the first layer, whose many small weights the grid resolves worst, stays exact. Later
+    layers' largest weights and hidden values may then clamp or clip: the fine-tune learns through
+    that. 1 if a bound is already reached."""
     c = net.constants
-    widest = max(float(np.abs(layer.weight).max()) for layer in net.layers)
+    widest = float(np.abs(net.layers[0].weight).max())
     largest = float(np.abs(x).max())
-    bounds = [c.t0 / largest if largest > 0 else np.inf, c.c / widest if widest > 0 else np.inf]
-    alpha = min(bounds)
+    alpha = min(c.t0 / largest if largest > 0 else np.inf, c.c / widest if widest > 0 else np.inf)
     return float(alpha) if np.isfinite(alpha) and alpha > 1 else 1.0
 
 
