@@ -298,10 +298,16 @@ class GateProgram:
         if self._state is None:
             raise KernelError(f"first-K gate {self.name!r} is closed")
         sample &= 0xFFFFFFFF
+        # The lookup copies word and sum one after the other, not atomically: a spike counted in
+        # between would pair an old count with a new sum. Two equal, unlocked copies in a row
+        # were taken with no update in flight.
+        seen = self._state.lookup(sample % self.slots)
         while True:
-            word, total = STATE.unpack(self._state.lookup(sample % self.slots))
-            if not word & LOCK:  # else a spike is updating it this instant
+            again = self._state.lookup(sample % self.slots)
+            word, total = STATE.unpack(again)
+            if again == seen and not word & LOCK:
                 break
+            seen = again
         if word & 0xFFFFFFFF != sample:
             return NeuronState(0, 0)
         return NeuronState(word >> 32, total)
