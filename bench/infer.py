@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.cli.params import DURATION, PRUNE_MARGIN, argparse_type
+from testbed.cli.params import DURATION_OR_AUTO, PRUNE_MARGIN, argparse_type
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.kernel import cleanup
-from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_TAU_US
+from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN
 from testbed.kernel.links import LinkBuilder
 from testbed.kernel.names import RunRegistry
 from testbed.plan.wire import SpikeHeader
@@ -91,7 +91,8 @@ def main() -> None:
     parser.add_argument("--net", type=Path, default=BUNDLED_NETWORK)
     parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
     parser.add_argument("--profile", default="shaper")
-    parser.add_argument("--tau", type=argparse_type(DURATION), default=DEFAULT_TAU_US, help="e.g. 5ms")
+    parser.add_argument("--tau", type=argparse_type(DURATION_OR_AUTO), default=None,
+                        help="e.g. 5ms, or auto (the default: measured, as pi2 infer does)")
     parser.add_argument("--lead", type=float, default=DEFAULT_LEAD, help="event leads (model units)")
     parser.add_argument("--prune", type=argparse_type(PRUNE_MARGIN),
                         default=DEFAULT_PRUNE_MARGIN, help="prune margin (model units) or 'off'")

@@ -23,7 +23,7 @@ from testbed.infer.report import InferenceReport
 @click.option("--limit", type=click.IntRange(1), default=None, help="Classify only the first N test samples (default: all).")
 @click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True,
               help="netns: plain namespaces and bridges; mininet: the same plan through Mininet's API.")
-@compile_options
+@compile_options(auto_tau=True)
 @click.option("--inject-cpu", type=int, default=0, show_default=True, callback=inject_cpu_option,
               help="CPU the injector busy-waits on (kernel packet work is steered to the others); -1: don't pin.")
 @click.option("--pcap", "pcap_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -32,7 +32,7 @@ from testbed.infer.report import InferenceReport
               help="Write a spike raster of sample 0 and the arrival-error histogram (PNG) here.")
 @json_option
 def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, profile: str,
-              tau_us: float, relay_us: float, prune_margin: float | None, lead: float, loss: float, inject_cpu: int,
+              tau_us: float | None, relay_us: float, prune_margin: float | None, lead: float, loss: float, inject_cpu: int,
               pcap_dir: Path | None, plots_dir: Path | None, as_json: bool) -> None:
     """Classify test samples with the Linux kernel doing the neural computation.
 
@@ -42,6 +42,8 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
     end, on errors and on Ctrl-C. Reports kernel, plan-simulation and golden-model accuracy, their
     per-sample agreement, arrival-time errors per layer, throughput and why spikes were dropped,
     and warns when spikes went missing or arrived far off the plan (τ too small for this machine).
+    With --tau auto (the default for a network) the run starts by measuring this machine: a few
+    candidate τ, each a short run of training samples, and takes the smallest that keeps the decisions.
 
     \b
     Examples:
@@ -62,12 +64,19 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=as_json) as bar:
-        task = bar.add_task("building fabric", total=None)
+        task = bar.add_task("measuring τ" if tau_us is None and (source is None or source.suffix != ".json")
+                            else "building fabric", total=None)
+
+        def tried(trial):  # type: ignore[no-untyped-def]
+            console.print(f"τ {trial.tau_us / 1e3:g} ms: {trial.verdict} (neuron-event error median "
+                          f"{', '.join(f'{m:.0f}' for m in trial.error_us_median)} µs, predicted agreement "
+                          f"{trial.predicted_agreement:.2%})", style="dim", highlight=False)
 
         def started(plan, samples):  # type: ignore[no-untyped-def]
             bar.update(task, description=f"inference ({plan.profile}, τ {plan.timing.tau_us:g} µs)", total=samples)
 
-        report, _, files = infer(source or BUNDLED_NETWORK, options, lambda n: bar.advance(task, n), started)
+        report, _, files = infer(source or BUNDLED_NETWORK, options, lambda n: bar.advance(task, n), started,
+                                 None if as_json else tried)
     if as_json:
         emit_json({**report.to_dict(), "files": [str(f) for f in files]})
         return
@@ -81,6 +90,9 @@ def render(report: InferenceReport) -> None:
     console.print(f"[bold]{report.samples}[/] {report.dataset} samples on the [bold]{report.backend}[/] fabric, "
                   f"profile {report.profile}, τ = {report.tau_us:g} µs"
                   + (f", spike loss {100 * report.loss:g} %" if report.loss else ""))
+    if report.tau_choice is not None:
+        console.print(f"τ auto: {report.tau_choice['tau_us'] / 1e3:g} ms, {report.tau_choice['reason']}",
+                      highlight=False)
     if report.loss:
         console.print("[dim]The kernel and the simulation lose different spikes (independent draws): compare "
                       "accuracies; per-sample agreement and arrival errors include the difference.[/]")

@@ -44,6 +44,20 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class DurationOrAuto(Duration):
+    """A duration, or "auto" (None): measure this machine for it (pi2 infer --tau auto)."""
+
+    name = "duration|auto"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if value is None or str(value).strip().lower() == "auto":
+            return None
+        return super().convert(value, param, ctx)
+
+
+DURATION_OR_AUTO = DurationOrAuto()
+
+
 class NumberOr(click.ParamType):
     """A number that `accept`s, or one word that stands for None ("--prune off", "--logit-scale auto")."""
 
@@ -81,16 +95,26 @@ def argparse_type(param_type: click.ParamType) -> Callable[[str], Any]:
     return convert
 
 
-def compile_options(command):  # type: ignore[no-untyped-def]
-    """--profile, --tau, --relay, --prune, --lead and --loss: how a network is compiled into a plan (pi2 compile,
-    pi2 infer)."""
+TAU_HELP = ("Wall-clock length of one model time unit (e.g. 500us, 2ms). Larger τ gives the kernel more time per "
+            "burst of spikes (more precise), smaller τ more samples/s.")
+AUTO_TAU_HELP = (" 'auto': before the run, measure this machine's kernel at a few τ (training samples, real load) "
+                 "and take the smallest whose arrival errors keep the decisions (testbed.infer.autotau); the "
+                 "report says which τ and why.")
 
+
+def compile_options(command=None, *, auto_tau: bool = False):  # type: ignore[no-untyped-def]
+    """--profile, --tau, --relay, --prune, --lead and --loss: how a network is compiled into a plan (pi2 compile;
+    pi2 infer, which with `auto_tau` takes --tau auto and defaults to it)."""
+    if command is None:
+        return lambda cmd: compile_options(cmd, auto_tau=auto_tau)
+    tau = (click.option("--tau", "tau_us", type=DURATION_OR_AUTO, default="auto", show_default=True,
+                        help=TAU_HELP + AUTO_TAU_HELP) if auto_tau else
+           click.option("--tau", "tau_us", type=DURATION, default=f"{DEFAULT_TAU_US / 1e3:g}ms", show_default=True,
+                        help=TAU_HELP))
     for option in reversed((
         click.option("--profile", default="auto", show_default=True,
                      help="tc profile: auto (probe this kernel; needs root), netem, shaper, full, or a YAML path."),
-        click.option("--tau", "tau_us", type=DURATION, default=f"{DEFAULT_TAU_US / 1e3:g}ms", show_default=True,
-                     help="Wall-clock length of one model time unit (e.g. 500us, 2ms). Larger τ gives the kernel "
-                          "more time per burst of spikes (more precise), smaller τ more samples/s."),
+        tau,
         click.option("--relay", "relay_us", type=DURATION, default=f"{DEFAULT_RELAY_US / 1e3:g}ms",
                      show_default=True,
                      help="Time the relay gets to decode a layer before the next layer's injections."),

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from testbed.errors import NeedsRootError, PlanError
+from testbed.infer.autotau import TRIAL_SAMPLES, TauTrial, choose_tau
 from testbed.infer.inputs import network_inputs
 from testbed.infer.report import InferenceReport, build_report
 from testbed.infer.session import KernelRun, run_inference
 from testbed.model.netfile import load_network
 from testbed.model.network import Pi2Network
-from testbed.plan.compiler import (DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, DEFAULT_TAU_US,
-                                   compile_network)
+from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, compile_network
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.plan.select import realisation_for
 
@@ -31,17 +33,30 @@ def probed_capabilities(purpose: str):  # type: ignore[no-untyped-def]
     return probe_capabilities(purpose)
 
 
+def compiler_for(net_path: Path, profile: str, relay_us: float, dataset: str | None, calibration: int,
+                 prune_margin: float | None = DEFAULT_PRUNE_MARGIN, loss: float = 0.0,
+                 lead: float = DEFAULT_LEAD) -> tuple[Callable[[float], FabricPlan], np.ndarray]:
+    """(compile the network file at a τ, the calibration inputs): the profile is resolved and the
+    calibration inputs (its data set's training split) loaded once, so several τ cost one probe."""
+    net = load_network(net_path)
+    caps = probed_capabilities(f"--profile {profile}") if profile == "auto" else None
+    real = realisation_for(profile, caps)
+    x = network_inputs(net, dataset, "train", calibration).x
+
+    def compile_at(tau_us: float) -> FabricPlan:
+        return compile_network(net, real, tau_us, x, net_path, relay_us=relay_us, prune_margin=prune_margin,
+                               loss=loss, lead=lead)
+
+    return compile_at, x
+
+
 def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
                 calibration: int, prune_margin: float | None = DEFAULT_PRUNE_MARGIN, loss: float = 0.0,
                 lead: float = DEFAULT_LEAD) -> FabricPlan:
     """Compile a network file, calibrating windows (and pruning) on its data set's training split;
     `loss`: drop probability per spike at each neuron port (profiles whose loss kind the compiler builds)."""
-    net = load_network(net_path)
-    caps = probed_capabilities(f"--profile {profile}") if profile == "auto" else None
-    real = realisation_for(profile, caps)
-    inputs = network_inputs(net, dataset, "train", calibration)
-    return compile_network(net, real, tau_us, inputs.x, net_path, relay_us=relay_us, prune_margin=prune_margin,
-                           loss=loss, lead=lead)
+    compile_at, _ = compiler_for(net_path, profile, relay_us, dataset, calibration, prune_margin, loss, lead)
+    return compile_at(tau_us)
 
 
 def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
@@ -54,24 +69,13 @@ def network_of(plan: FabricPlan, source: Path) -> Pi2Network:
     return load_network(path)
 
 
-def plan_and_network(source: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
-                     calibration: int, prune_margin: float | None, lead: float,
-                     loss: float = 0.0) -> tuple[FabricPlan, Pi2Network]:
-    """A plan file (and the network it names, checked by hash), or a network file compiled now."""
-    if source.suffix == ".json":
-        plan = load_plan(source)
-        return plan, network_of(plan, source)
-    plan = compile_for(source, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead)
-    return plan, load_network(source)
-
-
 @dataclass(frozen=True)
 class InferOptions:
     dataset: str | None = None
     limit: int | None = None
     backend: str = "netns"
     profile: str = "auto"
-    tau_us: float = DEFAULT_TAU_US
+    tau_us: float | None = None  # None: measure this machine and pick (testbed.infer.autotau)
     relay_us: float = DEFAULT_RELAY_US
     prune_margin: float | None = DEFAULT_PRUNE_MARGIN
     lead: float = DEFAULT_LEAD
@@ -83,15 +87,29 @@ class InferOptions:
 
 
 def infer(source: Path, options: InferOptions, progress: Callable[[int], None] | None = None,
-          started: Callable[[FabricPlan, int], None] | None = None) -> tuple[InferenceReport, KernelRun, list[Path]]:
+          started: Callable[[FabricPlan, int], None] | None = None,
+          tried: Callable[[TauTrial], None] | None = None) -> tuple[InferenceReport, KernelRun, list[Path]]:
     """Classify a data set's test samples on a live kernel fabric; returns the report, the raw run
-    and the files written (pcaps, plots). The fabric is torn down on return, error or Ctrl-C."""
+    and the files written (pcaps, plots). A plan file runs as compiled; a network is compiled at
+    `options.tau_us`, or, when that is None, at the τ `choose_tau` measures this machine for (each
+    trial reported to `tried`). Every fabric is torn down on return, error or Ctrl-C."""
     if os.geteuid() != 0:
         raise NeedsRootError("pi2 infer builds namespaces, veths, bridges and qdiscs: run it with sudo")
     from testbed.fabric.live import build_fabric
 
-    plan, net = plan_and_network(source, options.profile, options.tau_us, options.relay_us, options.dataset,
-                                 options.calibration, options.prune_margin, options.lead, options.loss)
+    choice = None
+    if source.suffix == ".json":
+        plan = load_plan(source)
+        net = network_of(plan, source)
+    else:
+        net = load_network(source)
+        compile_at, x_calibration = compiler_for(source, options.profile, options.relay_us, options.dataset,
+                                                 options.calibration, options.prune_margin, options.loss,
+                                                 options.lead)
+        if options.tau_us is None:
+            measure = trial_runner(x_calibration[:TRIAL_SAMPLES], options.backend, options.inject_cpu)
+            choice = choose_tau(compile_at, measure, x_calibration, tried)
+        plan = compile_at(options.tau_us if choice is None else choice.tau_us)
     inputs = network_inputs(net, options.dataset, "test", options.limit)
     x = inputs.x.reshape(len(inputs.x), -1)
     if started is not None:
@@ -100,8 +118,19 @@ def infer(source: Path, options: InferOptions, progress: Callable[[int], None] |
         run = run_inference(plan, fabric, x, inject_cpu=options.inject_cpu,
                             keep_frames=options.pcap_dir is not None, progress=progress)
         counters = fabric.gate_counters()
-    report = build_report(plan, net, run, x, inputs.y, inputs.dataset, options.backend, counters)
+    report = build_report(plan, net, run, x, inputs.y, inputs.dataset, options.backend, counters, choice)
     return report, run, write_outputs(plan, run, options)
+
+
+def trial_runner(x: np.ndarray, backend: str, inject_cpu: int | None) -> Callable[[FabricPlan], KernelRun]:
+    """`choose_tau`'s measure: build a plan's fabric, stream the samples `x` through it, tear it down."""
+    from testbed.fabric.live import build_fabric
+
+    def measure(plan: FabricPlan) -> KernelRun:
+        with build_fabric(plan, backend, **cpu_placement(inject_cpu)) as fabric:
+            return run_inference(plan, fabric, x, inject_cpu=inject_cpu)
+
+    return measure
 
 
 def cpu_placement(inject_cpu: int | None) -> dict[str, list[int] | None]:

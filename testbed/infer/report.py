@@ -14,7 +14,7 @@ Single spikes never reach user space, so there is no per-spike error.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from testbed.model.network import Pi2Network
 from testbed.plan.fabric_plan import FabricPlan
 from testbed.plan.tc import drop_probability
 from testbed.sim.executor import simulate, simulate_layer
+
+if TYPE_CHECKING:
+    from testbed.infer.autotau import TauChoice
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class InferenceReport:
     layers: tuple[LayerStats, ...]
     gates: tuple[dict[str, int], ...]  # per layer, summed over ports: why spikes were dropped
     warnings: tuple[str, ...]  # signs that the kernel could not keep up with the plan, and what to do
+    tau_choice: dict[str, Any] | None = None  # how --tau auto chose τ (testbed.infer.autotau.TauChoice), None if given
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +103,11 @@ def _sum_counters(per_port: list[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+def plan_loss(plan: FabricPlan) -> float:
+    """The drop probability per spike the plan asks its ports for (0: none)."""
+    return max(drop_probability(p.gate_tc) for layer in plan.layers for p in layer.ports)
+
+
 LATE_FRACTION_OF_TAU = 0.05  # a median arrival error beyond this many τ means the kernel fell behind
 
 
@@ -121,13 +130,14 @@ def kernel_warnings(layers: tuple[LayerStats, ...], tau_us: float, loss: float) 
 
 
 def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarray, labels: np.ndarray,
-                 dataset: str, backend: str, gate_counters: list[list[dict[str, int]]]) -> InferenceReport:
+                 dataset: str, backend: str, gate_counters: list[list[dict[str, int]]],
+                 tau_choice: TauChoice | None = None) -> InferenceReport:
     s = plan.constants["s"]
     kernel_pred = (-s * run.y[-1]).argmax(axis=1)
     sim_pred = simulate(plan, x).predictions
     golden_pred = net.with_bits(plan.network["bits"]).predict(x)
     layers = tuple(layer_stats(plan, run, li) for li in range(len(plan.layers)))
-    loss = max(drop_probability(p.gate_tc) for layer in plan.layers for p in layer.ports)
+    loss = plan_loss(plan)
     events = sum(2 * layer.n_inputs * len(layer.ports) for layer in plan.layers)
     rate = run.samples / run.wall_s if run.wall_s > 0 else float("nan")
     return InferenceReport(
@@ -142,4 +152,5 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
         wall_s=run.wall_s, late_slots=run.late_slots, receiver_drops=run.receiver_drops,
         injector_refused=run.injector_refused, idle_polling=run.idle_polling,
         layers=layers, gates=tuple(_sum_counters(per_port) for per_port in gate_counters),
-        warnings=kernel_warnings(layers, plan.timing.tau_us, loss))
+        warnings=kernel_warnings(layers, plan.timing.tau_us, loss),
+        tau_choice=None if tau_choice is None else tau_choice.to_dict())

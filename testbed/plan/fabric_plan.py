@@ -32,6 +32,7 @@ import numpy as np
 
 from testbed.atomic_file import write_atomic
 from testbed.errors import PlanError
+from testbed.model.encoding import encode
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
@@ -159,6 +160,13 @@ class LayerPlan:
 
     def lead_us(self, source: int, sign: int) -> float:
         return self.leads_us[event_index(source, sign, self.n_inputs)]
+
+    def inject_us(self, x: np.ndarray, t0: float, tau_us: float) -> np.ndarray:
+        """(batch, n, 2) when event (i, sign) of inputs x (batch, n) is sent, µs after the layer's
+        origin: its model time [T0 ± x]₊·τ less its lead."""
+        t_plus, t_minus = encode(x, t0)
+        leads = np.asarray(self.leads_us).reshape(2, self.n_inputs).T  # leads_us lists t⁺ events, then t⁻
+        return np.stack([t_plus, t_minus], axis=-1) * tau_us - leads[None]
 
     def port_delays_us(self) -> np.ndarray:
         """(ports, n, 2) realised delay of event (i, sign) on each port; inf where the port drops it."""

@@ -30,12 +30,12 @@ With no quantisation and zero flood cost the simulation equals the golden model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from testbed.errors import PlanError
-from testbed.model.encoding import encode
 from testbed.model.layers import mean_k_earliest
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan, LayerPlan
 from testbed.plan.tc import drop_probability
@@ -61,14 +61,16 @@ class SimResult:
     predictions: np.ndarray
 
 
-def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
-                   rng: np.random.Generator | None = None) -> LayerResult:
+def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.random.Generator | None = None,
+                   noise_us: np.ndarray | None = None, noise_rng: np.random.Generator | None = None) -> LayerResult:
     """Simulate one layer for inputs x (batch, n) in model value units; `rng` draws the losses
-    (default: seeded with 0, so a simulation is repeatable)."""
+    (default: seeded with 0, so a simulation is repeatable). `noise_us`: measured neuron-event
+    errors (kernel T − simulated T of (sample, port) pairs, µs, as the report's per-layer error),
+    one drawn by `noise_rng` (its own generator, so the losses stay those of the noiseless
+    simulation) onto every port's T, to predict what a kernel that errs so does to the decisions
+    (`pi2 infer --tau auto`). Ports whose neuron counted nothing keep the deadline."""
     tau = plan.timing.tau_us
-    t_plus, t_minus = encode(x, plan.constants["t0"])
-    leads = np.asarray(layer.leads_us).reshape(2, layer.n_inputs).T  # (n, 2): leads_us lists t⁺ events, then t⁻
-    inject = np.stack([t_plus, t_minus], axis=-1) * tau - leads[None]  # (batch, n, 2)
+    inject = layer.inject_us(x, plan.constants["t0"], tau)  # (batch, n, 2)
     flood = layer.flood_offsets_us(plan.timing.flood_copy_us)
     arrive = inject[:, None] + layer.port_delays_us()[None] + flood[None, :, None, None]
     arrive = arrive.reshape(len(x), len(layer.ports), -1)
@@ -84,6 +86,10 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
     passed = np.where(late, np.nan, earliest)
     # The relay's rule (the model's): average the spikes that passed; none → the deadline.
     times = mean_k_earliest(np.where(late, np.inf, earliest / tau).swapaxes(1, 2), k, timeout=layer.window_us / tau)
+    if noise_us is not None and len(noise_us):
+        noise_rng = np.random.default_rng(1) if noise_rng is None else noise_rng
+        drawn = noise_rng.choice(np.asarray(noise_us, dtype=np.float64), size=times.shape)
+        times = times + np.where(np.isfinite(passed).any(axis=2), drawn, 0.0) / tau
     signs = np.array([p.sign for p in layer.ports])
     neurons = np.array([p.neuron for p in layer.ports])
     t_p = np.empty((len(x), layer.n_neurons))
@@ -94,17 +100,21 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray,
     return LayerResult(inject, passed, t_us, t_p, t_m, t_p - t_m, late.sum(axis=2))
 
 
-def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0) -> SimResult:
+def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[np.ndarray] | None = None,
+             noise_seed: int = 1) -> SimResult:
     """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan; `seed`
-    fixes the random losses of a plan compiled with loss."""
+    fixes the random losses of a plan compiled with loss, `noise_seed` the draws of `noise_us`
+    (per layer, measured neuron-event errors to add, `simulate_layer`)."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != plan.layers[0].n_inputs:
         raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")
+    if noise_us is not None and len(noise_us) != len(plan.layers):
+        raise PlanError(f"noise_us has {len(noise_us)} layers' errors; the plan has {len(plan.layers)} layers")
     s = plan.constants["s"]
     results = []
-    rng = np.random.default_rng(seed)
-    for layer in plan.layers:
-        result = simulate_layer(plan, layer, x, rng)
+    rng, noise_rng = np.random.default_rng(seed), np.random.default_rng(noise_seed)
+    for li, layer in enumerate(plan.layers):
+        result = simulate_layer(plan, layer, x, rng, None if noise_us is None else noise_us[li], noise_rng)
         results.append(result)
         x = np.maximum(-s * result.y, 0.0)
     scores = -s * results[-1].y

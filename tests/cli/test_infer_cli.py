@@ -15,7 +15,8 @@ pytestmark = pytest.mark.root
 
 def test_infer_with_loss_reports_the_spikes_each_layer_lost():
     before = set(netns.list_names())
-    result = CliRunner().invoke(pi2, ["infer", "--profile", "shaper", "--limit", "4", "--loss", "0.5", "--json"])
+    result = CliRunner().invoke(pi2, ["infer", "--profile", "shaper", "--limit", "4", "--loss", "0.5", "--tau", "6ms",
+                                       "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert (report["samples"], report["profile"], report["loss"]) == (4, "shaper", 0.5)
@@ -29,7 +30,7 @@ def test_infer_with_loss_reports_the_spikes_each_layer_lost():
 
 def test_infer_prints_tables_that_fit_80_columns():
     result = CliRunner(env={"COLUMNS": "80"}).invoke(pi2, ["infer", "--profile", "shaper", "--limit", "2",
-                                                           "--loss", "0.5"])
+                                                           "--loss", "0.5", "--tau", "6ms"])
     assert result.exit_code == 0, result.output
     assert max(map(len, result.output.splitlines())) <= 80 and "…" not in result.output
     words = " ".join(result.output.split())

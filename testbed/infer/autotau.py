@@ -1,0 +1,154 @@
+"""`pi2 infer --tau auto`: the smallest time unit at which this machine's kernel keeps the decisions.
+
+How precisely a kernel fabric realises a plan depends on the machine: its timers, how busy its CPUs
+are, how many spikes a sample sends per τ. A τ too small for the machine does not fail loudly; spikes
+arrive late, some miss their deadline, and decisions quietly differ from the plan's. So before a run
+the fabric is measured, not assumed: for each candidate τ (a ladder, `TAU_LADDER_US`) the network is
+compiled at that τ, built, and `TRIAL_SAMPLES` samples of its training split (never the test split)
+stream through the kernel under a real sample's load. Every neuron event's error against the plan
+(the kernel's T of a port, the mean of its K earliest kernel-stamped arrivals, less the simulated T)
+is kept, and the simulator, adding errors drawn from exactly those onto every port's T
+(`testbed.sim.executor.simulate(noise_us=…)`), predicts on the calibration set how often a decision
+would differ from the noiseless plan. A τ is safe when
+
+- the trial run raised none of the report's warnings (`testbed.infer.report.kernel_warnings`: every
+  spike the neurons should count arrived, none timed out by its gate; median neuron-event error within
+  0.05 τ), and
+- the predicted agreement is at least `SAFE_AGREEMENT`.
+
+The search starts at `START_TAU_US`, walks down while the next smaller τ is safe and up until one is,
+and picks the smallest safe τ it saw. Each trial costs a build and a few seconds of traffic; a
+loaded machine simply ends higher on the ladder. The errors are drawn independently per port,
+which ignores that a late burst delays the z⁺ and z⁻ ports of a neuron alike (and so partly cancels in
+y = T⁺ − T⁻): the prediction errs on the safe side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from testbed.errors import KernelError, PlanError
+from testbed.infer.report import kernel_warnings, layer_stats, plan_loss
+from testbed.infer.session import KernelRun
+from testbed.plan.fabric_plan import FabricPlan
+from testbed.sim.executor import simulate, simulate_layer
+
+TAU_LADDER_US = (2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0, 10000.0, 12000.0, 16000.0,
+                 24000.0, 32000.0)
+START_TAU_US = 4000.0
+TRIAL_SAMPLES = 40  # training samples streamed through each candidate fabric
+PREDICT_SAMPLES = 500  # calibration samples whose decisions the measured errors are applied to
+NOISE_DRAWS = 4  # independent draws of the errors per calibration sample
+SAFE_AGREEMENT = 0.995  # predicted agreement with the plan a τ must reach (the acceptance is 99 %)
+
+
+@dataclass(frozen=True)
+class TauTrial:
+    """One candidate τ, measured on the kernel."""
+
+    tau_us: float
+    samples: int
+    period_us: float
+    error_us_median: tuple[float, ...]  # per layer: kernel T − simulated T of the neuron events
+    error_us_p99: tuple[float, ...]  # per layer, of |error|
+    spikes_missing: int  # gated spikes the plan expects that did not arrive (timed out, lost, dropped)
+    predicted_agreement: float  # simulated decisions with the measured errors vs the noiseless plan's
+    verdict: str  # "safe", or why not
+
+    @property
+    def safe(self) -> bool:
+        return self.verdict == "safe"
+
+
+@dataclass(frozen=True)
+class TauChoice:
+    """The τ `pi2 infer --tau auto` picked, why, and every trial that led there."""
+
+    tau_us: float
+    reason: str
+    trials: tuple[TauTrial, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"tau_us": self.tau_us, "reason": self.reason, "trials": [asdict(t) for t in self.trials]}
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else float("nan")
+
+
+def neuron_errors_us(plan: FabricPlan, run: KernelRun, li: int) -> np.ndarray:
+    """Kernel T − simulated T of every (sample, port) neuron event of layer `li` that both have, the
+    simulation given the inputs the relay injected into the layer (as the report's error)."""
+    predicted = simulate_layer(plan, plan.layers[li], run.inputs[li]).t_us
+    both = np.isfinite(predicted) & np.isfinite(run.t_us[li])
+    return (run.t_us[li] - predicted)[both]
+
+
+def judge(plan: FabricPlan, run: KernelRun, x_predict: np.ndarray) -> TauTrial:
+    """A trial's verdict from what the kernel did at the plan's τ (`run`, on training samples) and
+    the decisions its neuron-event errors predict on `x_predict`."""
+    tau = plan.timing.tau_us
+    errors = [neuron_errors_us(plan, run, li) for li in range(len(plan.layers))]
+    plain = simulate(plan, x_predict).predictions
+    noisy = [simulate(plan, x_predict, noise_us=errors, noise_seed=1 + draw).predictions for draw in range(NOISE_DRAWS)]
+    agreement = float(np.mean([np.mean(p == plain) for p in noisy]))
+    stats = tuple(layer_stats(plan, run, li) for li in range(len(plan.layers)))
+    warnings = kernel_warnings(stats, tau, plan_loss(plan))
+    if warnings:
+        verdict = "; ".join(warnings[:-1])  # the last one is the advice to use a larger τ
+    elif agreement < SAFE_AGREEMENT:
+        verdict = f"predicted agreement {agreement:.2%} < {SAFE_AGREEMENT:.1%}"
+    else:
+        verdict = "safe"
+    return TauTrial(tau, run.samples, plan.timing.period_us, tuple(_percentile(e, 50) for e in errors),
+                    tuple(_percentile(np.abs(e), 99) for e in errors),
+                    sum(row.spikes_expected - row.spikes_received for row in stats), agreement, verdict)
+
+
+def choose_tau(compile_at: Callable[[float], FabricPlan], measure: Callable[[FabricPlan], KernelRun],
+               x_predict: np.ndarray, tried: Callable[[TauTrial], None] | None = None) -> TauChoice:
+    """Search `TAU_LADDER_US` for the smallest safe τ. `compile_at(τ)` compiles the network at τ;
+    `measure(plan)` builds that plan's fabric and streams `TRIAL_SAMPLES` training samples through
+    it; `tried` hears each trial as it ends."""
+    x_predict = x_predict[:PREDICT_SAMPLES]
+    trials: dict[float, TauTrial] = {}
+
+    def trial(tau_us: float) -> TauTrial:
+        plan = compile_at(tau_us)
+        result = judge(plan, measure(plan), x_predict)
+        trials[tau_us] = result
+        if tried is not None:
+            tried(result)
+        return result
+
+    def give_up(why: str) -> KernelError:
+        measured = "; ".join(f"{t / 1e3:g} ms: {trials[t].verdict}" for t in sorted(trials))
+        return KernelError(f"--tau auto: {why} ({measured}); stop what else loads the CPUs, or give --tau "
+                           "explicitly to run anyway")
+
+    i = TAU_LADDER_US.index(START_TAU_US)
+    if trial(TAU_LADDER_US[i]).safe:
+        while i > 0 and trial(TAU_LADDER_US[i - 1]).safe:
+            i -= 1
+    else:
+        while not trials[TAU_LADDER_US[i]].safe:
+            if i + 1 == len(TAU_LADDER_US):
+                raise give_up(f"no τ up to {TAU_LADDER_US[-1] / 1e3:g} ms keeps this network's decisions here")
+            i += 1
+            try:
+                trial(TAU_LADDER_US[i])
+            except PlanError as exc:  # e.g. delays beyond what the profile holds: larger τ cannot help
+                raise give_up(f"no τ this profile can realise keeps this network's decisions here; at "
+                              f"{TAU_LADDER_US[i] / 1e3:g} ms: {exc}") from None
+    best = trials[TAU_LADDER_US[i]]
+    smaller = trials.get(TAU_LADDER_US[i - 1]) if i > 0 else None
+    why = (f"the smallest safe τ measured: predicted agreement {best.predicted_agreement:.2%}, neuron-event error "
+           f"median {', '.join(f'{m:.0f}' for m in best.error_us_median)} µs per layer")
+    if smaller is not None:
+        why += f"; at {smaller.tau_us / 1e3:g} ms: {smaller.verdict}"
+    elif i == 0:
+        why += " (the ladder's smallest)"
+    return TauChoice(best.tau_us, why, tuple(trials[t] for t in sorted(trials)))
