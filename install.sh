@@ -23,11 +23,12 @@ fi
 # kernel with netem) with kmod (the guest's init runs modprobe), and Fashion-MNIST. --dev adds what
 # only the tests run: Vagrant with a provider (`vagrant validate` needs one), busybox (ping in the
 # guest tests), and what vagrant/provision.sh installs, since its test provisions offline in a guest
-# over this machine's root. tests/test_install.py finds every program the code and tests run and
+# over this machine's root, and debootstrap (.ci/fresh-root, the README's commands in a fresh Debian root).
+# tests/test_install.py finds every program the code and tests run and
 # fails when its package is not installed here.
 # Skip apt entirely when everything is already there.
 APT_PACKAGES=(iproute2 tcpdump mininet bridge-utils user-mode-linux kmod dataset-fashion-mnist python3-venv python3-pip)
-[ "$DEV" = 1 ] && APT_PACKAGES+=(vagrant vagrant-libvirt busybox iputils-ping ethtool openvswitch-switch)
+[ "$DEV" = 1 ] && APT_PACKAGES+=(vagrant vagrant-libvirt busybox iputils-ping ethtool openvswitch-switch debootstrap)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
