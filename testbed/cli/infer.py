@@ -68,8 +68,8 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
                             else "building fabric", total=None)
 
         def tried(trial):  # type: ignore[no-untyped-def]
-            console.print(f"τ {trial.tau_us / 1e3:g} ms: {trial.verdict} (neuron-event error median "
-                          f"{', '.join(f'{m:.0f}' for m in trial.error_us_median)} µs, predicted agreement "
+            console.print(f"τ {trial.tau_us / 1e3:g} ms: {trial.verdict} (|y| error p99 "
+                          f"{', '.join(f'{m:.0f}' for m in trial.y_error_us_p99)} µs, predicted agreement "
                           f"{trial.predicted_agreement:.2%})", style="dim", highlight=False)
 
         def started(plan, samples):  # type: ignore[no-untyped-def]

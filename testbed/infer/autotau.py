@@ -5,11 +5,11 @@ are, how many spikes a sample sends per τ. A τ too small for the machine does 
 arrive late, some miss their deadline, and decisions quietly differ from the plan's. So before a run
 the fabric is measured, not assumed: for each candidate τ (a ladder, `TAU_LADDER_US`) the network is
 compiled at that τ, built, and `TRIAL_SAMPLES` samples of its training split (never the test split)
-stream through the kernel under a real sample's load. Every neuron event's error against the plan
-(the kernel's T of a port, the mean of its K earliest kernel-stamped arrivals, less the simulated T)
-is kept, and the simulator, adding errors drawn from exactly those onto every port's T
-(`testbed.sim.executor.simulate(noise_us=…)`), predicts on the calibration set how often a decision
-would differ from the noiseless plan. A τ is safe when
+stream through the kernel under a real sample's load. Every neuron output's error against the plan
+is kept (the kernel's y = T⁺ − T⁻, each T the mean of a port's K earliest kernel-stamped arrivals,
+less the simulated y given the same layer inputs), and the simulator, adding errors drawn from exactly
+those onto every neuron's y (`testbed.sim.executor.simulate(noise_us=…)`), predicts on the calibration
+set how often a decision would differ from the noiseless plan. A τ is safe when
 
 - the trial run raised none of the report's warnings (`testbed.infer.report.kernel_warnings`: every
   spike the neurons should count arrived, none timed out by its gate; median neuron-event error within
@@ -18,9 +18,9 @@ would differ from the noiseless plan. A τ is safe when
 
 The search starts at `START_TAU_US`, walks down while the next smaller τ is safe and up until one is,
 and picks the smallest safe τ it saw. Each trial costs a build and a few seconds of traffic; a
-loaded machine simply ends higher on the ladder. The errors are drawn independently per port,
-which ignores that a late burst delays the z⁺ and z⁻ ports of a neuron alike (and so partly cancels in
-y = T⁺ − T⁻): the prediction errs on the safe side.
+loaded machine simply ends higher on the ladder. Measuring y rather than each T keeps what a late
+burst does to a neuron's z⁺ and z⁻ alike (it cancels); drawing independently per neuron ignores any
+correlation between neurons.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class TauTrial:
     tau_us: float
     samples: int
     period_us: float
-    error_us_median: tuple[float, ...]  # per layer: kernel T − simulated T of the neuron events
-    error_us_p99: tuple[float, ...]  # per layer, of |error|
+    y_error_us_median: tuple[float, ...]  # per layer: kernel y − simulated y of the neurons, µs
+    y_error_us_p99: tuple[float, ...]  # per layer, of |error|
     spikes_missing: int  # gated spikes the plan expects that did not arrive (timed out, lost, dropped)
     predicted_agreement: float  # simulated decisions with the measured errors vs the noiseless plan's
     verdict: str  # "safe", or why not
@@ -79,19 +79,19 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else float("nan")
 
 
-def neuron_errors_us(plan: FabricPlan, run: KernelRun, li: int) -> np.ndarray:
-    """Kernel T − simulated T of every (sample, port) neuron event of layer `li` that both have, the
-    simulation given the inputs the relay injected into the layer (as the report's error)."""
-    predicted = simulate_layer(plan, plan.layers[li], run.inputs[li]).t_us
-    both = np.isfinite(predicted) & np.isfinite(run.t_us[li])
-    return (run.t_us[li] - predicted)[both]
+def output_errors_us(plan: FabricPlan, run: KernelRun, li: int) -> np.ndarray:
+    """Kernel y − simulated y (µs) of every (sample, neuron) of layer `li` that both decoded, the
+    simulation given the inputs the relay injected into the layer, so upstream errors do not count again."""
+    predicted = simulate_layer(plan, plan.layers[li], run.inputs[li]).y
+    both = np.isfinite(predicted) & np.isfinite(run.y[li])
+    return (run.y[li] - predicted)[both] * plan.timing.tau_us
 
 
 def judge(plan: FabricPlan, run: KernelRun, x_predict: np.ndarray) -> TauTrial:
     """A trial's verdict from what the kernel did at the plan's τ (`run`, on training samples) and
-    the decisions its neuron-event errors predict on `x_predict`."""
+    the decisions its neurons' output errors predict on `x_predict`."""
     tau = plan.timing.tau_us
-    errors = [neuron_errors_us(plan, run, li) for li in range(len(plan.layers))]
+    errors = [output_errors_us(plan, run, li) for li in range(len(plan.layers))]
     plain = simulate(plan, x_predict).predictions
     noisy = [simulate(plan, x_predict, noise_us=errors, noise_seed=1 + draw).predictions for draw in range(NOISE_DRAWS)]
     agreement = float(np.mean([np.mean(p == plain) for p in noisy]))
@@ -145,8 +145,8 @@ def choose_tau(compile_at: Callable[[float], FabricPlan], measure: Callable[[Fab
                               f"{TAU_LADDER_US[i] / 1e3:g} ms: {exc}") from None
     best = trials[TAU_LADDER_US[i]]
     smaller = trials.get(TAU_LADDER_US[i - 1]) if i > 0 else None
-    why = (f"the smallest safe τ measured: predicted agreement {best.predicted_agreement:.2%}, neuron-event error "
-           f"median {', '.join(f'{m:.0f}' for m in best.error_us_median)} µs per layer")
+    why = (f"the smallest safe τ measured: predicted agreement {best.predicted_agreement:.2%}, |y| error p99 "
+           f"{', '.join(f'{m:.0f}' for m in best.y_error_us_p99)} µs per layer")
     if smaller is not None:
         why += f"; at {smaller.tau_us / 1e3:g} ms: {smaller.verdict}"
     elif i == 0:

@@ -64,11 +64,11 @@ class SimResult:
 def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.random.Generator | None = None,
                    noise_us: np.ndarray | None = None, noise_rng: np.random.Generator | None = None) -> LayerResult:
     """Simulate one layer for inputs x (batch, n) in model value units; `rng` draws the losses
-    (default: seeded with 0, so a simulation is repeatable). `noise_us`: measured neuron-event
-    errors (kernel T − simulated T of (sample, port) pairs, µs, as the report's per-layer error),
-    one drawn by `noise_rng` (its own generator, so the losses stay those of the noiseless
-    simulation) onto every port's T, to predict what a kernel that errs so does to the decisions
-    (`pi2 infer --tau auto`). Ports whose neuron counted nothing keep the deadline."""
+    (default: seeded with 0, so a simulation is repeatable). `noise_us`: measured errors of
+    neuron outputs (kernel y − simulated y per (sample, neuron), µs), one drawn by `noise_rng`
+    (its own generator, so the losses stay those of the noiseless simulation) onto every neuron's
+    y (its T⁺), to predict what a kernel that errs so does to the decisions (`pi2 infer --tau auto`).
+    y, not each port's T: a late burst delays a neuron's z⁺ and z⁻ alike, which cancels in y."""
     tau = plan.timing.tau_us
     inject = layer.inject_us(x, plan.constants["t0"], tau)  # (batch, n, 2)
     flood = layer.flood_offsets_us(plan.timing.flood_copy_us)
@@ -86,16 +86,16 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.ra
     passed = np.where(late, np.nan, earliest)
     # The relay's rule (the model's): average the spikes that passed; none → the deadline.
     times = mean_k_earliest(np.where(late, np.inf, earliest / tau).swapaxes(1, 2), k, timeout=layer.window_us / tau)
-    if noise_us is not None and len(noise_us):
-        noise_rng = np.random.default_rng(1) if noise_rng is None else noise_rng
-        drawn = noise_rng.choice(np.asarray(noise_us, dtype=np.float64), size=times.shape)
-        times = times + np.where(np.isfinite(passed).any(axis=2), drawn, 0.0) / tau
     signs = np.array([p.sign for p in layer.ports])
     neurons = np.array([p.neuron for p in layer.ports])
     t_p = np.empty((len(x), layer.n_neurons))
     t_m = np.empty((len(x), layer.n_neurons))
     t_p[:, neurons[signs == SIGN_PLUS]] = times[:, signs == SIGN_PLUS]
     t_m[:, neurons[signs != SIGN_PLUS]] = times[:, signs != SIGN_PLUS]
+    if noise_us is not None and len(noise_us):
+        noise_rng = np.random.default_rng(1) if noise_rng is None else noise_rng
+        t_p = t_p + noise_rng.choice(np.asarray(noise_us, dtype=np.float64), size=t_p.shape) / tau
+        times[:, signs == SIGN_PLUS] = t_p[:, neurons[signs == SIGN_PLUS]]
     t_us = np.where(np.isfinite(passed).any(axis=2), times * tau, np.nan)
     return LayerResult(inject, passed, t_us, t_p, t_m, t_p - t_m, late.sum(axis=2))
 
@@ -104,7 +104,7 @@ def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[
              noise_seed: int = 1) -> SimResult:
     """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan; `seed`
     fixes the random losses of a plan compiled with loss, `noise_seed` the draws of `noise_us`
-    (per layer, measured neuron-event errors to add, `simulate_layer`)."""
+    (per layer, measured errors of the neurons' y to add, `simulate_layer`)."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != plan.layers[0].n_inputs:
         raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")

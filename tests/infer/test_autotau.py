@@ -99,7 +99,7 @@ def test_the_search_runs_on_the_kernel_and_each_trial_is_a_real_run(tiny):
     trials = {t.tau_us: t for t in choice.trials}
     assert trials[choice.tau_us].safe
     for trial in trials.values():  # spikes went through and their errors were measured
-        assert trial.samples == autotau.TRIAL_SAMPLES and np.isfinite(trial.error_us_median).all()
+        assert trial.samples == autotau.TRIAL_SAMPLES and np.isfinite(trial.y_error_us_median).all()
     below = [t for t in TAU_LADDER_US if t < choice.tau_us]
     assert not below or not trials[below[-1]].safe
 

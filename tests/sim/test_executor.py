@@ -102,18 +102,17 @@ def test_leads_move_injections_but_not_arrivals():
         assert np.abs(b.inject_us - a.inject_us).max() > 0.5e6  # the leads are there
 
 
-def test_measured_noise_moves_every_neuron_event_by_a_drawn_error_and_keeps_the_losses():
+def test_measured_noise_moves_every_neurons_y_by_a_drawn_error_and_keeps_the_losses():
     rng = np.random.default_rng(2)
     net = random_net(rng, (3, 2))
     x = rng.random((16, 12))
     plan = compile_network(net, IDEAL, 1000.0, x, margin=1.0, prune_margin=None, lead=0.0, loss=0.25)
     plain = simulate(plan, x)
-    shifted = simulate(plan, x, noise_us=[np.array([7.0])] * 2)  # one value to draw: every port's T +7 µs
-    counted = np.isfinite(plain.layers[0].t_us)
-    np.testing.assert_allclose(shifted.layers[0].t_us[counted], plain.layers[0].t_us[counted] + 7.0)
-    np.testing.assert_array_equal(shifted.layers[0].passed_us, plain.layers[0].passed_us)  # same losses
-    # A common shift moves T⁺ and T⁻ alike: y, and so every later layer and decision, stay.
-    np.testing.assert_allclose(shifted.scores, plain.scores, atol=1e-9)
+    shifted = simulate(plan, x, noise_us=[np.array([7.0]), np.array([0.0])])  # one value: every y of layer 0 +7 µs
+    np.testing.assert_allclose(shifted.layers[0].y, plain.layers[0].y + 7.0 / 1000.0)
+    np.testing.assert_array_equal(shifted.layers[0].t_minus, plain.layers[0].t_minus)
+    np.testing.assert_array_equal(shifted.layers[0].passed_us, plain.layers[0].passed_us)  # the same losses
+    assert np.array_equal(simulate(plan, x, noise_us=[np.array([0.0])] * 2).scores, plain.scores)
     spread = simulate(plan, x, noise_us=[np.array([-400.0, 400.0])] * 2)  # ±0.4 τ at random
     assert not np.allclose(spread.scores, plain.scores)
     with pytest.raises(Exception, match="noise_us has 1 layers"):
