@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from testbed.kernel import netns
-from testbed.kernel.names import REGISTRY_DIR
+from testbed.kernel.names import REGISTRY_DIR, REGISTRY_SUFFIX
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.plan.fabric_plan import FabricPlan
@@ -79,8 +79,8 @@ def leftovers(run_id: str) -> list[str]:
     tag = f"p2{run_id}"
     found = [n for n in netns.list_names() if n.startswith(tag)]
     found += [name for _, name in socket.if_nameindex() if name.startswith(tag)]
-    if (REGISTRY_DIR / f"{run_id}.json").exists():
-        found.append(str(REGISTRY_DIR / f"{run_id}.json"))
+    if (REGISTRY_DIR / f"{run_id}{REGISTRY_SUFFIX}").exists():
+        found.append(str(REGISTRY_DIR / f"{run_id}{REGISTRY_SUFFIX}"))
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
