@@ -7,6 +7,10 @@ import os
 
 import pytest
 
+# Kernel tests queue behind another process's run in use (a `pi2 infer` on a shared machine)
+# instead of failing with RunBusyError; set before testbed.kernel.names is imported.
+os.environ.setdefault("PI2_WAIT_S", "900")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_root = pytest.mark.skip(reason="needs root (CAP_NET_ADMIN): run with sudo")

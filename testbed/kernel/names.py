@@ -33,6 +33,7 @@ import re
 import secrets
 import socket
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ ENTRY_KEYS = {"netns": {"name"}, "link": {"name", "netns", "peer", "peer_netns"}
               "pid": {"pid", "start"}}
 HEADER_KEYS = {"format", "version", "run_id", "owner_pid", "owner_start"}
 PROC_NETNS_RE = re.compile(r"^/proc/[0-9]+/ns/net$")  # a process's anonymous namespace (Mininet hosts)
+# PI2_WAIT_S: seconds a new run waits for another process's run in use to end before refusing
+# (default 0: refuse at once, naming it). Test suites on a shared machine queue this way.
+WAIT_S = float(os.environ.get("PI2_WAIT_S", "0"))
+WAIT_POLL_S = 0.2
 _HELD: dict[Path, int] = {}  # registry path -> the locked, append-only fd of a run this process created
 
 
@@ -196,23 +201,32 @@ class RunRegistry:
         """A new registry, locked by this process for as long as it is in use (or until `release`);
         a fresh random run id unless one is given (which must be unused).
 
-        Raises `RunBusyError` if another process's run holds its registry's lock, naming that run."""
+        Raises `RunBusyError` if another process's run holds its registry's lock (after waiting up
+        to PI2_WAIT_S seconds for it to end), naming that run."""
         registry_dir(directory)
-        with _Lock(directory / LOCK_NAME):
-            busy = [reg for reg in RunRegistry.scan(directory)[0] if reg.owner_pid != os.getpid() and reg.busy()]
-            if busy:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            with _Lock(directory / LOCK_NAME):
+                busy = [reg for reg in RunRegistry.scan(directory)[0] if reg.owner_pid != os.getpid() and reg.busy()]
+                if not busy:
+                    return cls._new(run_id, directory)
+            if time.monotonic() >= deadline:
                 raise RunBusyError(busy_message(busy[0]))
-            taken = _names_in_use()
-            for _ in range(64):
-                rid = check_run_id(run_id) if run_id is not None else new_run_id()
-                if run_id is None and any(is_ours(name, frozenset({rid})) for name in taken):
-                    continue  # an object (ours or not) already carries this id: never record its name
-                reg = cls(rid, owner_start=process_start_ticks(os.getpid()), directory=directory)
-                if reg._create_file():
-                    return reg
-                if run_id is not None:
-                    raise KernelError(f"run {run_id}: a registry already exists at {reg.path}; "
-                                      f"run `sudo pi2 down {run_id}` first")
+            time.sleep(WAIT_POLL_S)  # waiting for another process (PI2_WAIT_S), not a delay on any data path
+
+    @classmethod
+    def _new(cls, run_id: str | None, directory: Path) -> "RunRegistry":
+        taken = _names_in_use()
+        for _ in range(64):
+            rid = check_run_id(run_id) if run_id is not None else new_run_id()
+            if run_id is None and any(is_ours(name, frozenset({rid})) for name in taken):
+                continue  # an object (ours or not) already carries this id: never record its name
+            reg = cls(rid, owner_start=process_start_ticks(os.getpid()), directory=directory)
+            if reg._create_file():
+                return reg
+            if run_id is not None:
+                raise KernelError(f"run {run_id}: a registry already exists at {reg.path}; "
+                                  f"run `sudo pi2 down {run_id}` first")
         raise KernelError(f"could not find an unused run id in {directory}; run `sudo pi2 clean`")
 
     def _create_file(self) -> bool:

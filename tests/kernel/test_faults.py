@@ -74,7 +74,7 @@ def plan_path(tmp_path_factory) -> Path:
 def env(tmp_path) -> dict[str, str]:
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o755)
-    return {**os.environ, "PYTHONPATH": str(ROOT), "PI2_RUN_DIR": str(run_dir)}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PI2_RUN_DIR": str(run_dir), "PI2_WAIT_S": "0"}
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from testbed.errors import KernelError, RegistryError, RunBusyError
+from testbed.kernel import names
 from testbed.kernel.names import (IFNAME_MAX, RunRegistry, is_ours, new_run_id, object_name,
                                   process_start_ticks, registry_dir, release_run, run_id_of)
 
@@ -152,7 +153,8 @@ time.sleep(600)
 """
 
 
-def test_a_second_process_refuses_beside_a_run_in_use_and_names_it(tmp_path) -> None:
+def test_a_second_process_refuses_beside_a_run_in_use_and_names_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(names, "WAIT_S", 0.0)
     child = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         busy = child.stdout.readline().split()[0]  # type: ignore[union-attr]
@@ -178,3 +180,16 @@ def test_released_run_is_not_in_use(tmp_path) -> None:
     assert not reg.busy()
     with pytest.raises(KernelError, match="only a run's owner records"):
         reg.record("netns", name=object_name(reg.run_id, "a"))
+
+
+def test_with_pi2_wait_s_a_new_run_waits_for_the_one_in_use(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(names, "WAIT_S", 120.0)
+    child = subprocess.Popen([sys.executable, "-c", HOLD.replace("600", "1"), str(tmp_path)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        busy = child.stdout.readline().split()[0]  # type: ignore[union-attr]
+        reg = RunRegistry.create(directory=tmp_path)  # returns once the child's run ended
+        assert child.poll() is not None and reg.run_id != busy
+    finally:
+        child.kill()
+        child.wait()
