@@ -26,7 +26,7 @@ def pi2() -> None:
       pi2 train --dataset digits --arch mlp:64-16-10 --k 24,8 --bits 4 -o net.npz
       sudo pi2 compile net.npz -o plan.json --show
       pi2 simulate plan.json
-      sudo pi2 infer plan.json --limit 100
+      sudo pi2 infer net.npz --limit 100     # τ measured for this machine (--tau auto)
       pi2 energy net.npz
     """
 

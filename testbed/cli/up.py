@@ -14,7 +14,7 @@ from testbed.kernel.names import RunRegistry
 from testbed.plan.fabric_plan import load_plan
 
 
-def _cpus(text: str | None) -> list[int] | None:
+def _cpus(ctx: click.Context, param: click.Parameter, text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
@@ -28,11 +28,11 @@ def _cpus(text: str | None) -> list[int] | None:
 @click.option("--backend", type=click.Choice(BACKENDS), default="netns", show_default=True,
               help="netns: two namespaces built with batched netlink; mininet: Mininet's API wires "
                    "testbed.fabric.pi2_layers (Linux bridges), the testbed adds delays and gates.")
-@click.option("--fabric-cpus", metavar="CPUS", default=None,
+@click.option("--fabric-cpus", metavar="CPUS", default=None, callback=_cpus,
               help="Run the fabric's packet work (flooding, classification, htb) on these CPUs, e.g. 1, "
                    "by RPS on the injector links; keep the injector's CPU out. Default: leave as is.")
 @json_option
-def up_cmd(plan_file: Path, backend: str, fabric_cpus: str | None, as_json: bool) -> None:
+def up_cmd(plan_file: Path, backend: str, fabric_cpus: list[int] | None, as_json: bool) -> None:
     """Build PLAN (from `pi2 compile`) in the kernel and leave it up: namespaces, bridges, veths,
     one htb class per synapse and an eBPF neuron (first-K gate) per neuron port. Prints the run id;
     the gates stay attached after pi2 exits. Remove it with `sudo pi2 down RUN`. A neuron counts
@@ -57,7 +57,7 @@ def up_cmd(plan_file: Path, backend: str, fabric_cpus: str | None, as_json: bool
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
 
-        run_id = bring_up(plan, backend, progress=progress, fabric_cpus=_cpus(fabric_cpus))
+        run_id = bring_up(plan, backend, progress=progress, fabric_cpus=fabric_cpus)
     entries = RunRegistry.load(run_id).entries
     if as_json:
         emit_json({"run_id": run_id, "backend": backend, "objects": entries})

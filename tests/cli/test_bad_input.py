@@ -482,7 +482,20 @@ BAD_OPTIONS = {
     "compile -o a directory": (["compile", str(NETWORK), "--profile", "shaper", "-o", "."], "-o"),
     "simulate --limit 0": (["simulate", "PLAN", "--limit", "0"], "--limit"),
     "eval --limit 0": (["eval", str(NETWORK), "--limit", "0"], "--limit"),
-    "eval --dataset fashion (28×28 for a 64-input network)": (["eval", str(NETWORK), "--dataset", "nope"], "nope"),
+    "eval --dataset nonexistent": (["eval", str(NETWORK), "--dataset", "nope"], "nope"),
+    "compile --dataset fashion (28×28 for a 64-input network)": (
+        ["compile", str(NETWORK), "--profile", "shaper", "--dataset", "fashion", "--calibration", "5"], "fashion"),
+    "compile a network of 10^6 inputs": (["compile", "HUGE", "--profile", "shaper", "--dataset", "digits"], "(64,)"),
+    "infer --dataset fashion --limit 5": (["infer", "--dataset", "fashion", "--limit", "5", "--tau", "6ms",
+                                           "--profile", "shaper"], "fashion"),
+    "infer --limit 0": (["infer", "--limit", "0"], "--limit"),
+    "infer --inject-cpu 99": (["infer", "--inject-cpu", "99"], "--inject-cpu"),
+    "infer --plots /dev/null/x": (["infer", "--plots", "/dev/null/x"], "--plots"),
+    "infer --pcap under a file": (["infer", "--pcap", "plan.json/out"], "--pcap"),
+    "infer PLAN --tau 2ms (a compiled plan)": (["infer", "PLAN", "--tau", "2ms"], "--tau"),
+    "infer PLAN --profile netem --loss 0.1": (["infer", "PLAN", "--profile", "netem", "--loss", "0.1"], "--profile"),
+    "up --fabric-cpus a": (["up", "PLAN", "--fabric-cpus", "a"], "--fabric-cpus"),
+    "up --backend nonsense": (["up", "PLAN", "--backend", "nonsense"], "--backend"),
     "train --k 0,1": (["train", "--dataset", "digits", "--arch", "mlp:64-16-10", "--k", "0,1", "-o", "n.npz"], "K '0,1'"),
     "train --arch nonsense": (["train", "--dataset", "digits", "--arch", "nonsense", "--k", "1,1", "-o", "n.npz"],
                               "nonsense"),
@@ -506,7 +519,9 @@ def test_bad_option_value(tmp_path, capsys, monkeypatch, args, names) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plan.json").write_text(PLAN_TEXT)
     (tmp_path / "run.pcap").write_bytes(_pcap())
-    args = [{"PLAN": "plan.json", "PCAP": "run.pcap"}.get(a, a) for a in args]
+    if "HUGE" in args:
+        save_network(Pi2Network((DenseLayer(np.ones((10**6, 2), np.float32), 1),), (10**6,)), tmp_path / "huge.npz")
+    args = [{"PLAN": "plan.json", "PCAP": "run.pcap", "HUGE": "huge.npz"}.get(a, a) for a in args]
     before = files_under(tmp_path)
     code, err = run_cli(args, capsys)
     assert_one_line(code, err, (names,))
@@ -518,5 +533,5 @@ def test_the_option_catalogue_covers_every_command() -> None:
 
     tried = {args[0] for args, _ in BAD_OPTIONS.values()}
     readers = {"show", "simulate", "trace", "import", "eval"} | tried
-    untried = set(pi2.commands) - readers - {"status", "clean", "doctor", "guest", "up", "infer"}
-    assert untried == set(), f"commands without bad-input cases: {untried}"  # up/infer: test_bad_kernel_input
+    untried = set(pi2.commands) - readers - {"status", "clean", "doctor", "guest"}
+    assert untried == set(), f"commands without bad-input cases: {untried}"
