@@ -188,3 +188,19 @@ def test_down_stops_the_run_it_removes(monkeypatch, manner) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@pytest.mark.parametrize("content", [b"", b"{}\n", b"\xff garbage"], ids=["empty", "json object", "garbage"])
+def test_a_bad_registry_never_stops_another_run(tmp_path, content) -> None:
+    """Issue 18: `echo '{}' > /run/pi2/zzz1.json` broke status, clean, down and every run's teardown."""
+    (tmp_path / "zzz1.jsonl").write_bytes(content)
+    run = RunRegistry.create(directory=tmp_path)
+    with LinkBuilder(run) as lb:
+        ns = lb.namespace("a")
+    report = cleanup.status(tmp_path)
+    assert [r["run_id"] for r in report["runs"]] == [run.run_id] and "zzz1" in report["unreadable"][0]
+    assert cleanup.down(run.run_id, tmp_path)["namespaces"] == [ns]  # a run's own teardown
+    with pytest.raises(KernelError, match="zzz1.*pi2 clean"):
+        cleanup.down("zzz1", tmp_path)
+    removed = cleanup.clean(directory=tmp_path)
+    assert len(removed["unreadable"]) == 1 and not (tmp_path / "zzz1.jsonl").exists()
