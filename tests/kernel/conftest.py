@@ -30,7 +30,7 @@ def run() -> Iterator[RunRegistry]:
             if reg.path.exists():  # a test may have taken the run down itself
                 cleanup.down(reg.run_id)
         finally:
-            cleanup.clean(frozenset({reg.run_id}))  # anything recorded nowhere (e.g. a killed child's)
+            cleanup.clean(frozenset({reg.run_id}))  # the registry a killed child made for this id
 
 
 @pytest.fixture
