@@ -16,8 +16,9 @@ set how often a decision would differ from the noiseless plan. A τ is safe when
   0.05 τ), and
 - the predicted agreement is at least `SAFE_AGREEMENT`.
 
-The search starts at `START_TAU_US`, walks down while the next smaller τ is safe and up until one is,
-and picks the smallest safe τ it saw. Each trial costs a build and a few seconds of traffic; a
+The search starts at `START_TAU_US` and goes up until a τ is safe (a step at a time, or at once to
+where the measured lateness would be allowed: `next_index`), then down while the next smaller τ, not
+yet tried, is safe; it picks the smallest safe τ it saw. Each trial costs a build and a few seconds of traffic; a
 loaded machine simply ends higher on the ladder. Measuring y rather than each T keeps what a late
 burst does to a neuron's z⁺ and z⁻ alike (it cancels); drawing independently per neuron ignores any
 correlation between neurons.
@@ -31,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from testbed.errors import KernelError, PlanError
-from testbed.infer.report import kernel_warnings, layer_stats, plan_loss
+from testbed.infer.report import LATE_FRACTION_OF_TAU, kernel_warnings, layer_stats, plan_loss
 from testbed.infer.session import KernelRun
 from testbed.plan.fabric_plan import FabricPlan
 from testbed.sim.executor import simulate, simulate_layer
@@ -54,6 +55,7 @@ class TauTrial:
     period_us: float
     y_error_us_median: tuple[float, ...]  # per layer: kernel y − simulated y of the neurons, µs
     y_error_us_p99: tuple[float, ...]  # per layer, of |error|
+    t_error_us_median: tuple[float, ...]  # per layer: kernel T − simulated T of the ports (the report's error)
     spikes_missing: int  # gated spikes the plan expects that did not arrive (timed out, lost, dropped)
     predicted_agreement: float  # simulated decisions with the measured errors vs the noiseless plan's
     verdict: str  # "safe", or why not
@@ -104,8 +106,18 @@ def judge(plan: FabricPlan, run: KernelRun, x_predict: np.ndarray) -> TauTrial:
     else:
         verdict = "safe"
     return TauTrial(tau, run.samples, plan.timing.period_us, tuple(_percentile(e, 50) for e in errors),
-                    tuple(_percentile(np.abs(e), 99) for e in errors),
+                    tuple(_percentile(np.abs(e), 99) for e in errors), tuple(row.error_us_median for row in stats),
                     sum(row.spikes_expected - row.spikes_received for row in stats), agreement, verdict)
+
+
+def next_index(failed: TauTrial, i: int) -> int:
+    """Where on the ladder to look after an unsafe τ (at index i): one step up, or, when the neuron
+    events came late by far more than the report allows, straight to the τ at which that lateness in
+    µs would be allowed (lateness shrinks as τ grows, so the walk down from there finds the smallest)."""
+    late = max(abs(m) for m in failed.t_error_us_median) / (LATE_FRACTION_OF_TAU * failed.tau_us)
+    wanted = failed.tau_us * max(1.0, late)
+    above = [j for j, tau in enumerate(TAU_LADDER_US) if j > i and tau >= wanted]
+    return above[0] if above else len(TAU_LADDER_US) - 1
 
 
 def choose_tau(compile_at: Callable[[float], FabricPlan], measure: Callable[[FabricPlan], KernelRun],
@@ -130,19 +142,18 @@ def choose_tau(compile_at: Callable[[float], FabricPlan], measure: Callable[[Fab
                            "explicitly to run anyway")
 
     i = TAU_LADDER_US.index(START_TAU_US)
-    if trial(TAU_LADDER_US[i]).safe:
-        while i > 0 and trial(TAU_LADDER_US[i - 1]).safe:
-            i -= 1
-    else:
-        while not trials[TAU_LADDER_US[i]].safe:
-            if i + 1 == len(TAU_LADDER_US):
-                raise give_up(f"no τ up to {TAU_LADDER_US[-1] / 1e3:g} ms keeps this network's decisions here")
-            i += 1
-            try:
-                trial(TAU_LADDER_US[i])
-            except PlanError as exc:  # e.g. delays beyond what the profile holds: larger τ cannot help
-                raise give_up(f"no τ this profile can realise keeps this network's decisions here; at "
-                              f"{TAU_LADDER_US[i] / 1e3:g} ms: {exc}") from None
+    trial(TAU_LADDER_US[i])
+    while not trials[TAU_LADDER_US[i]].safe:
+        if i + 1 == len(TAU_LADDER_US):
+            raise give_up(f"no τ up to {TAU_LADDER_US[-1] / 1e3:g} ms keeps this network's decisions here")
+        i = next_index(trials[TAU_LADDER_US[i]], i)
+        try:
+            trial(TAU_LADDER_US[i])
+        except PlanError as exc:  # e.g. delays beyond what the profile holds: larger τ cannot help
+            raise give_up(f"no τ this profile can realise keeps this network's decisions here; at "
+                          f"{TAU_LADDER_US[i] / 1e3:g} ms: {exc}") from None
+    while i > 0 and TAU_LADDER_US[i - 1] not in trials and trial(TAU_LADDER_US[i - 1]).safe:
+        i -= 1
     best = trials[TAU_LADDER_US[i]]
     smaller = trials.get(TAU_LADDER_US[i - 1]) if i > 0 else None
     why = (f"the smallest safe τ measured: predicted agreement {best.predicted_agreement:.2%}, |y| error p99 "

@@ -119,3 +119,10 @@ def test_infer_reports_the_tau_it_chose_and_why(monkeypatch):
     report = json.loads(result.output)
     assert report["tau_us"] == 5000.0 and report["tau_choice"] == {"tau_us": 5000.0, "reason": "test: fixed",
                                                                    "trials": []}
+
+
+@pytest.mark.parametrize("late_us, expected_us", [(100.0, 5000.0), (300.0, 6000.0), (2000.0, TAU_LADDER_US[-1])])
+def test_far_late_events_send_the_search_straight_to_a_tau_that_allows_them(late_us, expected_us):
+    """At 4 ms the report allows 200 µs of lateness: 300 µs needs 6 ms; within it, one step up."""
+    failed = autotau.TauTrial(4000.0, 40, 40000.0, (0.0,), (0.0,), (late_us,), 0, 0.5, "late")
+    assert TAU_LADDER_US[autotau.next_index(failed, TAU_LADDER_US.index(4000.0))] == expected_us
