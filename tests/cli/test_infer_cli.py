@@ -37,3 +37,19 @@ def test_infer_prints_tables_that_fit_80_columns():
     assert "spike loss 50 %" in words and "lose different spikes" in words
     lost = next(line for line in result.output.splitlines() if line.strip().startswith("spikes dropped lost"))
     assert all(int(n) > 0 for n in lost.split()[3:])  # one count per layer
+
+
+def test_late_slots_are_a_figure_not_a_warning(capsys):
+    """Every healthy run has some slots that start late; they used to print in yellow beside the
+    real faults (receiver drops, refused frames), which now appear only when there are any."""
+    from dataclasses import replace
+
+    from testbed.cli.infer import render
+    from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
+
+    report, _, _ = infer(BUNDLED_NETWORK, InferOptions(profile="shaper", limit=2, tau_us=6000.0))
+    render(replace(report, late_slots=7, receiver_drops=0, injector_refused=0))
+    out = capsys.readouterr().out
+    assert "injection slots started late: 7" in out and "receiver drops" not in out
+    render(replace(report, late_slots=0, receiver_drops=3, injector_refused=0))
+    assert "receiver drops 3" in capsys.readouterr().out
