@@ -54,6 +54,7 @@ write_file() {
     if [[ "$DRY_RUN" == 1 ]]; then
         printf '+ write %s: %s\n' "$path" "$(tr '\n' ' ' <<<"$content")"
     elif [[ ! -f "$path" || "$(cat "$path")" != "$content" ]]; then
+        mkdir -p "$(dirname "$path")"  # /etc/modules-load.d comes with systemd, which a minimal root lacks
         printf '%s\n' "$content" >"$path"
     fi
 }

