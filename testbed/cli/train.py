@@ -35,9 +35,9 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("--bits", type=click.IntRange(1, 16), default=None,
               help="Quantise synapse delays to 2^bits levels on [0, 2c]; fine-tunes quantisation-aware. Default: float.")
 @click.option("--rescale/--no-rescale", default=True, show_default=True,
-              help="Before an n-bit fine-tune, scale inputs and weights up by α = min(T0/max|x|, c/max|w| of the first "
-                   "layer) (exact in float where nothing clips: a π² layer is homogeneous) so the weights span the "
-                   "delay grid; α goes into the stored input normalisation.")
+              help="Before an n-bit fine-tune, scale inputs and weights up by α = min(T0/max|x|, c/(99.9th percentile of "
+                   "the first layer's |w|)) (exact in float where nothing clips: a π² layer is homogeneous) so the "
+                   "weights span the delay grid; α goes into the stored input normalisation.")
 @click.option("--jitter", type=FiniteRange(min=0), default=0.0, show_default=True,
               help="Fine-tune under Gaussian jitter σ (model time units) on every layer's output times.")
 @click.option("--event-loss", type=FiniteRange(0, 1, max_open=True), default=0.0, show_default=True,

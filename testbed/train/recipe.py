@@ -4,7 +4,15 @@
 2. Copy its weights into a π² student of the same topology (testbed.train.teacher.student_template).
 3. Distil (testbed.train.distill): KL to the teacher at T = 5 plus cross-entropy, α = 0.5, with the
    student's scores multiplied by `logit_scale` in the loss (None: calibrated to the teacher's spread).
-4. If asked for n-bit delays, jitter σ or event loss, fine-tune with those switched on.
+4. If asked for n-bit delays, jitter σ or event loss, fine-tune with those switched on. Before an
+   n-bit fine-tune the network is first range-scaled (`range_scale`): inputs and every weight times
+   α = min(T0 / max|x|, c / w₀), w₀ the 99.9th percentile of the first layer's |w|. Without
+   clipping a π² layer is homogeneous — the K earliest of T0 + c ± αx ± αw are the same arrivals,
+   so y scales by α, and so do the next layer's inputs ReLU(−s·αy) — so the float network keeps its
+   argmax, while its weights now span the delay grid: MNIST 784-50-10's first-layer weights (median
+   |w| 0.06) otherwise all round to the grid's smallest levels ±0.2 (4 bits: step 2c/15 = 0.4, no
+   zero level). α goes into the stored input normalisation, so `pi2 eval` and the fabric feed the
+   network what it was tuned on.
 
 Every π² accuracy is measured with the numpy model (Pi2Network.predict), so what training reports
 is what `pi2 eval` and the fabric compute. Runs are deterministic for a given seed and thread count:
@@ -178,16 +186,20 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
     return replace(net, gamma=None, provenance=provenance), report
 
 
+RANGE_QUANTILE = 99.9  # percentile of the first layer's |w| that range_scale maps to c
+
+
 def range_scale(net: Pi2Network, x: np.ndarray) -> float:
-    """α = min(T0 / max|x|, c / max|w₀|) ≥ 1 over the inputs and the first layer's weights: how far
-    they can be scaled up with no input event clipped at 0 ([T0 − αx]₊) and no first-layer weight
-    clamped, so the first layer, whose many small weights the grid resolves worst, stays exact. Later
-    layers' largest weights and hidden values may then clamp or clip: the fine-tune learns through
-    that. 1 if a bound is already reached."""
+    """α = min(T0 / max|x|, c / w₀) ≥ 1, w₀ the `RANGE_QUANTILE` percentile of the first layer's |w|:
+    how far inputs and weights can be scaled up with no input event clipped at 0 ([T0 − αx]₊) and
+    at most 0.1 % of the first layer's weights clamped, so that layer, whose many small weights the
+    grid resolves worst, stays (nearly) exact; one outlier weight no longer holds α down. Later
+    layers' largest weights and hidden values may clamp or clip: the fine-tune learns through that.
+    1 if a bound is already reached."""
     c = net.constants
-    widest = float(np.abs(net.layers[0].weight).max())
+    wide = float(np.percentile(np.abs(net.layers[0].weight), RANGE_QUANTILE))
     largest = float(np.abs(x).max())
-    alpha = min(c.t0 / largest if largest > 0 else np.inf, c.c / widest if widest > 0 else np.inf)
+    alpha = min(c.t0 / largest if largest > 0 else np.inf, c.c / wide if wide > 0 else np.inf)
     return float(alpha) if np.isfinite(alpha) and alpha > 1 else 1.0
 
 
