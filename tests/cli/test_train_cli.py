@@ -11,6 +11,8 @@ from click.testing import CliRunner
 import testbed
 from testbed.cli import pi2
 from testbed.errors import DatasetError, TrainingError
+from testbed.model.netfile import load_network
+from testbed.train import datasets
 
 BUNDLED = Path(testbed.__file__).parent / "networks" / "digits-mlp.npz"
 
@@ -88,3 +90,20 @@ def test_train_lenet5k_and_authors_constants_are_checked_before_training(tmp_pat
     assert isinstance(result.exception, TrainingError) and "lenet5k has 5 layers" in str(result.exception)
     result = CliRunner().invoke(pi2, ["train", "--constants", "authors", "--k", "1,1", "-o", str(tmp_path / "n.npz")])
     assert isinstance(result.exception, TrainingError) and "--constants authors are LeNet5_K's" in str(result.exception)
+
+
+MNIST_BUNDLED = BUNDLED.parent / "mnist-mlp.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (datasets.cache_dir() / "mnist.npz").is_file(), reason="MNIST is not cached (pi2 train "
+                    "--dataset mnist fetches it once)")
+def test_bundled_mnist_network_evaluates_to_its_recorded_accuracy():
+    result = CliRunner().invoke(pi2, ["eval", str(MNIST_BUNDLED), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    recorded = report["recorded_accuracy"]
+    assert report["dataset"] == "mnist" and report["samples"] == 10000 and report["bits"] == 4
+    assert report["k"] == [140, 16] and report["accuracy"] == pytest.approx(recorded["quantised"], abs=1e-3)
+    assert report["normalisation"]["from"] == "network"  # the range scale α lives in the stored normalisation
+    assert load_network(MNIST_BUNDLED).uniform  # what the kernel fabric compiles
