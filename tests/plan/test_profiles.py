@@ -131,7 +131,7 @@ def test_kinds_declare_their_minimum_needs() -> None:
         (lambda r: r["needs"].append("warp"), "unknown capability name(s) ['warp']"),
         (lambda r: r["primitives"]["delay"].update(rate_quantum_bps=4), "expected a multiple of 8"),
         (lambda r: r["primitives"]["delay"].update(primer_bytes=9000), "burst_bytes < primer_bytes ≤ 1514"),
-        (lambda r: r["delay_range"].update(max_us=400000), "rate step"),
+        (lambda r: r["delay_range"].update(max_us=600000), "rate step"),
         (lambda r: r["primitives"]["loss"].update(kind="netem-loss", needs=["netem"]),
          "'netem-loss' drops in the delay's netem leaf"),
     ],
