@@ -95,8 +95,11 @@ def test_a_tau_the_profile_cannot_realise_ends_the_search(tiny):
 @pytest.mark.skipif(os.environ.get("PI2_IN_GUEST") == "1",
                     reason="a search is a dozen fabrics and trials; the guest's one slow CPU and 100 Hz timers make "
                            "that minutes per τ (the search runs on the host)")
-def test_the_search_runs_on_the_kernel_and_each_trial_is_a_real_run(tiny):
+def test_the_search_runs_on_the_kernel_and_each_trial_is_a_real_run(tiny, monkeypatch):
     compile_at, x = tiny
+    # This random network has near-tie decisions that any error flips (≈1 of its 200 calibration samples at
+    # every τ), so the bundled network's 99.8 % bar is out of its reach; the search itself is what is tested.
+    monkeypatch.setattr(autotau, "SAFE_AGREEMENT", 0.99)
     before = set(netns.list_names())
     choice = choose_tau(compile_at, trial_runner(x[:autotau.TRIAL_SAMPLES], "netns", 0), x)
     assert set(netns.list_names()) == before  # every trial's fabric torn down
