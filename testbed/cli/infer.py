@@ -69,7 +69,8 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
 
         def tried(trial):  # type: ignore[no-untyped-def]
             console.print(f"τ {trial.tau_us / 1e3:g} ms: {trial.verdict} (|y| error p99 "
-                          f"{', '.join(f'{m:.0f}' for m in trial.y_error_us_p99)} µs, predicted agreement "
+                          f"{', '.join(f'{m:.0f}' for m in trial.y_error_us_p99)} µs, latest K-th spike "
+                          f"{', '.join(f'{m:.0f}' for m in trial.kth_late_us_max)} µs late, predicted agreement "
                           f"{trial.predicted_agreement:.2%})", style="dim", highlight=False)
 
         def started(plan, samples):  # type: ignore[no-untyped-def]
@@ -111,6 +112,8 @@ def render(report: InferenceReport) -> None:
             ("ports short of K", lambda r: str(r.ports_short)),
             ("error mean", lambda r: f"{r.error_us_mean:.0f}"), ("error median", lambda r: f"{r.error_us_median:.0f}"),
             ("error sd", lambda r: f"{r.error_us_sd:.0f}"), ("|error| p99", lambda r: f"{r.error_us_p99:.0f}"),
+            ("K-th spike late p99", lambda r: f"{r.kth_late_us_p99:.0f}"),
+            ("K-th spike late max", lambda r: f"{r.kth_late_us_max:.0f}"),
             ("injection late p99", lambda r: f"{r.inject_late_us_p99:.0f}"))
     for label, cell in rows:
         layers.add_row(label, *(cell(row) for row in report.layers))

@@ -14,7 +14,11 @@ set how often a decision would differ from the noiseless plan. A τ is safe when
 - the trial run raised none of the report's warnings, its neuron events came within
   `TRIAL_LATENESS_SHARE` of the lateness the report allows (`testbed.infer.report.kernel_warnings`: every
   spike the neurons should count arrived, none timed out by its gate; median neuron-event error within
-  0.05 τ), and
+  0.05 τ),
+- no port's K-th spike came later than its simulated K-th arrival by more than `TAIL_SHARE` of the
+  layer's deadline margin (the deadline less the latest K-th arrival on the calibration set): the
+  tail, not the median, is what makes a neuron miss spikes in a long run, and a trial of a few seconds
+  sees only the start of it, so it may use only part of the margin, and
 - the predicted agreement is at least `SAFE_AGREEMENT`.
 
 The search starts at `START_TAU_US` and goes up until a τ is safe (a step at a time, or at once to
@@ -50,6 +54,8 @@ SAFE_AGREEMENT = 0.998  # predicted agreement with the plan a τ must reach (the
 # run, longer and on other samples, stays within the bound itself (at 1.0, a τ whose trial came 0.045 τ
 # late ran 0.07 τ late).
 TRIAL_LATENESS_SHARE = 0.6
+# The latest K-th spike of a trial may use at most this share of the deadline margin.
+TAIL_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class TauTrial:
     y_error_us_median: tuple[float, ...]  # per layer: kernel y − simulated y of the neurons, µs
     y_error_us_p99: tuple[float, ...]  # per layer, of |error|
     t_error_us_median: tuple[float, ...]  # per layer: kernel T − simulated T of the ports (the report's error)
+    kth_late_us_max: tuple[float, ...]  # per layer: the latest K-th spike against its simulated arrival
+    margin_us: tuple[float, ...]  # per layer: deadline − the latest simulated K-th arrival on the calibration set
     spikes_missing: int  # gated spikes the plan expects that did not arrive (timed out, lost, dropped)
     predicted_agreement: float  # simulated decisions with the measured errors vs the noiseless plan's
     verdict: str  # "safe", or why not
@@ -100,32 +108,41 @@ def judge(plan: FabricPlan, run: KernelRun, x_predict: np.ndarray) -> TauTrial:
     the decisions its neurons' output errors predict on `x_predict`."""
     tau = plan.timing.tau_us
     errors = [output_errors_us(plan, run, li) for li in range(len(plan.layers))]
-    plain = simulate(plan, x_predict).predictions
+    plain = simulate(plan, x_predict)
     noisy = [simulate(plan, x_predict, noise_us=errors, noise_seed=1 + draw).predictions for draw in range(NOISE_DRAWS)]
-    agreement = float(np.mean([np.mean(p == plain) for p in noisy]))
+    agreement = float(np.mean([np.mean(p == plain.predictions) for p in noisy]))
     stats = tuple(layer_stats(plan, run, li) for li in range(len(plan.layers)))
+    margins = tuple(layer.window_us - float(np.nanmax(result.passed_us, initial=0.0))
+                    for layer, result in zip(plan.layers, plain.layers))
     warnings = kernel_warnings(stats, tau, plan_loss(plan))
     late = max(abs(row.error_us_median) for row in stats) / tau
+    tail = max(np.nan_to_num(row.kth_late_us_max, nan=0.0) / margin for row, margin in zip(stats, margins))
     if warnings:
         verdict = "; ".join(warnings[:-1])  # the last one is the advice to use a larger τ
     elif late > TRIAL_LATENESS_SHARE * LATE_FRACTION_OF_TAU:
         verdict = (f"neuron events came a median {late:.3f} τ late, more than {TRIAL_LATENESS_SHARE:g} of the "
                    f"{LATE_FRACTION_OF_TAU:g} τ a run may")
+    elif tail > TAIL_SHARE:
+        verdict = (f"a K-th spike came {tail:.2f} of the deadline margin late, more than the {TAIL_SHARE:g} a "
+                   "trial may use")
     elif agreement < SAFE_AGREEMENT:
         verdict = f"predicted agreement {agreement:.2%} < {SAFE_AGREEMENT:.1%}"
     else:
         verdict = "safe"
     return TauTrial(tau, run.samples, plan.timing.period_us, tuple(_percentile(e, 50) for e in errors),
                     tuple(_percentile(np.abs(e), 99) for e in errors), tuple(row.error_us_median for row in stats),
+                    tuple(row.kth_late_us_max for row in stats), margins,
                     sum(row.spikes_expected - row.spikes_received for row in stats), agreement, verdict)
 
 
 def next_index(failed: TauTrial, i: int) -> int:
     """Where on the ladder to look after an unsafe τ (at index i): one step up, or, when the neuron
-    events came late by far more than the report allows, straight to the τ at which that lateness in
-    µs would be allowed (lateness shrinks as τ grows, so the walk down from there finds the smallest)."""
+    events (their median, or the latest K-th spike) came late by far more than a trial may, straight to
+    the τ at which that lateness in µs would be allowed (the allowance grows with τ, the lateness does
+    not, so the walk down from there finds the smallest)."""
     late = max(abs(m) for m in failed.t_error_us_median) / (TRIAL_LATENESS_SHARE * LATE_FRACTION_OF_TAU * failed.tau_us)
-    wanted = failed.tau_us * max(1.0, late)
+    tail = max(np.nan_to_num(t, nan=0.0) / m for t, m in zip(failed.kth_late_us_max, failed.margin_us)) / TAIL_SHARE
+    wanted = failed.tau_us * max(1.0, late, tail)
     above = [j for j, tau in enumerate(TAU_LADDER_US) if j > i and tau >= wanted]
     return above[0] if above else len(TAU_LADDER_US) - 1
 

@@ -40,6 +40,8 @@ class LayerStats:
     error_us_p99: float  # of |error|
     inject_late_us_median: float
     inject_late_us_p99: float
+    kth_late_us_p99: float  # when each port's K-th spike reached the relay − its simulated arrival at the port, µs:
+    kth_late_us_max: float  # at most how much of the port's slack before the deadline the kernel used (both gave K)
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,13 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 def layer_stats(plan: FabricPlan, run: KernelRun, li: int) -> LayerStats:
     layer = plan.layers[li]
-    predicted = simulate_layer(plan, layer, run.inputs[li]).t_us
+    simulated = simulate_layer(plan, layer, run.inputs[li])
+    predicted = simulated.t_us
     kernel = run.t_us[li]
     both = np.isfinite(predicted) & np.isfinite(kernel)
     error = (kernel - predicted)[both]
     late = np.asarray(run.lateness_us[li])
+    kth_late = kth_lateness_us(simulated.passed_us, run.kth_us[li])
     return LayerStats(
         layer=li, spikes_expected=int(run.samples * len(layer.ports) * layer.k),
         spikes_received=int(run.counts[li].sum()),
@@ -91,7 +95,17 @@ def layer_stats(plan: FabricPlan, run: KernelRun, li: int) -> LayerStats:
         error_us_mean=float(error.mean()) if error.size else float("nan"),
         error_us_median=_percentile(error, 50), error_us_sd=float(error.std()) if error.size else float("nan"),
         error_us_p99=_percentile(np.abs(error), 99),
-        inject_late_us_median=_percentile(late, 50), inject_late_us_p99=_percentile(late, 99))
+        inject_late_us_median=_percentile(late, 50), inject_late_us_p99=_percentile(late, 99),
+        kth_late_us_p99=_percentile(kth_late, 99), kth_late_us_max=float(kth_late.max()) if kth_late.size else float("nan"))
+
+
+def kth_lateness_us(passed_us: np.ndarray, kth_us: np.ndarray) -> np.ndarray:
+    """Kernel K-th arrival − simulated K-th arrival (µs) of each (sample, port) where both counted K
+    (`passed_us`: the simulator's counted arrivals, (samples, ports, K); `kth_us`: `KernelRun.kth_us`, which
+    includes the event's way from the port to the relay, so this bounds the port's lateness from above).
+    A neuron misses spikes when its lateness exceeds the port's slack, the deadline minus its K-th arrival."""
+    full = np.isfinite(passed_us).all(axis=2) & np.isfinite(kth_us)
+    return (kth_us - passed_us.max(axis=2))[full]
 
 
 def _sum_counters(per_port: list[dict[str, int]]) -> dict[str, int]:

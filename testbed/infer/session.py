@@ -62,6 +62,10 @@ class KernelRun:
     inputs: list[np.ndarray]  # per layer, the values the relay injected (samples, n)
     counts: list[np.ndarray]  # per layer (samples, ports): spikes each port's neuron counted by the deadline
     t_us: list[np.ndarray]  # per layer (samples, ports): the neuron's T, µs after the origin (nan: counted none)
+    # per layer (samples, ports): when the relay's socket received the port's neuron event (the K-th spike
+    # rewritten), µs after the origin: the K-th arrival at the port plus its delivery to the relay, so an
+    # upper bound of it (nan: fewer than K by the deadline, or the event came after it)
+    kth_us: list[np.ndarray]
     lateness_us: list[list[float]]  # per layer: kernel TX time − scheduled time of each injected frame
     arrivals: list[np.ndarray] = field(default_factory=list)  # raw captures, ARRIVAL_DTYPE
     frames: list[bytes] = field(default_factory=list)  # received frames when kept (pcap)
@@ -137,6 +141,7 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
         inputs=[x] + [np.full((n_samples, layer.n_inputs), np.nan) for layer in plan.layers[1:]],
         counts=[np.zeros((n_samples, len(layer.ports)), dtype=np.int64) for layer in plan.layers],
         t_us=[np.full((n_samples, len(layer.ports)), np.nan) for layer in plan.layers],
+        kth_us=[np.full((n_samples, len(layer.ports)), np.nan) for layer in plan.layers],
         lateness_us=[[] for _ in plan.layers],
     )
     delays_us = [layer.port_delays_us() for layer in plan.layers]
@@ -147,6 +152,7 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     roles = [_port_roles(fabric, li) for li in range(n_layers)]
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]
     port_sign = [np.array([port.sign for port in fabric.ports[li]]) for li in range(n_layers)]
+    port_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
     # The whole loop (pacing, capture, decoding) stays on the injector's CPU: the kernel's packet
     # work is steered to the others, and must not wait there behind the relay's Python. No CPU
     # sleeps meanwhile, so timers release spikes without a wake-up's delay.
@@ -200,6 +206,8 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 layer = plan.layers[li]
                 got = capture.arrivals
                 mine = got[(got["layer"] == li) & (got["sample"] == sample) & (got["kind"] == KIND_EVENT)]
+                q = np.array([port_index[li].get(i, -1) for i in mine["ifindex"].tolist()], dtype=np.int64)
+                run.kth_us[li][sample, q[q >= 0]] = (mine["t_ns"][q >= 0] - origin_real[li]) / 1e3
                 events = np.concatenate([mine, _deadline_reads(fabric, li, sample, set(mine["ifindex"].tolist()))])
                 decoded = decode_layer(events, roles[li], samples=np.array([sample]), tau_ns=tau_ns, k=layer.k,
                                        deadline=layer.window_us / plan.timing.tau_us, s=plan.constants["s"])
