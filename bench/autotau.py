@@ -38,6 +38,8 @@ def one_run(limit: int | None, backend: str) -> dict[str, object]:
             "kernel_accuracy": report["kernel_accuracy"], "sim_accuracy": report["sim_accuracy"],
             "samples_per_s": report["samples_per_s"], "warnings": report["warnings"], "command_wall_s": wall,
             "inference_wall_s": report["wall_s"], "trials": [(t["tau_us"], t["verdict"]) for t in choice["trials"]],
+            "ports_short": [row["ports_short"] for row in report["layers"]],
+            "kth_late_us_max": [row["kth_late_us_max"] for row in report["layers"]],
             "reason": choice["reason"]}
 
 
