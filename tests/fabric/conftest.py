@@ -37,6 +37,15 @@ def tiny_plan() -> FabricPlan:
 
 
 @pytest.fixture(scope="session")
+def wide_tiny_plan() -> FabricPlan:
+    """The tiny plan at τ = 4 ms: its delays are 2 … 22 ms, 4 ms apart, so an order check has 4 ms of
+    slack, more than a shared machine's scheduling delays (1 ms was not, under load)."""
+    net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
+    return compile_network(net, Realisation.from_profile(load_profile("shaper")), 4 * TAU_US, np.zeros((1, 3)),
+                           prune_margin=None, lead=0.0)
+
+
+@pytest.fixture(scope="session")
 def pruned_tiny_plan() -> FabricPlan:
     """The tiny plan pruned on all-zero calibration inputs with margin 0: each port keeps only its
     earliest synapse, the synapse filter drops the other five events."""
