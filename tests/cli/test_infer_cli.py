@@ -25,7 +25,7 @@ def test_infer_with_loss_reports_the_spikes_each_layer_lost():
         seen = (gates["spikes_counted"] + gates["spikes_dropped_after_k"] + gates["spikes_dropped_late"]
                 + gates["spikes_dropped_lost"])
         assert 0.35 < gates["spikes_dropped_lost"] / seen < 0.65, gates
-    assert set(netns.list_names()) == before  # torn down
+    assert not set(netns.list_names()) - before  # torn down (names other runs removed meanwhile do not count)
 
 
 def test_infer_prints_tables_that_fit_80_columns():

@@ -118,7 +118,7 @@ def test_the_search_runs_on_the_kernel_and_each_trial_is_a_real_run(tiny, monkey
     monkeypatch.setattr(autotau, "SAFE_AGREEMENT", 0.99)
     before = set(netns.list_names())
     choice = choose_tau(compile_at, trial_runner(x[:autotau.TRIAL_SAMPLES], "netns", 0), x)
-    assert set(netns.list_names()) == before  # every trial's fabric torn down
+    assert not set(netns.list_names()) - before  # every trial's fabric torn down
     trials = {t.tau_us: t for t in choice.trials}
     assert trials[choice.tau_us].safe
     for trial in trials.values():  # spikes went through and their errors were measured
