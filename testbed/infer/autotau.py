@@ -22,8 +22,9 @@ set how often a decision would differ from the noiseless plan. A τ is safe when
 - the predicted agreement is at least `SAFE_AGREEMENT`.
 
 The search starts at `START_TAU_US` and goes up until a τ is safe (a step at a time, or at once to
-where the measured lateness would be allowed: `next_index`), then down while the next smaller τ, not
-yet tried, is safe; it picks the smallest safe τ it saw. Each trial costs a build and a few seconds of traffic; a
+where the measured lateness would be allowed: `next_index`), then bisects the ladder between the largest
+unsafe τ below and the safe one (safety grows with τ), so it ends on a safe τ whose next smaller τ was
+tried and failed, or on the ladder's smallest. Each trial costs a build and a few seconds of traffic; a
 loaded machine simply ends higher on the ladder. Measuring y rather than each T keeps what a late
 burst does to a neuron's z⁺ and z⁻ alike (it cancels); drawing independently per neuron ignores any
 correlation between neurons.
@@ -179,8 +180,13 @@ def choose_tau(compile_at: Callable[[float], FabricPlan], measure: Callable[[Fab
         except PlanError as exc:  # e.g. delays beyond what the profile holds: larger τ cannot help
             raise give_up(f"no τ this profile can realise keeps this network's decisions here; at "
                           f"{TAU_LADDER_US[i] / 1e3:g} ms: {exc}") from None
-    while i > 0 and TAU_LADDER_US[i - 1] not in trials and trial(TAU_LADDER_US[i - 1]).safe:
-        i -= 1
+    lo = max((j for j in range(i) if TAU_LADDER_US[j] in trials), default=-1)  # all tried below i failed
+    while i - lo > 1:
+        mid = (lo + i) // 2
+        if trial(TAU_LADDER_US[mid]).safe:
+            i = mid
+        else:
+            lo = mid
     best = trials[TAU_LADDER_US[i]]
     smaller = trials.get(TAU_LADDER_US[i - 1]) if i > 0 else None
     why = (f"the smallest safe τ measured: predicted agreement {best.predicted_agreement:.2%}, |y| error p99 "

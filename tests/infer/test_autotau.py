@@ -91,6 +91,8 @@ def test_the_search_picks_the_smallest_safe_tau(tiny, error_us, expected_us):
     assert not below or verdicts.get(below[-1]) is False  # the next smaller τ was tried and failed
     if expected_us is not None:
         assert choice.tau_us == expected_us
+    if error_us == 0.0:  # safe from the start: bisected below it, 4 → 2.5 → 2 ms, not walked down step by step
+        assert [t.tau_us for t in seen] == [START_TAU_US, 2500.0, 2000.0]
     assert str(int(choice.tau_us / 1e3)) in choice.reason or "smallest" in choice.reason
 
 
