@@ -396,8 +396,11 @@ def test_gate_pulls_spike_headers_out_of_paged_frames(gated_port) -> None:
     origin = time.clock_gettime_ns(time.CLOCK_REALTIME)
     tx.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
     sends = [(KIND_PRIMER, 100, 1000)] + [(KIND_SPIKE, seq, wire.PAYLOAD_BYTES) for seq in range(5)]
-    for kind, seq, size in sends:
-        tx.sendmsg([SpikeHeader(1, 3, 0, 40, seq, kind, origin).pack(size)], [], MSG_ZEROCOPY, (B_ADDR, SPIKE_PORT))
+    # The kernel reads zero-copy payloads from these buffers until delivery copies them, so they must
+    # live (and keep their bytes) until the test ends: a freed buffer that Python reuses arrives changed.
+    payloads = [SpikeHeader(1, 3, 0, 40, seq, kind, origin).pack(size) for kind, seq, size in sends]
+    for payload in payloads:
+        tx.sendmsg([payload], [], MSG_ZEROCOPY, (B_ADDR, SPIKE_PORT))
     counters = _wait_for_verdicts(gate, len(sends))
     want = _sums_of_first_k(_tapped_spikes(tap), 3, {40})
     assert [(h.kind, h.seq, h.time_ns) for h in _drain(rx)] == [(KIND_EVENT, 3, want[40][1])]
