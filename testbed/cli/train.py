@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,15 @@ def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, res
                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,
                   disable=as_json) as bar:
         tasks: dict[str, Any] = {}
+        started = time.monotonic()
 
         def on_epoch(stage: str, epoch: int, total: int, value: float) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total, loss=0.0)
             bar.update(tasks[stage], completed=epoch + 1, loss=value)
+            if not console.is_terminal:  # a log file gets one line per epoch (a bar draws only on a terminal)
+                console.print(f"{stage} epoch {epoch + 1}/{total}: loss {value:.4f}, {time.monotonic() - started:.0f} s",
+                              highlight=False)
 
         net, report = train_network(config, on_epoch)
     save_network(net, output)

@@ -91,7 +91,7 @@ def _first_arrival(t_plus, t_minus, d_plus, d_minus, timeout, out_plus, out_minu
 
 
 @numba.njit(inline="always")
-def _select(buf, count, k):
+def smallest_k(buf, count, k):
     """Reorder buf[:count] so that buf[:k] holds its k smallest values; returns the k-th smallest.
 
     Quickselect with Hoare partitioning around a median of three. buf holds finite values only.
@@ -120,7 +120,7 @@ def _select(buf, count, k):
 
 
 @numba.njit(inline="always")
-def _offer(buf, count, k, v, threshold):
+def candidate_offer(buf, count, k, v, threshold):
     """Keep v if it is earlier than `threshold`; when buf fills, keep its k earliest and lower the threshold.
 
     Branch-free: v is always written past the kept ones and kept by advancing the count, so the
@@ -130,7 +130,7 @@ def _offer(buf, count, k, v, threshold):
     buf[count] = v
     count += v < threshold
     if count == buf.shape[0]:
-        return k, _select(buf, count, k)
+        return k, smallest_k(buf, count, k)
     return count, threshold
 
 
@@ -139,7 +139,7 @@ def _mean_and_kth(buf, count, k, timeout):
     """(T, z_[K]) from the kept arrivals buf[:count]: their k smallest, or all if fewer (then z_[K] = inf)."""
     kth = np.inf
     if count > k:
-        kth = _select(buf, count, k)
+        kth = smallest_k(buf, count, k)
         count = k
     elif count == k:
         kth = buf[:k].max()
@@ -168,10 +168,10 @@ def _k_earliest(t_plus, t_minus, d_plus_t, d_minus_t, k, timeout, out_plus, out_
             count_p, count_m = 0, 0
             thr_p, thr_m = np.inf, np.inf
             for i in range(n):
-                count_p, thr_p = _offer(buf_p, count_p, k, tp[i] + dp[i], thr_p)
-                count_p, thr_p = _offer(buf_p, count_p, k, tm[i] + dm[i], thr_p)
-                count_m, thr_m = _offer(buf_m, count_m, k, tp[i] + dm[i], thr_m)
-                count_m, thr_m = _offer(buf_m, count_m, k, tm[i] + dp[i], thr_m)
+                count_p, thr_p = candidate_offer(buf_p, count_p, k, tp[i] + dp[i], thr_p)
+                count_p, thr_p = candidate_offer(buf_p, count_p, k, tm[i] + dm[i], thr_p)
+                count_m, thr_m = candidate_offer(buf_m, count_m, k, tp[i] + dm[i], thr_m)
+                count_m, thr_m = candidate_offer(buf_m, count_m, k, tm[i] + dp[i], thr_m)
             t_out, kth = _mean_and_kth(buf_p, count_p, k, timeout)
             out_plus[b, j] = t_out
             gap = kth - t_out  # z_[K] − T; inf or NaN when fewer than K arrived: no causal constraint

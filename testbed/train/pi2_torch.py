@@ -12,8 +12,9 @@ Forward (pi2-model.md; testbed.model.layers and network for the numpy reference)
 s_l is each layer's own s (testbed.model.network). Affine maps and residual additions (ResNet-9)
 are evaluated by the numpy model only; this module refuses them.
 
-`torch.topk` selects the K earliest; its backward sends the mean's 1/K to exactly the selected
-arrivals and 0 to the rest, which is the selection gradient the training recipe prescribes.
+testbed.train.k_earliest selects the K earliest (compiled, without the arrival tensor); its
+backward sends the mean's 1/K to exactly the selected arrivals and 0 to the rest, which is the
+selection gradient the training recipe prescribes.
 Straight-through quantisation: the forward uses quantised delays, the backward the float ones.
 """
 
@@ -29,6 +30,7 @@ from torch import nn
 from testbed.errors import TrainingError
 from testbed.model.encoding import Constants, delay_step
 from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.train.k_earliest import k_earliest_mean
 
 
 def encode(x: torch.Tensor, t0: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,44 +48,6 @@ def delays(weight: torch.Tensor, c: float, bits: int | None) -> tuple[torch.Tens
     return d_plus, 2.0 * c - d_plus
 
 
-def _masked_mean(earliest: torch.Tensor, timeout: float) -> torch.Tensor:
-    """Mean over the last dim of the finite entries; `timeout` where there are none (all lost)."""
-    finite = torch.isfinite(earliest)
-    count = finite.sum(dim=-1)
-    total = torch.where(finite, earliest, torch.zeros_like(earliest)).sum(dim=-1)
-    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, timeout))
-
-
-def mean_k_earliest(z: torch.Tensor, k: int, timeout: float) -> torch.Tensor:
-    """Mean of the k smallest entries along dim 1 of z (batch, arrivals, neurons).
-
-    +inf entries are lost events: a neuron averages the finite ones among its k earliest and
-    emits `timeout` if it has none (as testbed.model.layers.mean_k_earliest).
-    """
-    earliest = torch.topk(z, k, dim=1, largest=False, sorted=False).values if k < z.shape[1] else z
-    return _masked_mean(earliest.transpose(1, 2), timeout)
-
-
-def _earliest_mean(t_all: torch.Tensor, d_all: torch.Tensor, k: int, timeout: float) -> torch.Tensor:
-    """π²_K output times (batch, m) for event times t_all (batch, 2n) and delays d_all (2n, m).
-
-    Arrival a of neuron j is t_all[a] + d_all[a, j]. The K earliest are chosen without autograd
-    and only they are recomputed with it, so the backward pass never materialises a
-    (batch, m, 2n) gradient: the selected arrivals get 1/K each, the rest nothing.
-    """
-    batch, arrivals = t_all.shape
-    m = d_all.shape[1]
-    if k >= arrivals:
-        return _masked_mean(t_all[:, None, :] + d_all.T[None], timeout)
-    with torch.no_grad():
-        z = t_all[:, None, :] + d_all.T[None]                    # (batch, m, 2n)
-        chosen = torch.topk(z, k, dim=2, largest=False, sorted=False).indices
-        del z
-    times = torch.gather(t_all, 1, chosen.reshape(batch, m * k)).reshape(batch, m, k)
-    chosen_delays = d_all.T[torch.arange(m, device=chosen.device)[None, :, None], chosen]
-    return _masked_mean(times + chosen_delays, timeout)
-
-
 def dense_times(t_plus: torch.Tensor, t_minus: torch.Tensor, d_plus: torch.Tensor, d_minus: torch.Tensor,
                 k: int, timeout: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Output times (T⁺, T⁻), each (batch, m), for input times (batch, n) and delays (n, m).
@@ -91,8 +55,8 @@ def dense_times(t_plus: torch.Tensor, t_minus: torch.Tensor, d_plus: torch.Tenso
     z⁺ pairs (t⁺, t⁻) with (d⁺, d⁻) and z⁻ with (d⁻, d⁺).
     """
     t_all = torch.cat([t_plus, t_minus], dim=1)
-    return (_earliest_mean(t_all, torch.cat([d_plus, d_minus], dim=0), k, timeout),
-            _earliest_mean(t_all, torch.cat([d_minus, d_plus], dim=0), k, timeout))
+    return (k_earliest_mean(t_all, torch.cat([d_plus, d_minus], dim=0), k, timeout),
+            k_earliest_mean(t_all, torch.cat([d_minus, d_plus], dim=0), k, timeout))
 
 
 class Pi2Layer(nn.Module):
