@@ -50,7 +50,9 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, show_default=True,
               help="Fine-tuning epochs (only with --bits, --jitter or --event-loss).")
 @click.option("--lr", type=FiniteRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True,
-              help="Adam learning rate of distillation (teacher and fine-tuning use their own defaults).")
+              help="Adam learning rate of distillation (the teacher uses its own default).")
+@click.option("--finetune-lr", type=FiniteRange(min=0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True,
+              help="Adam learning rate of the fine-tune (with --bits, --jitter or --event-loss).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--logit-scale", type=LOGIT_SCALE, metavar="λ|auto", default=DEFAULTS.logit_scale, show_default=True,
               help="λ multiplying the student's scores inside the distillation loss only. λ < 1 makes the student "
@@ -63,7 +65,7 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
               help="Network file to write (.npz).")
 @json_option
 def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, rescale: bool, jitter: float, event_loss: float, teacher_epochs: int,
-          epochs: int, finetune_epochs: int, lr: float, batch_size: int, logit_scale: float | None, seed: int,
+          epochs: int, finetune_epochs: int, lr: float, finetune_lr: float, batch_size: int, logit_scale: float | None, seed: int,
           threads: int, output: Path, as_json: bool) -> None:
     """Train a MAC teacher and distil it into a π² network (needs the train extra: torch).
 
@@ -79,7 +81,7 @@ def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, res
         raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="-o/--output")
     command = shlex.join(["pi2", *sys.argv[1:]])
     config = TrainConfig(dataset, arch, k, bits, jitter, event_loss, teacher_epochs, epochs, finetune_epochs,
-                         lr=lr, batch_size=batch_size, logit_scale=logit_scale, constants=constants, rescale=rescale,
+                         lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, logit_scale=logit_scale, constants=constants, rescale=rescale,
                          seed=seed, threads=threads, command=command)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),

@@ -41,9 +41,9 @@ def _split(tr, dj, low, high, picked, cand, cand_at):
     order), and the values and indices of those in [low, high) into cand/cand_at (in order).
 
     Branch-free: every arrival is written to both, and kept by advancing a count. Returns the
-    two counts.
+    two counts and the sum of the arrivals earlier than `low` (all finite: +inf is never earlier).
     """
-    below, between = 0, 0
+    below, between, total = 0, 0, 0.0
     for a in range(tr.shape[0]):
         v = tr[a] + dj[a]
         picked[below] = a
@@ -51,8 +51,9 @@ def _split(tr, dj, low, high, picked, cand, cand_at):
         cand_at[between] = a
         early = v < low
         below += early
+        total += v if early else 0.0
         between += (not early) & (v < high)
-    return below, between
+    return below, between, total
 
 
 @numba.njit(cache=True)
@@ -78,14 +79,14 @@ def _forward(t, d_t, k, timeout, out, chosen, weight):
         for j in range(m):
             dj = d_t[j]
             low, high = centre[j] - width[j], centre[j] + width[j]
-            below, between = _split(tr, dj, low, high, picked, cand, cand_at)
+            below, between, total = _split(tr, dj, low, high, picked, cand, cand_at)
             if not (below <= k and (below + between >= k or low == np.inf)):
                 # missed: the exact K-th earliest, then the window [z_[K], z_[K]] (its ties) around it
                 for a in range(arrivals):
                     work[a] = tr[a] + dj[a]
                 kth = smallest_k(work, arrivals, k)
                 high = np.nextafter(kth, np.inf) if kth < np.inf else np.inf
-                below, between = _split(tr, dj, kth, high, picked, cand, cand_at)
+                below, between, total = _split(tr, dj, kth, high, picked, cand, cand_at)
                 centre[j] = kth
                 width[j] = max(2 * width[j], MIN_WIDTH)
             need = k - below  # taken from the window: its `need` earliest, the lowest indices among equals
@@ -102,21 +103,16 @@ def _forward(t, d_t, k, timeout, out, chosen, weight):
                     ties -= take & tie
                     picked[below] = cand_at[i]
                     below += take
+                    total += v if take else 0.0
                 centre[j] = kth
                 if between > 24:
                     width[j] *= 0.5
                 elif between < 6:
                     width[j] *= 1.5
-            finite, total = 0, 0.0
-            for i in range(k):
-                a = picked[i] if i < below else -1  # fewer than K finite ones: the rest are lost
-                v = tr[a] + dj[a] if a >= 0 else np.inf
-                if v < np.inf:
-                    finite += 1
-                    total += v
-                    chosen[r, j, i] = a
-                else:
-                    chosen[r, j, i] = -1
+            # every arrival picked is finite; fewer than K: the rest of the K earliest are lost (+inf)
+            chosen[r, j, :below] = picked[:below]
+            chosen[r, j, below:] = -1
+            finite = below
             if finite > 0:
                 out[r, j] = total / finite
                 weight[r, j] = 1.0 / finite

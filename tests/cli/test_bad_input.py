@@ -509,6 +509,8 @@ BAD_OPTIONS = {
     "eval --event-loss inf": (["eval", str(NETWORK), "--event-loss", "inf"], "--event-loss"),
     "train --lr inf": (["train", "--dataset", "digits", "--arch", "mlp:64-16-10", "--k", "24,8", "--lr", "inf",
                         "-o", "n.npz"], "--lr"),
+    "train --finetune-lr 0": (["train", "--dataset", "digits", "--arch", "mlp:64-16-10", "--k", "24,8", "--bits", "4",
+                               "--finetune-lr", "0", "-o", "n.npz"], "--finetune-lr"),
     "compile --loss nan": (["compile", str(NETWORK), "--profile", "shaper", "--loss", "nan"], "--loss"),
     "energy --workload nonsense": (["energy", "--workload", "nonsense"], "nonsense"),
 }

@@ -74,14 +74,17 @@ def test_train_rejects_a_bad_logit_scale_before_training(tmp_path, scale):
 def test_train_writes_a_network_and_reports_json(tmp_path):
     out = tmp_path / "n.npz"
     result = CliRunner().invoke(pi2, ["train", "--dataset", "digits", "--arch", "mlp:64-8-10", "--k", "4,2",
-                                      "--teacher-epochs", "5", "--epochs", "2", "--logit-scale", "0.5", "--seed", "1", "-o", str(out),
+                                      "--teacher-epochs", "5", "--epochs", "2", "--logit-scale", "0.5", "--seed", "1",
+                                      "--bits", "4", "--finetune-epochs", "1", "--finetune-lr", "2e-3", "-o", str(out),
                                       "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    assert report["k"] == [4, 2] and report["accuracy"]["quantised"] is None and out.is_file()
+    report = json.loads(result.stdout)  # stderr has a line per epoch (not a terminal)
+    assert "distil epoch 2/2" in result.stderr
+    assert report["k"] == [4, 2] and report["accuracy"]["quantised"] is not None and out.is_file()
     assert report["logit_scale"] == 0.5
     shown = json.loads(CliRunner().invoke(pi2, ["show", str(out), "--json"]).output)
     assert shown["provenance"]["training"]["logit_scale"] == 0.5
+    assert shown["provenance"]["training"]["finetune_lr"] == 2e-3
     assert shown["provenance"]["accuracy"]["student"] == pytest.approx(report["accuracy"]["student"], abs=1e-3)
 
 
