@@ -120,7 +120,7 @@ def smallest_k(buf, count, k):
 
 
 @numba.njit(inline="always")
-def candidate_offer(buf, count, k, v, threshold):
+def _offer(buf, count, k, v, threshold):
     """Keep v if it is earlier than `threshold`; when buf fills, keep its k earliest and lower the threshold.
 
     Branch-free: v is always written past the kept ones and kept by advancing the count, so the
@@ -168,10 +168,10 @@ def _k_earliest(t_plus, t_minus, d_plus_t, d_minus_t, k, timeout, out_plus, out_
             count_p, count_m = 0, 0
             thr_p, thr_m = np.inf, np.inf
             for i in range(n):
-                count_p, thr_p = candidate_offer(buf_p, count_p, k, tp[i] + dp[i], thr_p)
-                count_p, thr_p = candidate_offer(buf_p, count_p, k, tm[i] + dm[i], thr_p)
-                count_m, thr_m = candidate_offer(buf_m, count_m, k, tp[i] + dm[i], thr_m)
-                count_m, thr_m = candidate_offer(buf_m, count_m, k, tm[i] + dp[i], thr_m)
+                count_p, thr_p = _offer(buf_p, count_p, k, tp[i] + dp[i], thr_p)
+                count_p, thr_p = _offer(buf_p, count_p, k, tm[i] + dm[i], thr_p)
+                count_m, thr_m = _offer(buf_m, count_m, k, tp[i] + dm[i], thr_m)
+                count_m, thr_m = _offer(buf_m, count_m, k, tm[i] + dp[i], thr_m)
             t_out, kth = _mean_and_kth(buf_p, count_p, k, timeout)
             out_plus[b, j] = t_out
             gap = kth - t_out  # z_[K] − T; inf or NaN when fewer than K arrived: no causal constraint

@@ -8,18 +8,24 @@ Doing this with torch ops (build z, `torch.topk`, gather, autograd through the g
 LeNet-5 training on one thread spend 60 % of its time in topk and most of the rest building and
 indexing z (bench/k_earliest.py). Here neither z nor a (rows, m, A) gradient ever exists:
 
-- forward, per (r, j): the K-th earliest value z_[K] with testbed.model.fast_kernel's candidate
-  buffer (an arrival is kept only if earlier than the running threshold), then one more pass
-  that takes every arrival earlier than z_[K] and, among those equal to it, the lowest indices
-  until there are K: the selection is defined on ties (the first K of a stable sort), so the
-  gradient is too. Arrivals are added in the tensor's own dtype, exactly as t + d in torch, so
+- forward, per (r, j): one branch-free pass splits the arrivals into those earlier than a
+  window [centre − width, centre + width) (all taken) and the few inside it, among which a
+  quickselect (testbed.model.fast_kernel.smallest_k) finds the rest of the K earliest. Each neuron
+  keeps its window from row to row, centred on the last K-th earliest: neighbouring positions of
+  a convolution, and samples of a batch, have K-th earliest arrivals close to each other. When
+  the K-th earliest falls outside the window, every arrival is ranked once to find it and the
+  window is widened. Among arrivals equal to the K-th earliest the lowest indices are taken
+  until there are K, so the selection (the first K of a stable sort) and its gradient are
+  defined on ties. Arrivals are added in the tensor's own dtype, exactly as t + d in torch, so
   the selection is the one any exact K-smallest of the same z makes; the mean is accumulated in
-  float64 in index order (the K values are the same, their sum may differ in the last ulp).
+  float64 (the K values are the same, their sum may differ in the last ulp).
 - backward: dT[r, j] reaches each selected finite arrival with weight 1/(its count) and no other,
   the selection gradient of pi2-model.md (training step 3); both t and d get it, from the stored
   indices (rows, m, K) alone.
 
 The kernels are serial (deterministic, and training runs on the threads it is given: torch's).
+A LeNet5_K forward + backward of 32 Fashion-MNIST images takes 2.0–2.5× less time than with the
+topk formulation, an MNIST 784-50-10 one of 128 images 1.3× (bench/results/k_earliest.json).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 
 from testbed.errors import TrainingError
-from testbed.model.fast_kernel import candidate_offer, smallest_k
+from testbed.model.fast_kernel import smallest_k
 
 
 MIN_WIDTH = 0.125  # model time units: a window after a miss is at least ±this wide
@@ -105,6 +111,7 @@ def _forward(t, d_t, k, timeout, out, chosen, weight):
                     below += take
                     total += v if take else 0.0
                 centre[j] = kth
+                # keep a few dozen in the window: more makes the quickselect dearer, fewer the misses likelier
                 if between > 24:
                     width[j] *= 0.5
                 elif between < 6:
