@@ -24,7 +24,7 @@ indexing z (bench/k_earliest.py). Here neither z nor a (rows, m, A) gradient eve
   indices (rows, m, K) alone.
 
 The kernels are serial (deterministic, and training runs on the threads it is given: torch's).
-A LeNet5_K forward + backward of 32 Fashion-MNIST images takes 2.0–2.5× less time than with the
+A LeNet5_K forward + backward of 32 Fashion-MNIST images takes ≈2× less time than with the
 topk formulation, an MNIST 784-50-10 one of 128 images 1.3× (bench/results/k_earliest.json).
 """
 
