@@ -25,7 +25,8 @@ def show_plan(plan: FabricPlan) -> None:
     packets = info["packets_per_sample"]
     loss = max(row["loss"] for row in info["layers"])
     console = Console()
-    console.print(f"[bold]plan[/]: profile {info['profile']} (delay {info['delay']}, gate {info['gate']}), "
+    console.print(f"[bold]plan[/]: profile {info['profile']} (delay {info['delay']}, {info['delay_lines']} delay "
+                  f"lines, gate {info['gate']}), "
                   f"τ = {info['tau_us']:g} µs, one sample every {info['period_us'] / 1e3:.1f} ms "
                   f"(≤ {info['samples_per_s_bound']:.1f} samples/s)")
     console.print(f"objects: {info['namespaces']} namespaces, {info['bridges']} bridges, {info['veth_pairs']} veth pairs")
@@ -33,7 +34,8 @@ def show_plan(plan: FabricPlan) -> None:
                   f"{packets['pruned']} pruned, {packets['shaped']} shaped; "
                   + (f"spike loss {100 * loss:g} % per port" if loss else "no spike loss"))
     rows = {"inputs": "inputs", "neurons": "neurons", "k": "K", "ports": "neuron ports", "classes": "delay classes",
-            "pruned": "pruned synapses", "filters": "classifier filters", "gates": "first-K gates"}
+            "lines": "shared delay lines", "pruned": "pruned synapses", "filters": "classifier filters",
+            "gates": "first-K gates"}
     table = per_layer_table(len(info["layers"]))
     for key, label in rows.items():
         table.add_row(label, *(str(row[key]) for row in info["layers"]))
@@ -53,12 +55,13 @@ def show_plan(plan: FabricPlan) -> None:
 @click.option("--show", is_flag=True, help="Print a readable summary of the plan.")
 @json_option
 def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None, lead: float,
-                loss: float, dataset: str | None, calibration: int, output: Path | None, show: bool,
+                loss: float, delay_lines: str, dataset: str | None, calibration: int, output: Path | None, show: bool,
                 as_json: bool) -> None:
     """Compile the π² network NET into a FabricPlan (plan.json).
 
-    Every synapse becomes a delay class on its neuron port, every neuron two gated ports behind
-    its layer's switch. The plan is what both `pi2 simulate` and `pi2 up`/`pi2 infer` execute.
+    Every neuron becomes two gated ports; its synapses' delays become shared delay lines (one
+    htb class per event and distinct delay, copied to the member ports) or, with --delay-lines
+    per-synapse, a delay class per synapse on its port behind the layer's switch. The plan is what both `pi2 simulate` and `pi2 up`/`pi2 infer` execute.
 
     \b
     Example:
@@ -66,7 +69,7 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
     """
     if output is not None:  # before compiling, not after (a minute of calibration lost)
         check_output_file(output, "-o/--output")
-    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead)
+    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead, delay_lines)
     if output is not None:
         plan.save(output)
     if as_json:

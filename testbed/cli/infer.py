@@ -32,7 +32,8 @@ from testbed.infer.report import InferenceReport
               help="Write a spike raster of sample 0 and the arrival-error histogram (PNG) here.")
 @json_option
 def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, profile: str,
-              tau_us: float | None, relay_us: float, prune_margin: float | None, lead: float, loss: float, inject_cpu: int,
+              tau_us: float | None, relay_us: float, prune_margin: float | None, lead: float, loss: float,
+              delay_lines: str, inject_cpu: int,
               pcap_dir: Path | None, plots_dir: Path | None, as_json: bool) -> None:
     """Classify test samples with the Linux kernel doing the neural computation.
 
@@ -58,7 +59,7 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
         if directory is not None:  # before the run, not after it (the report would be lost)
             check_writable_dir(directory, option)
     options = InferOptions(dataset=dataset, limit=limit, backend=backend, profile=profile, tau_us=tau_us,
-                           relay_us=relay_us, prune_margin=prune_margin, lead=lead, loss=loss,
+                           relay_us=relay_us, prune_margin=prune_margin, lead=lead, loss=loss, delay_lines=delay_lines,
                            inject_cpu=None if inject_cpu < 0 else inject_cpu,
                            pcap_dir=pcap_dir, plots_dir=plots_dir)
     console = Console(stderr=True)

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import click
 
-from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, DEFAULT_TAU_US
+from testbed.plan.compiler import DEFAULT_DELAY_LINES, DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, DEFAULT_TAU_US
+from testbed.plan.fabric_plan import DELAY_LINE_KINDS
 
 _UNITS_US = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(us|µs|ms|s)\s*$")
@@ -103,7 +104,7 @@ AUTO_TAU_HELP = (" 'auto': before the run, measure this machine's kernel at a fe
 
 
 def compile_options(command=None, *, auto_tau: bool = False):  # type: ignore[no-untyped-def]
-    """--profile, --tau, --relay, --prune, --lead and --loss: how a network is compiled into a plan (pi2 compile;
+    """--profile, --tau, --relay, --prune, --lead, --loss and --delay-lines: how a network is compiled into a plan (pi2 compile;
     pi2 infer, which with `auto_tau` takes --tau auto and defaults to it)."""
     if command is None:
         return lambda cmd: compile_options(cmd, auto_tau=auto_tau)
@@ -132,13 +133,18 @@ def compile_options(command=None, *, auto_tau: bool = False):  # type: ignore[no
                           "port, 1/N for an integer N (e.g. 0.1), before its gate counts it: the shaper profile's "
                           "gate drops it (eBPF), the full profile's gact action does; the simulator drops with the "
                           "same probability. (pi2 eval/train --event-loss loses a whole event, at every port.)"),
+        click.option("--delay-lines", "delay_lines", type=click.Choice(DELAY_LINE_KINDS), default=DEFAULT_DELAY_LINES,
+                     show_default=True,
+                     help="shared: delay each event once per distinct delay its synapses need (an htb class per "
+                          "line on the layer's injector link) and copy the delayed spike to the member neurons; "
+                          "per-synapse: a delay class per synapse on every neuron port, behind a bridge flood."),
     )):
         command = option(command)
     return command
 
 
 COMPILE_OPTIONS = {"profile": "--profile", "tau_us": "--tau", "relay_us": "--relay", "prune_margin": "--prune",
-                   "lead": "--lead", "loss": "--loss"}
+                   "lead": "--lead", "loss": "--loss", "delay_lines": "--delay-lines"}
 
 
 def refuse_compile_options(ctx: click.Context, plan_path: Path) -> None:

@@ -4,12 +4,14 @@ A backend makes the namespaces, bridges and veth pairs its own way (batched netl
 then hands `program_ports` the full names of what it made, per layer (`LayerLinks`). That brings
 every link up, builds each port's delay tree on its switch end (testbed.kernel.tc, the synapse
 programs of testbed.kernel.classifier) and its first-K gate on its host end (testbed.kernel.gate),
-one netlink batch per namespace, waits until every switch-side link has carrier, and steers the
-packet work onto the requested CPUs (RPS):
+and, for shared delay lines, the layer's line tree on the injector link's switch end and its
+fan-out on the injector's host end (testbed.kernel.lines), one netlink batch per namespace, waits
+until every switch-side link has carrier, and steers the packet work onto the requested CPUs (RPS):
 
-    host side:    inject_host ........................ port_host[q]  (gate on clsact ingress)
-                      │ veth                                 │ veth
-    switch side:  inject_switch ── bridge (flood) ──── port_switch[q] (delay classes on egress)
+    host side:    inject_host (shared: fan-out) ........... port_host[q]  (gate on clsact ingress)
+                      │ veth                                    │ veth
+    switch side:  inject_switch (shared: splitter, lines) ── bridge (flood) ── port_switch[q]
+                                                           (per synapse: delay classes on egress)
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from testbed.fabric.handle import LivePort, Progress
 from testbed.kernel import netns
 from testbed.kernel.classifier import SynapseFilter, load_synapse_classifier
 from testbed.kernel.gate import GateProgram, load_first_k_gate
+from testbed.kernel.lines import LineProgram, load_line_fanout, load_line_splitter
 from testbed.kernel.names import SUFFIX_MAX, object_name
 from testbed.kernel.netlink import NetlinkBatch
-from testbed.kernel.tc import queue_tree
-from testbed.plan.fabric_plan import FabricPlan, NeuronPort
+from testbed.kernel.tc import parse_handle, queue_tree
+from testbed.plan.fabric_plan import FabricPlan, LayerPlan, NeuronPort
 from testbed.plan.tc import FilterSpec
 
 GATE_PROGRAM = "first_k_gate"  # the bpf program a plan's gate_tc names (testbed.plan.compiler)
 CLASSIFIER_PROGRAM = "synapse_classifier"  # the bpf programs a plan's delay_tc names
 FILTER_PROGRAM = "synapse_filter"
+SPLITTER_PROGRAM, FANOUT_PROGRAM = "line_splitter", "line_fanout"  # a shared-lines layer's programs
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,36 @@ class ClassifierCache:
         for program in self.filters:
             program.close()
         self.filters.clear()
+
+
+def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int],
+                loaded: list[LineProgram]) -> Callable[[FilterSpec], int]:
+    """The `bpf_loader` for a layer's line tree and fan-out tree: loads the splitter (event →
+    its lines' classids) or the fan-out ((event, line) → its members' ifindexes, `member_ifindex`
+    per port in plan order) from the plan's delay lines, named ``p2<run>s<l>`` / ``p2<run>o<l>``,
+    and appends it to `loaded` (the caller closes it once the filters are attached)."""
+
+    def load(spec: FilterSpec) -> int:
+        program, params = spec.params.get("program"), spec.params
+        if program not in (SPLITTER_PROGRAM, FANOUT_PROGRAM) or params.get("layer") != layer.index:
+            raise KernelError(f"layer {layer.index}: line tree names bpf program {program!r} for layer "
+                              f"{params.get('layer')!r}; expected {SPLITTER_PROGRAM!r} or {FANOUT_PROGRAM!r}; "
+                              f"recompile the plan with `pi2 compile`")
+        events, width = int(params["events"]), int(params["lines"])
+        if program == SPLITTER_PROGRAM:
+            classids: dict[int, list[int]] = {}
+            for line in layer.lines:  # listed by event, then line number
+                classids.setdefault(2 * line.source + line.sign, []).append(
+                    0 if line.classid is None else parse_handle(line.classid, f"line {line.classid}"))
+            loaded.append(load_line_splitter(layer.index, events, width, classids,
+                                             object_name(run_id, f"s{layer.index}")))
+        else:
+            members = {(2 * line.source + line.sign) * width + line.line - 1: [member_ifindex[q] for q in line.members]
+                       for line in layer.lines}
+            loaded.append(load_line_fanout(layer.index, events, width, members, object_name(run_id, f"o{layer.index}")))
+        return loaded[-1].fd
+
+    return load
 
 
 def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Callable[[FilterSpec], int]:
@@ -173,33 +207,46 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
     if progress is not None:
         progress("tc", 0, 2)
     classifiers = ClassifierCache(run_id)
-    with NetlinkBatch(switch_ns) as nl:
-        for layer, names in zip(plan.layers, links):
-            for name in (names.bridge, names.inject_switch):
-                nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
-            for port, name in zip(layer.ports, names.port_switch):
-                nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
-                queue_tree(nl, switch_index[name], port.delay_tc, _where(name, switch_ns), classifiers.loader(port))
-        try:
+    line_programs: list[LineProgram] = []
+    try:
+        with NetlinkBatch(switch_ns) as nl:
+            for layer, names in zip(plan.layers, links):
+                for name in (names.bridge, names.inject_switch):
+                    nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
+                members = [host_index[name] for name in names.port_host]
+                queue_tree(nl, switch_index[names.inject_switch], layer.line_tc, _where(names.inject_switch, switch_ns),
+                           line_loader(run_id, layer, members, line_programs))
+                for port, name in zip(layer.ports, names.port_switch):
+                    nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
+                    queue_tree(nl, switch_index[name], port.delay_tc, _where(name, switch_ns), classifiers.loader(port))
+            try:
+                nl.commit()
+            finally:
+                classifiers.close()
+        if progress is not None:
+            progress("tc", 1, 2)
+        with NetlinkBatch(host_ns) as nl:
+            for layer, names in zip(plan.layers, links):
+                nl.link_up(host_index[names.inject_host], f"link {_where(names.inject_host, host_ns)} up")
+                members = [host_index[name] for name in names.port_host]
+                queue_tree(nl, host_index[names.inject_host], layer.fanout_tc, _where(names.inject_host, host_ns),
+                           line_loader(run_id, layer, members, line_programs))
+                for port, name in zip(layer.ports, names.port_host):
+                    nl.link_up(host_index[name], f"link {_where(name, host_ns)} up")
+                    queue_tree(nl, host_index[name], port.gate_tc, _where(name, host_ns), gate_loader(run_id, port, gates))
             nl.commit()
-        finally:
-            classifiers.close()
-    if progress is not None:
-        progress("tc", 1, 2)
-    with NetlinkBatch(host_ns) as nl:
-        for layer, names in zip(plan.layers, links):
-            nl.link_up(host_index[names.inject_host], f"link {_where(names.inject_host, host_ns)} up")
-            for port, name in zip(layer.ports, names.port_host):
-                nl.link_up(host_index[name], f"link {_where(name, host_ns)} up")
-                queue_tree(nl, host_index[name], port.gate_tc, _where(name, host_ns), gate_loader(run_id, port, gates))
-        nl.commit()
+    finally:
+        for program in line_programs:
+            program.close()
     if progress is not None:
         progress("tc", 2, 2)
     wait_until_up(switch_ns, [name for names in links for name in (names.inject_switch, *names.port_switch)])
     if mask is not None:
         netns.write_sysfs(switch_ns, {rps_path(names.inject_switch): mask for names in links})
     if gate_mask is not None:
-        netns.write_sysfs(host_ns, {rps_path(name): gate_mask for names in links for name in names.port_host})
+        # Shared lines: the fan-out on each injector end belongs with the gates it feeds.
+        netns.write_sysfs(host_ns, {rps_path(name): gate_mask for layer, names in zip(plan.layers, links)
+                                    for name in names.port_host + ((names.inject_host,) if layer.lines else ())})
     gate_of = {gate.name: gate for gate in gates}
     return tuple(tuple(LivePort(p.layer, p.neuron, p.sign, name, host_index[name], gate_of[name])
                        for p, name in zip(layer.ports, names.port_host))

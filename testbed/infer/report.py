@@ -70,6 +70,7 @@ class InferenceReport:
     gates: tuple[dict[str, int], ...]  # per layer, summed over ports: why spikes were dropped
     warnings: tuple[str, ...]  # signs that the kernel could not keep up with the plan, and what to do
     tau_choice: dict[str, Any] | None = None  # how --tau auto chose τ (testbed.infer.autotau.TauChoice), None if given
+    delay_lines: str = "per-synapse"  # the plan's design: "shared" delay lines or a class per synapse
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,4 +168,4 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
         injector_refused=run.injector_refused, idle_polling=run.idle_polling,
         layers=layers, gates=tuple(_sum_counters(per_port) for per_port in gate_counters),
         warnings=kernel_warnings(layers, plan.timing.tau_us, loss),
-        tau_choice=None if tau_choice is None else tau_choice.to_dict())
+        tau_choice=None if tau_choice is None else tau_choice.to_dict(), delay_lines=plan.delay_lines)

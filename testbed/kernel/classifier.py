@@ -29,7 +29,7 @@ import struct
 
 from testbed.errors import KernelError
 from testbed.kernel import bpf
-from testbed.kernel.bpf import ADD, AND, B, FP, JEQ, JGE, JNE, LSH, OR, R0, R1, R2, R6, R7, W
+from testbed.kernel.bpf import ADD, AND, B, FP, JEQ, JGE, JNE, LSH, OR, R0, R1, R2, R7, W
 from testbed.kernel.spike_parse import emit_spike_prologue
 from testbed.plan import wire
 
@@ -39,24 +39,26 @@ PROGRAM_NAME = "p2_synapse"
 FILTER_PROGRAM_NAME = "p2_prune"
 
 
-def _emit_event_index(a: bpf.Assembler, layer: int) -> None:
-    """R0 = 2·source + sign for a spike or primer of `layer` in the skb at R1; else jump to "none"."""
+def emit_event_index(a: bpf.Assembler, layer: int, need: int = FRAME_MIN_BYTES, none: str = "none") -> None:
+    """R0 = 2·source + sign for a spike or primer of `layer` in the skb at R1 (reading up to frame
+    byte `need`; R6 = the skb, R7 = packet data after it, as `emit_spike_prologue` leaves them);
+    else jump to `none`."""
     if not 0 <= layer < 256:
-        raise KernelError(f"synapse classifier: layer {layer} is not in 0..255")
-    emit_spike_prologue(a, FRAME_MIN_BYTES, "none")
+        raise KernelError(f"synapse program: layer {layer} is not in 0..255")
+    emit_spike_prologue(a, need, none)
     a.emit(
-        bpf.ldx(B, R2, R7, wire.FRAME_KEY_OFFSET), bpf.jmp(JNE, R2, layer, "none"),
+        bpf.ldx(B, R2, R7, wire.FRAME_KEY_OFFSET), bpf.jmp(JNE, R2, layer, none),
         # R0 = 2·source + sign, source big-endian, then sign.
         bpf.ldx(B, R0, R7, wire.FRAME_SOURCE_OFFSET), bpf.alu64(LSH, R0, 8),
-        bpf.ldx(B, R6, R7, wire.FRAME_SOURCE_OFFSET + 1), bpf.alu64(OR, R0, R6),
-        bpf.alu64(LSH, R0, 1), bpf.ldx(B, R6, R7, wire.FRAME_SIGN_OFFSET), bpf.alu64(AND, R6, 1), bpf.alu64(OR, R0, R6),
+        bpf.ldx(B, R2, R7, wire.FRAME_SOURCE_OFFSET + 1), bpf.alu64(OR, R0, R2),
+        bpf.alu64(LSH, R0, 1), bpf.ldx(B, R2, R7, wire.FRAME_SIGN_OFFSET), bpf.alu64(AND, R2, 1), bpf.alu64(OR, R0, R2),
     )
 
 
 def build_synapse_classifier(layer: int) -> bytes:
     """Bytecode returning the classid 1:(2·source + sign + 1) for spikes of `layer`."""
     a = bpf.Assembler()
-    _emit_event_index(a, layer)
+    emit_event_index(a, layer)
     a.emit(bpf.alu64(ADD, R0, 1), bpf.alu64(OR, R0, HTB_MAJOR), bpf.exit_insn())
     a.label("none")
     a.emit(bpf.mov64(R0, 0), bpf.exit_insn())
@@ -67,7 +69,7 @@ def build_synapse_filter(layer: int, events: int, drop_fd: int) -> bytes:
     """Bytecode (direct action) dropping spikes and primers of `layer` whose event index has a
     non-zero word in the array map `drop_fd` (`events` entries); everything else passes."""
     a = bpf.Assembler()
-    _emit_event_index(a, layer)
+    emit_event_index(a, layer)
     a.emit(
         bpf.jmp(JGE, R0, events, "none"),
         bpf.stx(W, FP, R0, -4), bpf.ld_map_fd(R1, drop_fd), bpf.mov64(R2, FP), bpf.alu64(ADD, R2, -4),

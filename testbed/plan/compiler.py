@@ -2,8 +2,17 @@
 
 For layer l with weights W (n×m), neuron j gets two ports. Port z⁺_j receives event t⁺_i
 through delay d⁺_ij and t⁻_i through d⁻_ij; port z⁻_j receives t⁺_i through d⁻_ij and t⁻_i
-through d⁺_ij (pi2-model.md, step 3). Each (port, event source) pair becomes one delay class,
-so no two events of a sample ever share a class and every delay is independent.
+through d⁺_ij (pi2-model.md, step 3). Where the delays are realised, `delay_lines` says:
+
+- ``shared`` (the default): the synapses of one event that need the same delay share one delay
+  line, an htb class on the layer's injector link, whose delayed copy the kernel then copies to
+  each member port (testbed.plan.fabric_plan, testbed.kernel.lines). With n-bit delays an event
+  has at most 2ⁿ distinct delays (plus the model's two ±c ends), so the shaped copies per sample
+  grow with events × levels, not events × 2m ports.
+- ``per-synapse``: each (port, event source) pair is one delay class on the port, so no two
+  synapses ever share a class.
+
+No two events of a sample share a class in either design, and every delay is independent.
 
 Delays are realised as the profile's `delay` primitive can:
 
@@ -54,8 +63,9 @@ import numpy as np
 from testbed.errors import PlanError
 from testbed.model.encoding import delays
 from testbed.model.network import DenseLayer, Pi2Network
-from testbed.plan.fabric_plan import (MAX_CLASS_MINOR, MAX_PORTS_PER_LAYER, SIGN_MINUS, SIGN_PLUS, FabricPlan,
-                                      LayerPlan, NeuronPort, Packets, Synapse, Timing, event_index)
+from testbed.plan.fabric_plan import (DELAY_LINE_KINDS, MAX_CLASS_MINOR, MAX_LINES_PER_EVENT, MAX_PORTS_PER_LAYER,
+                                      SIGN_MINUS, SIGN_PLUS, DelayLine, FabricPlan, LayerPlan, NeuronPort, Packets,
+                                      Synapse, Timing, event_index)
 from testbed.plan.profiles import Profile
 from testbed.plan.tc import CLSACT_EGRESS, CLSACT_INGRESS, MAX_DROP_ONE_IN, ClassSpec, FilterSpec, QdiscSpec, TcTree
 from testbed.plan.wire import SPIKE_FRAME_BYTES
@@ -70,6 +80,7 @@ DEFAULT_PRUNE_MARGIN = 0.0
 DEFAULT_TAU_US = 6000.0
 DEFAULT_LEAD = 1.0  # model units over which a layer's events are spread ahead of their times
 DEFAULT_RELAY_US = 3000.0  # time the relay gets to decode a layer before the next layer's injections
+DEFAULT_DELAY_LINES = DELAY_LINE_KINDS[0]
 LOSS_KINDS = ("bpf-drop", "gact-random")  # the profile loss kinds the compiler builds
 
 
@@ -184,25 +195,69 @@ def _port_tc(layer: int, synapses: list[tuple[int, int, int | None]], real: Real
         qdiscs.append(QdiscSpec("clsact", "ffff:", "root"))
         filters.append(FilterSpec("bpf", CLSACT_EGRESS, 1, {"program": "synapse_filter", "layer": layer,
                                                              "events": events, "direct_action": 1}))
-    classes = []
+    classes: list[ClassSpec] = []
     for (source, sign, rate), target in zip(synapses, target_us):
-        if target < real.min_delay_us:
-            continue
-        classid = synapse_classid(source, sign)
-        minor = 2 * source + sign + 1
-        if real.delay_kind == "htb-primer":
-            classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": rate, "ceil_bps": rate,
-                                                              "burst_bytes": real.burst_bytes,
-                                                              "cburst_bytes": real.burst_bytes}))
-        else:
-            # Unshaped htb class whose leaf netem holds each packet its realised delay.
-            classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": real.class_rate_bps,
-                                                              "ceil_bps": real.class_rate_bps}))
-            # Leaf handles must differ from the htb root's 1:, hence minor + 1.
-            qdiscs.append(QdiscSpec("netem", f"{minor + 1:x}:", classid,
-                                    {"delay_us": _whole(realise_delay(target, real)[0]),
-                                     "limit_packets": real.limit_packets}))
+        if target >= real.min_delay_us:
+            _delay_class(2 * source + sign + 1, rate, target, real, classes, qdiscs)
     return TcTree(tuple(qdiscs), tuple(classes), tuple(filters))
+
+
+def _delay_class(minor: int, rate: int | None, target_us: float, real: Realisation, classes: list[ClassSpec],
+                 qdiscs: list[QdiscSpec]) -> str:
+    """Append the htb class 1:`minor` that delays by `target_us` (rate `rate` for htb-primer; a
+    netem leaf below an unshaped class for netem) to `classes`/`qdiscs`; return its classid."""
+    classid = f"1:{minor:x}"
+    if real.delay_kind == "htb-primer":
+        classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": rate, "ceil_bps": rate,
+                                                          "burst_bytes": real.burst_bytes,
+                                                          "cburst_bytes": real.burst_bytes}))
+    else:
+        # Unshaped htb class whose leaf netem holds each packet its realised delay.
+        classes.append(ClassSpec("htb", classid, "1:", {"rate_bps": real.class_rate_bps,
+                                                          "ceil_bps": real.class_rate_bps}))
+        # Leaf handles must differ from the htb root's 1:, hence minor + 1.
+        qdiscs.append(QdiscSpec("netem", f"{minor + 1:x}:", classid,
+                                {"delay_us": _whole(realise_delay(target_us, real)[0]),
+                                 "limit_packets": real.limit_packets}))
+    return classid
+
+
+def _shared_lines(li: int, n_inputs: int, port_synapses: list[list[tuple[int, int, float]]],
+                  real: Realisation) -> tuple[tuple[DelayLine, ...], TcTree, TcTree]:
+    """A layer's delay lines, from each port's (source, sign, target µs) synapses: one line per
+    (event, distinct target), numbered 1.. per event by rising delay, members in port order; the
+    line tree (htb with a class per shaped line, the splitter at clsact ingress) and the fan-out
+    tree. Lines are listed in the layer's event order (t⁺ of inputs 0..n−1, then t⁻)."""
+    by_event: dict[tuple[int, int], dict[float, list[int]]] = {}
+    for q, synapses in enumerate(port_synapses):
+        for source, sign, target in synapses:
+            by_event.setdefault((source, sign), {}).setdefault(target, []).append(q)
+    lines: list[DelayLine] = []
+    classes: list[ClassSpec] = []
+    qdiscs = [QdiscSpec("htb", "1:", "root", {"default_class": 0}), QdiscSpec("clsact", "ffff:", "root")]
+    for event in sorted(by_event, key=lambda e: event_index(e[0], e[1], n_inputs)):
+        targets = sorted(by_event[event])
+        if len(targets) > MAX_LINES_PER_EVENT:
+            raise PlanError(f"layer {li}: event {event} needs {len(targets)} distinct delays; shared delay lines "
+                            f"number at most {MAX_LINES_PER_EVENT} per event (quantise the delays, e.g. "
+                            f"`pi2 train --bits 4`, or compile with --delay-lines per-synapse)")
+        for r, target in enumerate(targets, start=1):
+            realised, rate = realise_delay(target, real)
+            classid = None
+            if target >= real.min_delay_us:
+                minor = len(classes) + 1
+                if minor + 1 > MAX_CLASS_MINOR:
+                    raise PlanError(f"layer {li}: more than {MAX_CLASS_MINOR - 1} shaped delay lines; compile with "
+                                    "--delay-lines per-synapse or quantise the delays to fewer bits")
+                classid = _delay_class(minor, rate, target, real, classes, qdiscs)
+            lines.append(DelayLine(event[0], event[1], r, target, realised, classid, tuple(by_event[event][target])))
+    widest = max(line.line for line in lines)
+    params = {"layer": li, "events": 2 * n_inputs, "lines": widest, "direct_action": 1}
+    line_tc = TcTree(tuple(qdiscs), tuple(classes),
+                     (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "line_splitter", **params}),))
+    fanout_tc = TcTree((QdiscSpec("clsact", "ffff:", "root"),), (),
+                       (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "line_fanout", **params}),))
+    return tuple(lines), line_tc, fanout_tc
 
 
 def _whole(us: float) -> float | int:
@@ -274,7 +329,8 @@ def _gate_tc(k: int, window_us: float, loss_one_in: int | None, loss_kind: str) 
 def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibration_x: np.ndarray,
                     network_path: str | Path | None = None, margin: float | None = None,
                     relay_us: float = DEFAULT_RELAY_US, prune_margin: float | None = DEFAULT_PRUNE_MARGIN,
-                    loss: float = 0.0, lead: float = DEFAULT_LEAD) -> FabricPlan:
+                    loss: float = 0.0, lead: float = DEFAULT_LEAD,
+                    delay_lines: str = DEFAULT_DELAY_LINES) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
@@ -285,8 +341,11 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     `loss` (a probability, 1/N) is dropped at every neuron port's ingress, where the profile realises loss.
     `lead` (model units; 0: off) spreads each layer's events ahead of their times over at least
     this span, and over all the slack the slowest layer leaves a faster one (module docstring).
-    The defaults are `pi2 compile`'s.
+    `delay_lines`: "shared" (a delay line per event and distinct delay) or "per-synapse" (a class
+    per synapse on each port). The defaults are `pi2 compile`'s.
     """
+    if delay_lines not in DELAY_LINE_KINDS:
+        raise PlanError(f"delay lines {delay_lines!r}: expected one of {', '.join(DELAY_LINE_KINDS)}")
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")
     if not lead >= 0:
@@ -341,7 +400,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         fits = min((period_us - drains[li]) / (1 + recover), period_us - decodes[li], room)
         spread = max(lead * tau_us, fits) if lead else 0.0
         leads = event_leads(layer.n_inputs, spread)
-        ports = []
+        shared = delay_lines == "shared"
+        ports, port_targets = [], []
         for (j, sign), synapses_of in zip(_port_order(layer.n_neurons), kept[li]):
             events, targets, synapses = [], [], []
             for i, ev_sign, d in synapses_of:
@@ -349,14 +409,17 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                 realised, rate = realise_delay(target, real)
                 events.append((i, ev_sign, rate))
                 targets.append(target)
-                synapses.append(Synapse(i, ev_sign, target, realised,
-                                        None if target < real.min_delay_us else synapse_classid(i, ev_sign)))
+                # Shared lines: the port has no class of its own; its line's class delays the event.
+                unshaped = shared or target < real.min_delay_us
+                synapses.append(Synapse(i, ev_sign, target, realised, None if unshaped else synapse_classid(i, ev_sign)))
+            port_targets.append([(i, ev_sign, t) for (i, ev_sign, _), t in zip(events, targets)])
             tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
             ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
-                                    _port_tc(li, events, real, targets, 2 * layer.n_inputs),
+                                    TcTree() if shared else _port_tc(li, events, real, targets, 2 * layer.n_inputs),
                                     _gate_tc(layer.k, windows[li], loss_one_in, real.loss_kind)))
+        lines, line_tc, fanout_tc = _shared_lines(li, layer.n_inputs, port_targets, real) if shared else ((), TcTree(), TcTree())
         layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
-                                cal.offset_mk[li], tuple(ports), tuple(leads.tolist())))
+                                cal.offset_mk[li], tuple(ports), tuple(leads.tolist()), lines, line_tc, fanout_tc))
     # The realised delays (rate granularity) may hold a class a little longer than the targets.
     period_us = max([period_us] + [drain_us(li, s.source, s.sign, s.delay_us)
                                    for li, layer in enumerate(layers) for p in layer.ports for s in p.synapses])
@@ -366,4 +429,4 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     return FabricPlan(real.profile, real.delay_kind, real.gate_kind, {"t0": c.t0, "c": c.c, "s": c.s}, network,
                       Timing(tau_us, period_us, relay_us, real.flood_copy_us),
                       Packets(SPIKE_FRAME_BYTES, real.primer_bytes if real.delay_kind == "htb-primer" else 0),
-                      tuple(layers))
+                      tuple(layers), delay_lines)

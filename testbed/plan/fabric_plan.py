@@ -1,16 +1,30 @@
 """The FabricPlan: every object, delay, gate and time window of a π² network in a packet fabric.
 
-One plan drives two executors: `testbed.sim` runs it event by event in-process, and the
-kernel backends (`testbed.fabric`) build it from namespaces, veths, bridges and qdiscs. A
-plan is plain, versioned JSON (`to_dict`/`plan_from_dict`) validated on load.
+One plan drives two executors: `testbed.sim` evaluates it in-process, and the kernel backends
+(`testbed.fabric`) build it from namespaces, veths, bridges and qdiscs. A plan is plain, versioned
+JSON (`to_dict`/`plan_from_dict`) validated on load.
 
-Per layer l (n inputs, m neurons), the data path is::
+Per layer l (n inputs, m neurons), a plan's `delay_lines` chooses one of two data paths. Both end
+in the same 2m neuron ports: a veth pair per port whose host end l<l>n<j><p|m> carries the port's
+π²_K neuron (the first-K gate: cls_bpf on clsact ingress, which passes one neuron event per
+sample) and is read by the relay.
+
+``per-synapse`` (a delay class per synapse)::
 
     host:in<l> ──► switch sw<l> (bridge: flood = broadcast) ──► 2m neuron ports
-    each port  = a veth pair: switch end s<l>n<j><p|m> carries the delay classes on egress
-                 (one class per synapse event source (i, sign)), host end l<l>n<j><p|m> carries
-                 the port's π²_K neuron (the first-K gate: cls_bpf on clsact ingress, which
-                 passes one neuron event per sample), and is read by the relay.
+    each port's switch end s<l>n<j><p|m> carries the delay classes on egress (one class per
+    synapse event source (i, sign)): 2n·2m shaped copies per sample, less the pruned ones.
+
+``shared`` (a delay line per (event, distinct delay))::
+
+    host:in<l> ──► f<in l> ingress: line splitter ── one copy per line of the event ──► f<in l>
+    egress: htb, one class per line (`DelayLine`) ──► in<l> ingress: line fan-out ── a copy per
+    member port ──► the member's host end (its neuron)
+
+    With n-bit delays an event meets at most 2ⁿ distinct delays over the layer's 2m ports, so a
+    sample shapes ≤ 2n·2ⁿ copies however many neurons there are; the fan-out copies are not
+    shaped. Each port still gets its own copy of each kept synapse, delayed by that synapse's
+    delay (the line's), and its neuron counts the copy's kernel RX stamp.
 
 Interface names are logical suffixes; the builder prefixes ``p2<run id>``.
 Times: `tau_us` maps one model unit to microseconds; layer windows are in µs from the layer's
@@ -36,8 +50,8 @@ from testbed.model.encoding import encode
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
-PLAN_VERSION = 4  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets;
-#                 4: spikes carry their origin (wire time_ns), gates time out
+PLAN_VERSION = 5  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets;
+#                 4: spikes carry their origin (wire time_ns), gates time out; 5: shared delay lines
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
 MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
 MAX_CLASS_MINOR = 0xFFFE  # htb class minors 2i + sign + 1 per input i; netem leaves take handle minor + 1
@@ -46,6 +60,8 @@ MAX_TIME_US = 3.6e9  # one hour: any plan time beyond this is a mistake (and Inf
 MAX_PLAN_BYTES = 512 << 20  # a 512-port layer of 32k inputs is ≈ 100 MB of JSON
 DELAY_KINDS = ("htb-primer", "netem")
 GATE_KINDS = ("bpf-first-k",)
+DELAY_LINE_KINDS = ("shared", "per-synapse")  # the first is what `pi2 compile` builds by default
+MAX_LINES_PER_EVENT = 255  # the wire's line byte numbers an event's lines 1..255
 # Interface-name suffixes: the kernel prefixes p2 + a 4-character run id and caps names at 15
 # bytes (testbed.kernel.names.SUFFIX_MAX, which a test keeps equal to this).
 NAME_SUFFIX_MAX = 9
@@ -80,6 +96,35 @@ class Synapse:
         if not (0 <= self.delay_us <= MAX_TIME_US and 0 <= self.target_us <= MAX_TIME_US):
             raise PlanError(f"synapse ({self.source}, {self.sign}): delays must be in 0..{MAX_TIME_US:g} µs, "
                             f"got {self.target_us} and {self.delay_us}")
+
+
+@dataclass(frozen=True)
+class DelayLine:
+    """One shared delay line: every copy of event (source, sign) that needs `delay_us`.
+
+    The splitter sends one copy of the event (and of its primer, if shaped) down the line, marked
+    with `line` (1..the event's number of lines) on the wire; the line's htb class `classid` on the
+    injector link's fabric end holds it `delay_us` (None: unshaped, the copy passes at once); the
+    fan-out then copies it to each port in `members` (indexes into the layer's ports, in the order
+    the copies are made). `target_us` is the model's delay plus the event's lead, as for a Synapse.
+    """
+
+    source: int
+    sign: int
+    line: int
+    target_us: float
+    delay_us: float
+    classid: str | None
+    members: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        where = f"delay line ({self.source}, {self.sign}, {self.line})"
+        if self.sign not in (SIGN_PLUS, SIGN_MINUS) or self.source < 0 or not 1 <= self.line <= MAX_LINES_PER_EVENT:
+            raise PlanError(f"{where}: source must be ≥ 0, sign 0 or 1 and line 1..{MAX_LINES_PER_EVENT}")
+        if not (0 <= self.delay_us <= MAX_TIME_US and 0 <= self.target_us <= MAX_TIME_US):
+            raise PlanError(f"{where}: delays must be in 0..{MAX_TIME_US:g} µs, got {self.target_us} and {self.delay_us}")
+        if not self.members or len(set(self.members)) != len(self.members) or min(self.members) < 0:
+            raise PlanError(f"{where}: members must be distinct port indexes ≥ 0, at least one")
 
 
 @dataclass(frozen=True)
@@ -125,6 +170,9 @@ class LayerPlan:
     offset_mk: float  # causal offset M_K (model units) measured on the calibration data
     ports: tuple[NeuronPort, ...]
     leads_us: tuple[float, ...]  # per event (t⁺ of inputs 0..n−1, then t⁻): sent this long before its time
+    lines: tuple[DelayLine, ...] = ()  # shared delay lines (empty: a delay class per synapse on each port)
+    line_tc: TcTree = TcTree()  # shared lines: on the injector link's fabric end (splitter, line classes)
+    fanout_tc: TcTree = TcTree()  # shared lines: on the injector end's ingress (the fan-out)
 
     def __post_init__(self) -> None:
         where = f"layer {self.index}"
@@ -151,6 +199,36 @@ class LayerPlan:
         if len(self.leads_us) != 2 * self.n_inputs or not all(0 <= lead <= MAX_TIME_US for lead in self.leads_us):
             raise PlanError(f"{where}: leads_us needs {2 * self.n_inputs} values in 0..{MAX_TIME_US:g} µs "
                             f"(one per event), got {len(self.leads_us)}")
+        if self.lines:
+            self._check_lines(where)
+
+    def _check_lines(self, where: str) -> None:
+        """Shared lines must give each port exactly its synapses, at their delays, and nothing else:
+        the ports' synapse lists (what each neuron counts) and the lines (what the kernel and the
+        simulator deliver) are two views of one fact."""
+        seen: dict[tuple[int, int], list[int]] = {}
+        given: dict[int, dict[tuple[int, int], float]] = {q: {} for q in range(len(self.ports))}
+        classes = {c.classid for c in self.line_tc.classes}
+        for line in self.lines:
+            if line.source >= self.n_inputs or max(line.members) >= len(self.ports):
+                raise PlanError(f"{where}: delay line ({line.source}, {line.sign}, {line.line}) names an input or a "
+                                f"port the layer does not have")
+            if line.classid is not None and line.classid not in classes:
+                raise PlanError(f"{where}: delay line ({line.source}, {line.sign}, {line.line}) uses class "
+                                f"{line.classid}, which line_tc does not define")
+            seen.setdefault((line.source, line.sign), []).append(line.line)
+            for q in line.members:
+                if (line.source, line.sign) in given[q]:
+                    raise PlanError(f"{where}: port {self.ports[q].host_if} is a member of two lines of event "
+                                    f"({line.source}, {line.sign})")
+                given[q][(line.source, line.sign)] = line.delay_us
+        for event, numbers in seen.items():
+            if sorted(numbers) != list(range(1, len(numbers) + 1)):
+                raise PlanError(f"{where}: the lines of event {event} must be numbered 1..{len(numbers)}, got {sorted(numbers)}")
+        for q, port in enumerate(self.ports):
+            if port.delay_tc.classes or given[q] != {(s.source, s.sign): s.delay_us for s in port.synapses}:
+                raise PlanError(f"{where}: port {port.host_if}'s synapses are not the lines it is a member of "
+                                f"(or it has delay classes of its own); recompile with `pi2 compile`")
 
     @property
     def origin_us(self) -> float:
@@ -169,8 +247,13 @@ class LayerPlan:
         return np.stack([t_plus, t_minus], axis=-1) * tau_us - leads[None]
 
     def port_delays_us(self) -> np.ndarray:
-        """(ports, n, 2) realised delay of event (i, sign) on each port; inf where the port drops it."""
+        """(ports, n, 2) realised delay of event (i, sign) on each port; inf where the port drops it
+        (a pruned synapse). With shared lines, the delay of the line the port is a member of."""
         out = np.full((len(self.ports), self.n_inputs, 2), np.inf)
+        if self.lines:
+            for line in self.lines:
+                out[list(line.members), line.source, line.sign] = line.delay_us
+            return out
         for q, port in enumerate(self.ports):
             for syn in port.synapses:
                 if syn.source >= self.n_inputs:
@@ -187,7 +270,13 @@ class LayerPlan:
         at the head of the bridge's port list, which a flood walks from the head: port P − 1 is
         served first (measured: with one event at a time, a primer reaches port q ≈4 µs per
         later port after the event's TX stamp).
+
+        Shared lines flood nothing: every member's copy of a line carries the RX stamp the
+        delayed copy got on the injector end, whatever its place in the fan-out (the fan-out
+        redirects within one namespace, which keeps an skb's stamp), so all offsets are 0.
         """
+        if self.lines:
+            return np.zeros(len(self.ports))
         return (len(self.ports) - 1 - np.arange(len(self.ports))) * copy_us
 
 
@@ -233,6 +322,7 @@ class FabricPlan:
     timing: Timing
     packets: Packets
     layers: tuple[LayerPlan, ...]
+    delay_lines: str = "per-synapse"  # "shared": a delay line per (event, distinct delay); else a class per synapse
     version: int = PLAN_VERSION
 
     def __post_init__(self) -> None:
@@ -244,6 +334,11 @@ class FabricPlan:
         if self.delay_kind not in DELAY_KINDS or self.gate_kind not in GATE_KINDS:
             raise PlanError(f"delay_kind {self.delay_kind!r} / gate_kind {self.gate_kind!r}: expected one of "
                             f"{DELAY_KINDS} / {GATE_KINDS}")
+        if self.delay_lines not in DELAY_LINE_KINDS:
+            raise PlanError(f"delay_lines {self.delay_lines!r}: expected one of {DELAY_LINE_KINDS}")
+        if any(bool(layer.lines) != (self.delay_lines == "shared") for layer in self.layers):
+            raise PlanError(f"delay_lines {self.delay_lines!r}: shared plans need delay lines in every layer, "
+                            "per-synapse plans none")
         if (self.delay_kind == "htb-primer") != (self.packets.primer_bytes > 0):
             raise PlanError(f"packets.primer_bytes {self.packets.primer_bytes}: htb-primer plans need primers, netem "
                             f"plans none")
@@ -265,30 +360,39 @@ class FabricPlan:
 
     @property
     def packets_per_sample(self) -> dict[str, int]:
-        """Frames one sample puts through the fabric: injected, flooded to ports, dropped by the
-        ports' synapse filters (pruned synapses), and shaped."""
+        """Frames one sample puts through the fabric: injected; copied towards neuron ports (per
+        synapse: the bridge's flood of spikes and primers; shared: the fan-out's spike copies, one
+        per kept synapse); dropped before shaping (pruned synapses' flooded copies; shared lines
+        never copy them); shaped (through a delay class, primers included); and, shared, copies
+        the splitter sent down lines."""
         per_event = 2 if self.packets.primer_bytes else 1
         injected = sum(2 * layer.n_inputs * per_event for layer in self.layers)
-        port_copies = sum(2 * layer.n_inputs * per_event * len(layer.ports) for layer in self.layers)
         kept = sum(len(p.synapses) for layer in self.layers for p in layer.ports)
+        if self.delay_lines == "shared":
+            lines = [line for layer in self.layers for line in layer.lines]
+            shaped = sum(per_event if line.classid is not None else 0 for line in lines)
+            return {"injected": injected, "port_copies": kept, "pruned": 0, "shaped": shaped,
+                    "line_copies": shaped + sum(line.classid is None for line in lines)}
+        port_copies = sum(2 * layer.n_inputs * per_event * len(layer.ports) for layer in self.layers)
         shaped = sum(per_event * sum(s.classid is not None for p in layer.ports for s in p.synapses) for layer in self.layers)
         return {"injected": injected, "port_copies": port_copies, "pruned": port_copies - per_event * kept,
-                "shaped": shaped}
+                "shaped": shaped, "line_copies": 0}
 
     def summary(self) -> dict[str, Any]:
         """What `pi2 compile --show` prints: objects, packets and time windows."""
         layers = []
         for layer in self.layers:
-            classes = sum(len(p.delay_tc.classes) for p in layer.ports)
+            classes = sum(len(p.delay_tc.classes) for p in layer.ports) + len(layer.line_tc.classes)
             layers.append({"layer": layer.index, "inputs": layer.n_inputs, "neurons": layer.n_neurons, "k": layer.k,
                            "ports": len(layer.ports), "classes": classes,
                            "pruned": 2 * layer.n_inputs * len(layer.ports) - sum(len(p.synapses) for p in layer.ports),
                            "filters": sum(len(p.delay_tc.filters) for p in layer.ports),
                            "gates": sum(f.kind == "bpf" for p in layer.ports for f in p.gate_tc.filters),
                            "loss": max(drop_probability(p.gate_tc) for p in layer.ports),
-                           "window_us": layer.window_us, "origin_us": layer.origin_us,
+                           "lines": len(layer.lines), "window_us": layer.window_us, "origin_us": layer.origin_us,
                            "offset_mk": layer.offset_mk})
         return {"profile": self.profile, "delay": self.delay_kind, "gate": self.gate_kind,
+                "delay_lines": self.delay_lines,
                 "tau_us": self.timing.tau_us, "period_us": self.timing.period_us,
                 "samples_per_s_bound": 1e6 / self.timing.period_us,
                 "namespaces": 2, "bridges": len(self.layers),
@@ -297,7 +401,7 @@ class FabricPlan:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"format": PLAN_FORMAT, "version": self.version, "profile": self.profile,
-               "delay_kind": self.delay_kind, "gate_kind": self.gate_kind,
+               "delay_kind": self.delay_kind, "gate_kind": self.gate_kind, "delay_lines": self.delay_lines,
                "constants": dict(self.constants), "network": dict(self.network),
                "timing": asdict(self.timing), "packets": asdict(self.packets), "layers": []}
         for layer in self.layers:
@@ -310,7 +414,10 @@ class FabricPlan:
             out["layers"].append({"index": layer.index, "n_inputs": layer.n_inputs, "n_neurons": layer.n_neurons,
                                   "k": layer.k, "switch": layer.switch, "inject_if": layer.inject_if,
                                   "window_us": layer.window_us, "offset_mk": layer.offset_mk,
-                                  "leads_us": list(layer.leads_us), "ports": ports})
+                                  "leads_us": list(layer.leads_us), "ports": ports,
+                                  "lines": [[ln.source, ln.sign, ln.line, ln.target_us, ln.delay_us, ln.classid,
+                                             list(ln.members)] for ln in layer.lines],
+                                  "line_tc": layer.line_tc.to_dict(), "fanout_tc": layer.fanout_tc.to_dict()})
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -393,11 +500,11 @@ def _tc_tree(raw: Any, where: str) -> TcTree:
     return TcTree.from_dict(tree)
 
 
-PLAN_KEYS = frozenset({"format", "version", "profile", "delay_kind", "gate_kind", "constants", "network", "timing",
-                       "packets", "layers"})
+PLAN_KEYS = frozenset({"format", "version", "profile", "delay_kind", "gate_kind", "delay_lines", "constants",
+                       "network", "timing", "packets", "layers"})
 NETWORK_KEYS = frozenset({"path", "sha256", "k", "bits", "input_shape"})
 LAYER_KEYS = frozenset({"index", "n_inputs", "n_neurons", "k", "switch", "inject_if", "window_us", "offset_mk",
-                        "leads_us", "ports"})
+                        "leads_us", "ports", "lines", "line_tc", "fanout_tc"})
 PORT_KEYS = frozenset({"neuron", "sign", "k", "switch_if", "host_if", "synapses", "delay_tc", "gate_tc"})
 
 
@@ -422,6 +529,15 @@ def _synapse(raw: Any, where: str) -> Synapse:
     classid = raw[4] if raw[4] is None else _str(raw[4], f"{where}[4]")
     return Synapse(_int(raw[0], f"{where}[0]"), _int(raw[1], f"{where}[1]"), _num(raw[2], f"{where}[2]"),
                    _num(raw[3], f"{where}[3]"), classid)
+
+
+def _line(raw: Any, where: str) -> DelayLine:
+    if not isinstance(raw, list) or len(raw) != 7:
+        raise PlanError(f"{where}: expected [source, sign, line, target_us, delay_us, classid, members]")
+    classid = raw[5] if raw[5] is None else _str(raw[5], f"{where}[5]")
+    members = tuple(_int(q, f"{where}[6]") for q in _list(raw[6], f"{where}[6]"))
+    return DelayLine(_int(raw[0], f"{where}[0]"), _int(raw[1], f"{where}[1]"), _int(raw[2], f"{where}[2]"),
+                     _num(raw[3], f"{where}[3]"), _num(raw[4], f"{where}[4]"), classid, members)
 
 
 def _dataclass(cls: type, raw: Any, where: str) -> Any:
@@ -470,14 +586,19 @@ def plan_from_dict(raw: Any, where: str = "plan") -> FabricPlan:
                                     _int(layer["n_neurons"], f"{lw}.n_neurons"), _int(layer["k"], f"{lw}.k"),
                                     _str(layer["switch"], f"{lw}.switch"), _str(layer["inject_if"], f"{lw}.inject_if"),
                                     _num(layer["window_us"], f"{lw}.window_us"),
-                                    _num(layer["offset_mk"], f"{lw}.offset_mk"), tuple(ports), leads))
+                                    _num(layer["offset_mk"], f"{lw}.offset_mk"), tuple(ports), leads,
+                                    tuple(_line(ln, f"{lw}.lines[{i}]") for i, ln in
+                                          enumerate(_list(layer["lines"], f"{lw}.lines"))),
+                                    _tc_tree(layer["line_tc"], f"{lw}.line_tc"),
+                                    _tc_tree(layer["fanout_tc"], f"{lw}.fanout_tc")))
         constants = _obj(top["constants"], frozenset({"t0", "c", "s"}), f"{where}: constants")
         network = _network(top["network"], f"{where}: network")
         plan = FabricPlan(_str(top["profile"], f"{where}: profile"), _str(top["delay_kind"], f"{where}: delay_kind"),
                           _str(top["gate_kind"], f"{where}: gate_kind"),
                           {k: _num(v, f"{where}: constants.{k}") for k, v in constants.items()}, network,
                           _dataclass(Timing, top["timing"], f"{where}: timing"),
-                          _dataclass(Packets, top["packets"], f"{where}: packets"), tuple(layers), top["version"])
+                          _dataclass(Packets, top["packets"], f"{where}: packets"), tuple(layers),
+                          _str(top["delay_lines"], f"{where}: delay_lines"), top["version"])
     except PlanError as exc:
         message = str(exc)
         raise PlanError(message if message.startswith(where) else f"{where}: {message}") from None

@@ -18,11 +18,13 @@ Accepted parameters per kind (anything else is an error, never silently dropped)
   flowid (handle: matching packets go to that class) or drop_one_in (int N in 1..65535: a gact action drops
   a matching packet with probability 1/N, drawn per packet by the kernel's PRNG (gact ``random netrand``),
   and lets the others continue to the next filter; `drop_probability` reads it back)
-- filter ``bpf``: program (a testbed program: "first_k_gate", "synapse_classifier" or "synapse_filter"),
+- filter ``bpf``: program (a testbed program: "first_k_gate", "synapse_classifier", "synapse_filter",
+  "line_splitter" or "line_fanout"),
   direct_action (1: the program returns a tc verdict; 0: it returns a classid), and program parameters:
   the gate's k and drop_one_in (N: it loses each spike with probability 1/N before counting it; it always
   drops primers) and window_us (the layer's deadline: the gate drops a spike received later than that after
-  the origin stamped in it); the synapse programs' layer and events
+  the origin stamped in it); the synapse programs' layer and events; the line programs' layer, events and
+  lines (the most lines any one event of the layer has; the lines themselves are the plan's DelayLines)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ CLASS_PARAMS: dict[str, frozenset[str]] = {
 }
 FILTER_PARAMS: dict[str, frozenset[str]] = {
     "u32": frozenset({"key", "mask", "offset_bytes", "flowid", "drop_one_in"}),
-    "bpf": frozenset({"program", "k", "window_us", "layer", "events", "direct_action", "drop_one_in"}),
+    "bpf": frozenset({"program", "k", "window_us", "layer", "events", "lines", "direct_action", "drop_one_in"}),
 }
 CLSACT_INGRESS = "ffff:fff2"
 CLSACT_EGRESS = "ffff:fff3"

@@ -13,8 +13,11 @@ Payload layout (network byte order), offsets from the start of the UDP payload::
     8  u16  seq      position of the event in its sample's injection schedule
    10  u8   kind     0: spike, 1: token-bucket primer (a filler whose size sets a shaper's delay),
                      2: neuron event (what a neuron port's gate passes instead of K spikes)
-   11  u8   (zero)   padding: keeps time_ns 8-byte aligned in the kernel's packet buffer (NET_IP_ALIGN
-                     2 + frame offset 54 = 56), as strict-alignment kernels (UML, some CPUs) require
+   11  u8   line     0 as injected; on a shared delay line (plans with delay_lines "shared"), the line
+                     splitter (testbed.kernel.lines) writes r ≥ 1 into the copy it sends down the event's
+                     r-th line, so the fan-out after the delay knows whose members the copy is for. The
+                     byte also keeps time_ns 8-byte aligned in the kernel's packet buffer (NET_IP_ALIGN 2
+                     + frame offset 54 = 56), as strict-alignment kernels (UML, some CPUs) require
    12  s64  time_ns  a spike: its sample's origin in the layer it enters (CLOCK_REALTIME ns of model
                      time 0), from which the port's neuron times its arrival and its deadline;
                      an event: the sum of its K spikes' arrival times after that origin, ns
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from testbed.errors import PlanError
 
 SPIKE_PORT = 5402
-PAYLOAD = struct.Struct("!BHBIHBxq")
+PAYLOAD = struct.Struct("!BHBIHBBq")
 PAYLOAD_BYTES = PAYLOAD.size  # 20
 KIND_SPIKE = 0
 KIND_PRIMER = 1
@@ -74,7 +77,8 @@ FRAME_SIGN_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BH")
 FRAME_SAMPLE_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHB")
 FRAME_SEQ_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBI")
 FRAME_KIND_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIH")
-FRAME_TIME_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIHBx")
+FRAME_LINE_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIHB")
+FRAME_TIME_OFFSET = FRAME_PAYLOAD_OFFSET + struct.calcsize("!BHBIHBB")
 
 
 def synapse_key(layer: int, source: int, sign: int) -> int:
@@ -95,15 +99,17 @@ class SpikeHeader:
     seq: int = 0
     kind: int = KIND_SPIKE
     time_ns: int = 0
+    line: int = 0  # 0 as injected; the shared delay line a copy travels (testbed.kernel.lines)
 
     def pack(self, size: int = PAYLOAD_BYTES) -> bytes:
         """Payload bytes, zero-padded to `size` (primers are padded to set a shaper's delay)."""
         head = PAYLOAD.pack(self.layer, self.source, self.sign, self.sample & 0xFFFFFFFF, self.seq, self.kind,
-                            self.time_ns)
+                            self.line, self.time_ns)
         return head + bytes(max(0, size - len(head)))
 
     @classmethod
     def unpack(cls, payload: bytes) -> "SpikeHeader":
         if len(payload) < PAYLOAD_BYTES:
             raise PlanError(f"spike payload of {len(payload)} B is shorter than the {PAYLOAD_BYTES} B header")
-        return cls(*PAYLOAD.unpack_from(payload))
+        layer, source, sign, sample, seq, kind, line, time_ns = PAYLOAD.unpack_from(payload)
+        return cls(layer, source, sign, sample, seq, kind, time_ns, line)

@@ -1,16 +1,29 @@
-"""Run a FabricPlan event by event: what the kernel fabric should do, computed in numpy.
+"""Evaluate a FabricPlan in closed form: what the kernel fabric should do, computed in numpy.
+
+What this is, and is not: every arrival is computed as a formula over the plan (injection time
++ the realised delay of the port's synapse or shared line + a fixed per-port flood offset), then
+sorted per port. It is not an event-by-event simulation: there is no queue, no CPU, no per-packet
+cost, no timer slack, no contention between packets in one qdisc or on one CPU. So it predicts
+the kernel exactly only when the kernel is idle enough to release every packet on time; the
+report's kernel − simulation errors measure how far a real kernel falls short. (`--tau auto`
+draws measured neuron errors onto it, `noise_us`, to predict decisions on a loaded machine; that
+is a statistical correction, not a model of the kernel's costs.)
 
 The simulator reads only the plan, the same description the kernel builder reads, with the
 realisations' semantics:
 
-- injection: event (i, sign) of a sample enters layer l's switch at its lead a before origin_l + t·τ
+- injection: event (i, sign) of a sample enters layer l's fabric at its lead a before origin_l + t·τ
   (origin_l: the layer's model time zero, which all times below count from);
-- broadcast: the bridge floods the port attached last first: of P ports attached in plan order,
-  port q's copy leaves (P − 1 − q)·flood_copy_us after the first (`LayerPlan.flood_offsets_us`);
-- delay: each port's class for (i, sign) holds the event its realised `delay_us` (the model's
-  delay plus the event's lead; primer arithmetic and rate granularity already folded in by the
-  compiler); unshaped events pass at once; an event the port has no synapse for (pruned by the
-  compiler) never arrives;
+- broadcast: per-synapse plans: the bridge floods the port attached last first: of P ports
+  attached in plan order, port q's copy leaves (P − 1 − q)·flood_copy_us after the first
+  (`LayerPlan.flood_offsets_us`); shared delay lines: the fan-out's copies all carry the stamp
+  of the line's delayed copy, so no offset;
+- delay: per-synapse plans: each port's class for (i, sign) holds the event its realised
+  `delay_us` (the model's delay plus the event's lead; primer arithmetic and rate granularity
+  already folded in by the compiler); shared delay lines: each line holds its event its realised
+  `delay_us` and every member port gets it then (`LayerPlan.port_delays_us` reads the lines);
+  unshaped events pass at once; an event the port has no synapse for (pruned by the compiler,
+  or a port in no line of the event) never arrives;
 - loss: where a port's gate tree has a random-drop filter (probability 1/N, testbed.plan.tc
   `drop_probability`), each arriving spike is dropped with that probability before the gate,
   independently (the kernel draws its own random numbers, so only the statistics agree);

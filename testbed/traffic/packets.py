@@ -55,7 +55,7 @@ class Spike(Packet):
         IntField("sample", 0),  # sample id, wraps at 2**32
         ShortField("seq", 0),  # position in the sample's injection schedule
         ByteEnumField("kind", KIND_SPIKE, {KIND_SPIKE: "spike", KIND_PRIMER: "primer", KIND_EVENT: "event"}),
-        ByteField("reserved", 0),  # keeps time_ns 8-byte aligned in the kernel (testbed.plan.wire)
+        ByteField("line", 0),  # a shared delay line's copy: its line (testbed.plan.wire); aligns time_ns
         SignedLongField("time_ns", 0),  # a spike: its layer origin (CLOCK_REALTIME ns); an event: Σ arrivals (ns)
     ]
 

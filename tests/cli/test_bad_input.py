@@ -204,7 +204,7 @@ def plan_cases(text: str) -> dict[str, bytes]:
         "plan: k a float": _plan_edit(text, lambda d: port(d).update(k=1.5)),
         "plan: sign 7": _plan_edit(text, lambda d: port(d).update(sign=7)),
         "plan: interface name with a slash": _plan_edit(text, lambda d: port(d).update(host_if="../x")),
-        "plan: tc parameter a string": _plan_edit(text, lambda d: port(d)["delay_tc"]["qdiscs"][0].update(
+        "plan: tc parameter a string": _plan_edit(text, lambda d: d["layers"][0]["line_tc"]["qdiscs"][0].update(
             params={"default_class": "zero"})),
         "plan: timing missing": _plan_edit(text, lambda d: d.pop("timing")),
         "plan: version 1": _plan_edit(text, lambda d: d.update(version=1)),

@@ -22,7 +22,8 @@ def tiny(bits=None, k=(1, 2)):
 
 def test_counts_of_ports_classes_filters_and_gates():
     net = tiny()
-    plan = compile_network(net, SHAPER, 1000.0, np.random.default_rng(0).random((20, 3)), prune_margin=None, lead=0.0)
+    plan = compile_network(net, SHAPER, 1000.0, np.random.default_rng(0).random((20, 3)), prune_margin=None, lead=0.0,
+                           delay_lines="per-synapse")
     assert [len(layer.ports) for layer in plan.layers] == [4, 4]
     for layer in plan.layers:
         for port in layer.ports:
@@ -54,7 +55,8 @@ def test_port_delays_mirror_the_model():
 
 
 def test_classes_are_numbered_as_the_classifier_computes_them():
-    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=None, lead=0.0)
+    plan = compile_network(tiny(), SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=None, lead=0.0,
+                           delay_lines="per-synapse")
     port = plan.layers[1].ports[3]
     assert port.delay_tc.filters[0].params["layer"] == 1
     shaped = {s.classid for s in port.synapses if s.classid is not None}
@@ -110,8 +112,8 @@ def test_pruning_leaves_out_synapses_that_never_reach_the_first_k():
     rng = np.random.default_rng(3)
     net = Pi2Network((DenseLayer(rng.normal(size=(10, 4)), 2), DenseLayer(rng.normal(size=(4, 3)), 1)), (10,))
     x = rng.random((50, 10))
-    full = compile_network(net, SHAPER, 1000.0, x, prune_margin=None, lead=0.0)
-    pruned = compile_network(net, SHAPER, 1000.0, x, prune_margin=0.0, lead=0.0)
+    full = compile_network(net, SHAPER, 1000.0, x, prune_margin=None, lead=0.0, delay_lines="per-synapse")
+    pruned = compile_network(net, SHAPER, 1000.0, x, prune_margin=0.0, lead=0.0, delay_lines="per-synapse")
     for layer_full, layer in zip(full.layers, pruned.layers):
         for port_full, port in zip(layer_full.ports, layer.ports):
             kept = {(s.source, s.sign) for s in port.synapses}

@@ -37,7 +37,7 @@ def test_not_json(tmp_path):
     (lambda d: d["layers"][0]["ports"].pop(), "ports for"),
     (lambda d: d["layers"][0]["leads_us"].pop(), "leads_us"),
     (lambda d: d["layers"][0].pop("leads_us"), "missing field 'leads_us'"),
-    (lambda d: d["layers"][0]["ports"][0]["delay_tc"]["classes"][0].update(params={"rate": 1}), "unknown parameter"),
+    (lambda d: d["layers"][0]["line_tc"]["classes"][0].update(params={"rate": 1}), "unknown parameter"),
     # issue 18: every field known, typed, in range and consistent
     (lambda d: d["layers"][0]["ports"][0]["delay_tc"].update(bogus=1), "unknown field 'bogus'"),
     (lambda d: d.update(comment="hi"), "unknown field 'comment'"),
@@ -53,7 +53,7 @@ def test_not_json(tmp_path):
     (lambda d: d["layers"][0]["ports"][0]["synapses"][0].__setitem__(4, "1:ff"), "does not define"),
     (lambda d: d["layers"][0]["ports"][0]["synapses"].append(d["layers"][0]["ports"][0]["synapses"][0]), "two synapses"),
     (lambda d: d["layers"][0]["ports"][0].update(neuron=7), "one z⁺ and one z⁻ port per neuron"),
-    (lambda d: d["layers"][0]["ports"][0]["delay_tc"]["classes"][0]["params"].update(rate_bps="fast"), "finite number"),
+    (lambda d: d["layers"][0]["line_tc"]["classes"][0]["params"].update(rate_bps="fast"), "finite number"),
     (lambda d: d["network"].update(k=[3]), "disagree"),
     (lambda d: d["constants"].update(q=1), "unknown field 'q'"),
     (lambda d: d["timing"].update(tau_us=None), "tau_us: expected a finite number"),

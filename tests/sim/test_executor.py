@@ -44,9 +44,9 @@ def test_flood_copy_order_shifts_earlier_ports():
     rng = np.random.default_rng(2)
     net = random_net(rng)
     x = rng.random((4, 12))
-    flat = compile_network(net, IDEAL, 1000.0, x, prune_margin=None, lead=0.0)
+    flat = compile_network(net, IDEAL, 1000.0, x, prune_margin=None, lead=0.0, delay_lines="per-synapse")
     slow = compile_network(net, Realisation("netem", "netem", min_delay_us=0.0, flood_copy_us=10.0), 1000.0, x,
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines="per-synapse")
     a = simulate(flat, x).layers[0].passed_us
     b = simulate(slow, x).layers[0].passed_us
     shift = np.nanmean(b - a, axis=(0, 2))
@@ -66,7 +66,7 @@ def test_pruned_synapses_change_nothing_on_the_calibration_data():
     # A pruned synapse never was among its port's K earliest on the calibration data (margin 0),
     # so leaving it out cannot change any T± there; on other data it may.
     x, full, pruned = plain_and_variant(4, 40, prune_margin=0.0)
-    assert pruned.packets_per_sample["pruned"] > 0
+    assert pruned.packets_per_sample["port_copies"] < full.packets_per_sample["port_copies"]
     for a, b in zip(simulate(full, x).layers, simulate(pruned, x).layers):
         np.testing.assert_array_equal(a.t_plus, b.t_plus)
         np.testing.assert_array_equal(a.t_minus, b.t_minus)
