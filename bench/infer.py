@@ -1,14 +1,18 @@
-"""Inference on the kernel fabric, side by side in one run (needs root): issue 4's figures.
+"""Inference on the kernel fabric, side by side in one run (needs root): issue 4's and 14's figures.
 
-For each backend (netns, mininet) the bundled network (or --net) classifies the whole test
-split through the `--profile` fabric; reported per run: kernel / plan-simulation / golden
+For each backend (netns, mininet) and each delay-line design (shared lines, a class per synapse)
+the bundled network (or --net) classifies the whole test split through the `--profile` fabric,
+designs alternating within a backend; reported per run: kernel / plan-simulation / golden
 accuracy, per-sample kernel-vs-simulation agreement, arrival and fabric delay errors per layer,
 samples/s, synaptic events/s, kernel CPU time per synaptic event (system + softirq ticks from
 /proc/stat over the run, divided by the spike copies that reached neuron ports), and the gate
-counters. Beside them, in the same run, the machine's raw veth rate: spike frames (62 B,
-wire.SPIKE_FRAME_BYTES) sent back to back through one veth pair, counted at the receiver.
+counters; `designs` lines the figures of the designs up per backend (samples/s, agreement, kernel
+CPU per sample and per synaptic event, shaped packets per sample). Beside them, in the same run,
+the machine's raw veth rate: spike frames (62 B, wire.SPIKE_FRAME_BYTES) sent back to back through
+one veth pair, counted at the receiver.
 
-    sudo python bench/infer.py [--net NET] [--limit N] [--tau 5ms] [--prune 0.5|off] [--lead 1] [--backends netns,mininet] [-o out.json]
+    sudo python bench/infer.py [--net NET] [--dataset D] [--limit N] [--tau 5ms] [--prune 0.5|off] [--lead 1]
+                               [--backends netns,mininet] [--designs shared,per-synapse] [-o out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from testbed.cli.params import DURATION_OR_AUTO, PRUNE_MARGIN, argparse_type
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.kernel import cleanup
 from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN
+from testbed.plan.fabric_plan import DELAY_LINE_KINDS
 from testbed.kernel.links import LinkBuilder
 from testbed.kernel.names import RunRegistry
 from testbed.plan.wire import SpikeHeader
@@ -68,9 +73,9 @@ def raw_veth_rate(frames: int = 200_000) -> dict[str, float]:
         cleanup.down(registry.run_id)
 
 
-def one_run(net: Path, backend: str, args: argparse.Namespace) -> dict:
-    options = InferOptions(limit=args.limit, backend=backend, profile=args.profile, tau_us=args.tau,
-                           prune_margin=args.prune, lead=args.lead)
+def one_run(net: Path, backend: str, design: str, args: argparse.Namespace) -> dict:
+    options = InferOptions(dataset=args.dataset, limit=args.limit, backend=backend, profile=args.profile,
+                           tau_us=args.tau, prune_margin=args.prune, lead=args.lead, delay_lines=design)
     before, began = cpu_ticks(), time.perf_counter()
     report, run, _ = infer(net, options)
     wall, after = time.perf_counter() - began, cpu_ticks()
@@ -82,13 +87,32 @@ def one_run(net: Path, backend: str, args: argparse.Namespace) -> dict:
     out.update(command_wall_s=wall, cpu_seconds={k: v / hz for k, v in ticks.items()},
                kernel_cpu_us_per_synaptic_event=kernel_s / events * 1e6 if events else float("nan"),
                kernel_cpu_us_per_shaped_packet=kernel_s / (report.packets_per_sample["shaped"] * report.samples) * 1e6,
-               kernel_cpu_ms_per_sample=kernel_s / report.samples * 1e3)
+               kernel_cpu_ms_per_sample=kernel_s / report.samples * 1e3,
+               load_after=os.getloadavg())
+    return out
+
+
+SIDE_BY_SIDE = ("samples_per_s", "kernel_sim_agreement", "kernel_accuracy", "sim_accuracy",
+                "kernel_cpu_ms_per_sample", "kernel_cpu_us_per_synaptic_event", "kernel_cpu_us_per_shaped_packet")
+
+
+def designs_side_by_side(runs: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Per backend, per design: the figures issue 14 compares, and the shaped packets per sample."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, run in runs.items():
+        backend, design = name.split("/")
+        out.setdefault(backend, {})[design] = {**{key: run[key] for key in SIDE_BY_SIDE},
+                                               "shaped_packets_per_sample": run["packets_per_sample"]["shaped"],
+                                               "port_copies_per_sample": run["packets_per_sample"]["port_copies"],
+                                               "error_us_median": [layer["error_us_median"] for layer in run["layers"]],
+                                               "error_us_p99": [layer["error_us_p99"] for layer in run["layers"]]}
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", type=Path, default=BUNDLED_NETWORK)
+    parser.add_argument("--dataset", default=None, help="test data set (default: the network's)")
     parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
     parser.add_argument("--profile", default="shaper")
     parser.add_argument("--tau", type=argparse_type(DURATION_OR_AUTO), default=None,
@@ -97,12 +121,15 @@ def main() -> None:
     parser.add_argument("--prune", type=argparse_type(PRUNE_MARGIN),
                         default=DEFAULT_PRUNE_MARGIN, help="prune margin (model units) or 'off'")
     parser.add_argument("--backends", default="netns,mininet")
+    parser.add_argument("--designs", default=",".join(DELAY_LINE_KINDS), help="delay-line designs, run in this order")
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args()
     result = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                           "load_before": os.getloadavg()},
               "raw_veth": raw_veth_rate(),
-              "runs": {backend: one_run(args.net, backend, args) for backend in args.backends.split(",")}}
+              "runs": {f"{backend}/{design}": one_run(args.net, backend, design, args)
+                       for backend in args.backends.split(",") for design in args.designs.split(",")}}
+    result["designs"] = designs_side_by_side(result["runs"])
     result["machine"]["load_after"] = os.getloadavg()
     text = json.dumps(result, indent=2, default=float)
     if args.out:

@@ -7,7 +7,7 @@ from testbed.errors import PlanError
 from testbed.model.encoding import delays
 from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network, primer_delay_us, realise_delay, synapse_classid
-from testbed.plan.fabric_plan import SIGN_MINUS, SIGN_PLUS, load_plan
+from testbed.plan.fabric_plan import SIGN_MINUS, SIGN_PLUS, load_plan, plan_from_dict
 
 SHAPER = Realisation("shaper", "htb-primer", primer_bytes=1514, burst_bytes=1, min_delay_us=20.0)
 NETEM = Realisation("netem", "netem", min_delay_us=0.0)
@@ -239,3 +239,84 @@ def test_the_period_lets_every_class_recover_before_the_next_sample_reuses_it(le
         next_in = result.inject_us.min(axis=0) + plan.timing.period_us
         assert (free.max(axis=0) <= next_in[None]).all()
         assert plan.timing.period_us >= layer.origin_us + layer.window_us + plan.timing.relay_us
+
+
+# Shared delay lines. Weights repeat across the two neurons, so each event meets two delays over
+# the four ports: t⁺ of input 0 reaches both z⁺ ports through c + 0.5 and both z⁻ ports through
+# c − 0.5; input 1's weights are opposite, so its lines cross the neurons (z⁺ of 0 with z⁻ of 1).
+SHARED_W = np.array([[0.5, 0.5], [1.5, -1.5], [2.5, 2.5]])
+
+
+def shared_plan(delay_lines="shared", **options):
+    net = Pi2Network((DenseLayer(SHARED_W, 2),), (3,))
+    return compile_network(net, SHAPER, 1000.0, np.zeros((1, 3)), prune_margin=None, lead=0.0,
+                           delay_lines=delay_lines, **options)
+
+
+def test_shared_lines_of_a_hand_made_layer():
+    plan = shared_plan()
+    layer = plan.layers[0]
+    assert plan.delay_lines == "shared"
+    # Ports in plan order: 0 = z⁺ of neuron 0, 1 = z⁻ of 0, 2 = z⁺ of 1, 3 = z⁻ of 1.
+    lines = {(ln.source, ln.sign, ln.line): (ln.target_us, ln.members) for ln in layer.lines}
+    assert lines == {
+        (0, SIGN_PLUS, 1): (2500.0, (1, 3)), (0, SIGN_PLUS, 2): (3500.0, (0, 2)),
+        (1, SIGN_PLUS, 1): (1500.0, (1, 2)), (1, SIGN_PLUS, 2): (4500.0, (0, 3)),
+        (2, SIGN_PLUS, 1): (500.0, (1, 3)), (2, SIGN_PLUS, 2): (5500.0, (0, 2)),
+        (0, SIGN_MINUS, 1): (2500.0, (0, 2)), (0, SIGN_MINUS, 2): (3500.0, (1, 3)),
+        (1, SIGN_MINUS, 1): (1500.0, (0, 3)), (1, SIGN_MINUS, 2): (4500.0, (1, 2)),
+        (2, SIGN_MINUS, 1): (500.0, (0, 2)), (2, SIGN_MINUS, 2): (5500.0, (1, 3)),
+    }
+    # One class per line on the injector link, none on the ports; the splitter and the fan-out.
+    assert [ln.classid for ln in layer.lines] == [c.classid for c in layer.line_tc.classes] == [
+        f"1:{g:x}" for g in range(1, 13)]
+    assert all(not p.delay_tc.classes and not p.delay_tc.filters for p in layer.ports)
+    programs = [(f.params["program"], f.params["lines"], f.params["events"]) for f in
+                layer.line_tc.filters + layer.fanout_tc.filters]
+    assert programs == [("line_splitter", 2, 6), ("line_fanout", 2, 6)]
+    # Each port keeps its six synapses, delayed as its lines are.
+    delays = layer.port_delays_us()
+    for q, port in enumerate(layer.ports):
+        assert {(s.source, s.sign): s.delay_us for s in port.synapses} == {
+            (ln.source, ln.sign): ln.delay_us for ln in layer.lines if q in ln.members}
+        for s in port.synapses:
+            assert delays[q, s.source, s.sign] == s.delay_us
+    # Shaped copies per sample: 12 lines × (primer + spike), against 6 events × 4 ports × 2.
+    shared, per_synapse = plan.packets_per_sample, shared_plan("per-synapse").packets_per_sample
+    assert (shared["shaped"], shared["port_copies"], shared["line_copies"]) == (24, 24, 24)
+    assert (per_synapse["shaped"], per_synapse["port_copies"]) == (48, 48)
+    assert plan.summary()["layers"][0]["lines"] == 12
+
+
+def test_shared_lines_survive_the_json_round_trip_and_disagreeing_members_are_refused(tmp_path):
+    plan = shared_plan()
+    assert load_plan(plan.save(tmp_path / "plan.json")) == plan
+    raw = plan.to_dict()
+    raw["layers"][0]["lines"][0][6] = [1]  # line 1 of t⁺0 would no longer feed z⁻ of neuron 1
+    with pytest.raises(PlanError, match="l0n1m's synapses are not the lines it is a member of"):
+        plan_from_dict(raw)
+    raw["layers"][0]["lines"][0][6] = [0, 1, 3]  # ... or would feed z⁺ of neuron 0 twice
+    with pytest.raises(PlanError, match="l0n0p is a member of two lines"):
+        plan_from_dict(raw)
+    raw = plan.to_dict()
+    raw["delay_lines"] = "per-synapse"
+    with pytest.raises(PlanError, match="per-synapse plans none"):
+        plan_from_dict(raw)
+
+
+def test_pruned_synapses_are_in_no_line():
+    x = np.zeros((1, 3))
+    net = Pi2Network((DenseLayer(SHARED_W, 1),), (3,))
+    plan = compile_network(net, SHAPER, 1000.0, x, prune_margin=0.0, lead=0.0)
+    layer = plan.layers[0]
+    members = sorted(q for ln in layer.lines for q in ln.members)
+    assert members == sorted(q for q, p in enumerate(layer.ports) for _ in p.synapses)
+    assert len(members) < 6 * len(layer.ports)
+
+
+def test_more_distinct_delays_than_an_event_can_number_are_refused():
+    # 200 neurons: the event meets c + w on the z⁺ ports and c − w on the z⁻ ports, 400 distinct delays.
+    net = Pi2Network((DenseLayer(np.linspace(-2.9, 2.8, 200)[None, :], 1),), (1,))
+    with pytest.raises(PlanError, match="--delay-lines per-synapse"):
+        compile_network(net, SHAPER, 1000.0, np.zeros((1, 1)), prune_margin=None, lead=0.0)
+    compile_network(net, SHAPER, 1000.0, np.zeros((1, 1)), prune_margin=None, lead=0.0, delay_lines="per-synapse")

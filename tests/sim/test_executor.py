@@ -117,3 +117,23 @@ def test_measured_noise_moves_every_neurons_y_by_a_drawn_error_and_keeps_the_los
     assert not np.allclose(spread.scores, plain.scores)
     with pytest.raises(Exception, match="noise_us has 1 layers"):
         simulate(plan, x, noise_us=[np.array([0.0])])
+
+
+def test_shared_lines_deliver_what_a_class_per_synapse_delivers():
+    # With no flood cost both designs realise the same delays, so every neuron event is the same;
+    # the shared plan's arrivals come from its lines (LayerPlan.port_delays_us), not its ports.
+    rng = np.random.default_rng(5)
+    net = random_net(rng, (3, 2), bits=3)
+    x = rng.random((30, 12)) * 2
+    shared = compile_network(net, IDEAL, 1000.0, x, prune_margin=0.0, lead=0.5)
+    per_synapse = compile_network(net, IDEAL, 1000.0, x, prune_margin=0.0, lead=0.5, delay_lines="per-synapse")
+    assert shared.delay_lines == "shared" and shared.layers[0].lines
+    for a, b in zip(simulate(shared, x).layers, simulate(per_synapse, x).layers):
+        np.testing.assert_array_equal(a.passed_us, b.passed_us)
+        np.testing.assert_array_equal(a.y, b.y)
+    # Pruned synapses are in no line: those ports never get the event.
+    layer = shared.layers[0]
+    fed = np.zeros((len(layer.ports), layer.n_inputs, 2), dtype=bool)
+    for line in layer.lines:
+        fed[list(line.members), line.source, line.sign] = True
+    assert (~fed).any() and np.array_equal(np.isfinite(layer.port_delays_us()), fed)
