@@ -88,8 +88,10 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
 def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, as_json: bool) -> None:
     """Run PLAN in the software simulator: accuracy and agreement with the golden model.
 
-    The simulator applies the plan's realised delays, flood order, first-K gates and deadlines;
-    the golden model is the network itself (pi2 eval). Their gap is the cost of the realisation.
+    The simulator applies the plan's realised delays (its synapses' classes or its shared delay
+    lines), flood order, first-K gates and deadlines in closed form: no queueing and no CPU cost,
+    so it is what an idle kernel would compute. The golden model is the network itself (pi2 eval);
+    their gap is the cost of the realisation.
     """
     plan = load_plan(plan_path)
     net = network_of(plan, plan_path).with_bits(plan.network["bits"])
