@@ -27,7 +27,7 @@ from testbed.fabric.handle import LivePort, Progress
 from testbed.kernel import netns
 from testbed.kernel.classifier import SynapseFilter, load_synapse_classifier
 from testbed.kernel.gate import GateProgram, load_first_k_gate
-from testbed.kernel.lines import LineProgram, load_line_fanout, load_line_splitter
+from testbed.kernel.lines import LineFanout, LineProgram, load_line_fanout, load_line_splitter
 from testbed.kernel.names import SUFFIX_MAX, object_name
 from testbed.kernel.netlink import NetlinkBatch
 from testbed.kernel.tc import parse_handle, queue_tree
@@ -91,12 +91,13 @@ class ClassifierCache:
         self.filters.clear()
 
 
-def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int],
-                loaded: list[LineProgram]) -> Callable[[FilterSpec], int]:
+def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int], loaded: list[LineProgram | LineFanout],
+                gates: Sequence[GateProgram] = ()) -> Callable[[FilterSpec], int]:
     """The `bpf_loader` for a layer's line tree and fan-out tree: loads the splitter (event →
     its lines' classids) or the fan-out ((event, line) → its members' ifindexes, `member_ifindex`
-    per port in plan order) from the plan's delay lines, named ``p2<run>s<l>`` / ``p2<run>o<l>``,
-    and appends it to `loaded` (the caller closes it once the filters are attached)."""
+    per port in plan order, and the state of their neurons, `gates` in plan order) from the plan's
+    delay lines, named ``p2<run>s<l>`` / ``p2<run>o<l>``, and appends it to `loaded` (the caller
+    closes it once the filters are attached)."""
 
     def load(spec: FilterSpec) -> int:
         program, params = spec.params.get("program"), spec.params
@@ -113,9 +114,13 @@ def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int],
             loaded.append(load_line_splitter(layer.index, events, width, classids,
                                              object_name(run_id, f"s{layer.index}")))
         else:
-            members = {(2 * line.source + line.sign) * width + line.line - 1: [member_ifindex[q] for q in line.members]
-                       for line in layer.lines}
-            loaded.append(load_line_fanout(layer.index, events, width, members, object_name(run_id, f"o{layer.index}")))
+            if len(gates) != len(layer.ports):
+                raise KernelError(f"layer {layer.index}: the fan-out needs its {len(layer.ports)} ports' neurons loaded "
+                                  f"first, got {len(gates)}")
+            members = {(2 * line.source + line.sign) * width + line.line - 1:
+                       [(member_ifindex[q], q) for q in line.members] for line in layer.lines}
+            loaded.append(load_line_fanout(layer.index, events, width, members, [g.state_fd for g in gates],
+                                           layer.k, gates[0].slots, object_name(run_id, f"o{layer.index}")))
         return loaded[-1].fd
 
     return load
@@ -207,7 +212,7 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
     if progress is not None:
         progress("tc", 0, 2)
     classifiers = ClassifierCache(run_id)
-    line_programs: list[LineProgram] = []
+    line_programs: list[LineProgram | LineFanout] = []
     try:
         with NetlinkBatch(switch_ns) as nl:
             for layer, names in zip(plan.layers, links):
@@ -228,12 +233,14 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
         with NetlinkBatch(host_ns) as nl:
             for layer, names in zip(plan.layers, links):
                 nl.link_up(host_index[names.inject_host], f"link {_where(names.inject_host, host_ns)} up")
-                members = [host_index[name] for name in names.port_host]
-                queue_tree(nl, host_index[names.inject_host], layer.fanout_tc, _where(names.inject_host, host_ns),
-                           line_loader(run_id, layer, members, line_programs))
+                first = len(gates)
                 for port, name in zip(layer.ports, names.port_host):
                     nl.link_up(host_index[name], f"link {_where(name, host_ns)} up")
                     queue_tree(nl, host_index[name], port.gate_tc, _where(name, host_ns), gate_loader(run_id, port, gates))
+                # The fan-out reads the layer's neurons (just loaded, in plan order): after them.
+                members = [host_index[name] for name in names.port_host]
+                queue_tree(nl, host_index[names.inject_host], layer.fanout_tc, _where(names.inject_host, host_ns),
+                           line_loader(run_id, layer, members, line_programs, gates[first:]))
             nl.commit()
     finally:
         for program in line_programs:

@@ -70,6 +70,7 @@ TC_ACT_SHOT = 2
 PROG_TYPE_SCHED_CLS = 3
 MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_ARRAY_OF_MAPS = 12  # values are other maps (given by fd, read in a program as a map pointer)
 
 # bpf(2) commands.
 CMD_MAP_CREATE = 0
@@ -293,14 +294,16 @@ def possible_cpus() -> int:
 class BpfMap:
     """An array map owned through its fd: u32 keys 0..max_entries-1, fixed-size values."""
 
-    def __init__(self, map_type: int, value_bytes: int, max_entries: int, name: str) -> None:
+    def __init__(self, map_type: int, value_bytes: int, max_entries: int, name: str, inner_map_fd: int = 0) -> None:
         self.map_type = map_type
         self.value_bytes = value_bytes
         self.max_entries = max_entries
         self.name = name
         # union bpf_attr, anonymous struct for BPF_MAP_CREATE: map_type, key_size, value_size,
         # max_entries, map_flags, inner_map_fd, numa_node (u32 each), then map_name[16] at 28.
-        attr = _attr((0, "I", map_type), (4, "I", 4), (8, "I", value_bytes), (12, "I", max_entries))
+        # A map of maps takes the fd of a map its members must look like (`inner_map_fd`).
+        attr = _attr((0, "I", map_type), (4, "I", 4), (8, "I", value_bytes), (12, "I", max_entries),
+                     (20, "I", inner_map_fd))
         ctypes.memmove(ctypes.addressof(attr) + 28, check_name(name), len(name))
         self.fd: int | None = _bpf(CMD_MAP_CREATE, attr, f"creating map {name!r}")
 

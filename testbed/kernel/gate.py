@@ -280,6 +280,13 @@ class GateProgram:
             raise KernelError(f"first-K gate {self.name!r} is closed")
         return self._fd
 
+    @property
+    def state_fd(self) -> int:
+        """The state ring's map fd: a shared line's fan-out reads it (testbed.kernel.lines)."""
+        if self._state is None or self._state.fd is None:
+            raise KernelError(f"first-K gate {self.name!r} is closed")
+        return self._state.fd
+
     def counters(self) -> GateCounters:
         """Totals over all CPUs, read from the counter map."""
         if self._counters is None:

@@ -8,6 +8,7 @@ import pytest
 
 from testbed.errors import KernelError
 from testbed.kernel import bpf
+from testbed.kernel.gate import load_first_k_gate
 from testbed.kernel.lines import build_line_fanout, build_line_splitter, load_line_fanout, load_line_splitter
 from testbed.plan import wire
 from testbed.plan.wire import KIND_EVENT, KIND_PRIMER, KIND_SPIKE, SpikeHeader
@@ -19,7 +20,7 @@ EVENTS, LINES = 8, 3  # a layer of 4 inputs; at most 3 lines per event
 
 def frame(layer: int = 0, source: int = 1, sign: int = 0, kind: int = KIND_SPIKE, line: int = 0,
           size: int = wire.SPIKE_FRAME_BYTES) -> bytes:
-    header = SpikeHeader(layer, source, sign, 9, 0, kind, 1, line)
+    header = SpikeHeader(layer, source, sign, 9, 0, kind, 1, line)  # sample 9
     return spike_frame("02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff", "198.18.0.1", "198.18.0.255", header, size)
 
 
@@ -54,15 +55,36 @@ def test_splitter_verdicts(data, expected):
     (frame(line=2), DROP),  # a line with no members: the copy ends here
 ])
 def test_fanout_verdicts(data, expected):
-    fanout = load_line_fanout(0, EVENTS, LINES, {2 * LINES + 0: [1]}, "p2tfan")
-    try:
-        assert verdict(fanout.fd, data) == expected
-    finally:
-        fanout.close()
+    with load_first_k_gate(2, slots=4, name="p2tfang") as gate:
+        fanout = load_line_fanout(0, EVENTS, LINES, {2 * LINES + 0: [(1, 0)]}, [gate.state_fd], 2, 4, "p2tfan")
+        try:
+            assert verdict(fanout.fd, data) == expected
+            assert fanout.counters() == {"copies_made": 0, "copies_skipped_after_k": 0}
+        finally:
+            fanout.close()
+
+
+@pytest.mark.root
+def test_fanout_makes_no_copy_for_a_member_whose_neuron_has_k_already():
+    # Member 0's neuron (K = 1) counts one spike of sample 9; the line's copy for it is then skipped,
+    # while member 1, whose neuron counted nothing, gets its copy (to ifindex 0: the clone fails,
+    # which the counters cannot tell from a delivered one; the live fabric test sees deliveries).
+    with load_first_k_gate(1, slots=4, name="p2tfang0") as full, load_first_k_gate(1, slots=4, name="p2tfang1") as empty:
+        origin = 1_700_000_000_000_000_000
+        spike = spike_frame("02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff", "198.18.0.1", "198.18.0.255",
+                            SpikeHeader(0, 1, 0, 9, 0, KIND_SPIKE, origin))
+        assert bpf.prog_test_run(full.fd, spike, tstamp_ns=origin + 1000).retval == PASS  # its K-th: the event
+        fanout = load_line_fanout(0, EVENTS, LINES, {2 * LINES + 0: [(0, 0), (0, 1)]}, [full.state_fd, empty.state_fd],
+                                  1, 4, "p2tfan")
+        try:
+            assert verdict(fanout.fd, frame(line=1)) == DROP
+            assert fanout.counters() == {"copies_made": 1, "copies_skipped_after_k": 1}
+        finally:
+            fanout.close()
 
 
 def test_bad_widths_are_refused_before_the_kernel_sees_them():
     with pytest.raises(KernelError, match="lines per event"):
         build_line_splitter(0, EVENTS, 0, map_fd=3)
     with pytest.raises(KernelError, match="members"):
-        build_line_fanout(0, EVENTS, LINES, 513, map_fd=3)
+        build_line_fanout(0, EVENTS, LINES, 513, map_fd=3, states_fd=4, k=1, slots=16, counter_fd=5)
