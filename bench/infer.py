@@ -74,18 +74,24 @@ def raw_veth_rate(frames: int = 200_000) -> dict[str, float]:
         cleanup.down(registry.run_id)
 
 
+def backlog_drops() -> int:
+    """Frames the kernel dropped because a CPU's receive backlog was full (net.core.netdev_max_backlog),
+    summed over CPUs since boot: /proc/net/softnet_stat, second column (hex). Machine-wide."""
+    return sum(int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines())
+
+
 def one_run(net: Path, backend: str, design: str, args: argparse.Namespace) -> dict:
     options = InferOptions(dataset=args.dataset, limit=args.limit, backend=backend, profile=args.profile,
                            tau_us=args.tau, prune_margin=args.prune, lead=args.lead, delay_lines=design)
     # CPU time between the first and the last sample's completion: the fabric streaming, without
     # compiling, building and tearing down (which a short run would otherwise charge to its samples).
-    marks: list[tuple[int, dict[str, int]]] = []
+    marks: list[tuple[int, dict[str, int], int]] = []
     done = [0]
 
     def progress(n: int) -> None:
         done[0] += n
         if not marks or done[0] == report_samples:
-            marks.append((done[0], cpu_ticks()))
+            marks.append((done[0], cpu_ticks(), backlog_drops()))
 
     report_samples = args.limit
     began = time.perf_counter()
@@ -97,7 +103,7 @@ def one_run(net: Path, backend: str, design: str, args: argparse.Namespace) -> d
         started = None
     report, run, _ = infer(net, options, progress, started)
     wall = time.perf_counter() - began
-    (first, before), (last, after) = marks[0], marks[-1]
+    (first, before, drops_before), (last, after, drops_after) = marks[0], marks[-1]
     streamed = last - first
     ticks = {k: after[k] - before[k] for k in before}
     hz = os.sysconf("SC_CLK_TCK")
@@ -105,7 +111,7 @@ def one_run(net: Path, backend: str, design: str, args: argparse.Namespace) -> d
     kernel_s = (ticks["system"] + ticks["softirq"] + ticks["irq"]) / hz
     out = report.to_dict()
     out.update(command_wall_s=wall, cpu_seconds_streaming={k: v / hz for k, v in ticks.items()},
-               samples_streamed_for_cpu=streamed,
+               samples_streamed_for_cpu=streamed, backlog_drops_streaming=drops_after - drops_before,
                kernel_cpu_us_per_synaptic_event=kernel_s / events * 1e6 if events else float("nan"),
                kernel_cpu_us_per_shaped_packet=kernel_s / (report.packets_per_sample["shaped"] * streamed) * 1e6,
                kernel_cpu_ms_per_sample=kernel_s / streamed * 1e3,
@@ -114,7 +120,8 @@ def one_run(net: Path, backend: str, design: str, args: argparse.Namespace) -> d
 
 
 SIDE_BY_SIDE = ("samples_per_s", "kernel_sim_agreement", "kernel_accuracy", "sim_accuracy",
-                "kernel_cpu_ms_per_sample", "kernel_cpu_us_per_synaptic_event", "kernel_cpu_us_per_shaped_packet")
+                "kernel_cpu_ms_per_sample", "kernel_cpu_us_per_synaptic_event", "kernel_cpu_us_per_shaped_packet",
+                "backlog_drops_streaming")
 
 
 def designs_side_by_side(runs: dict[str, dict]) -> dict[str, dict[str, dict]]:

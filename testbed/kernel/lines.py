@@ -8,25 +8,24 @@ action, clsact ingress) do the copying around the line's htb class; neither dela
 - the **splitter**, on the fabric end of a layer's injector link: for a spike (or primer) of
   event e = 2·source + sign it reads e's lines from an array map (count, then one htb classid per
   line, 0 for an unshaped line) and, for line r = 1..count, writes r into the frame's line byte
-  (`wire.FRAME_LINE_OFFSET`), sets skb->priority to the line's classid and clones the frame to
+  (`wire.FRAME_LINE_OFFSET`; primers need none), sets skb->priority to the line's classid and clones the frame to
   the *egress* of the same device (bpf_clone_redirect). htb takes a packet whose priority names
   one of its leaf classes straight into that class (net/sched/sch_htb.c, htb_classify, before any
   filter), so the copy waits in line r's class: the kernel holds it for the line's delay. A
   primer is cloned only to shaped lines (an unshaped line needs none). The original is dropped.
 - the **fan-out**, on the injector end's ingress (the host namespace, where the neuron ports'
   host ends are), receives each line's copy as its class releases it. For a spike on line r of
-  event e it reads the members' ifindexes from an array map (key e·lines + r − 1: count, then
-  one ifindex per member) and clones the frame into each member's *ingress*
+  event e it reads the line's members from an array map (key e·lines + r − 1: count, then each
+  member's ifindex, then its port index) and clones the frame into each member's *ingress*
   (bpf_clone_redirect with BPF_F_INGRESS), where the port's neuron (testbed.kernel.gate) counts
-  it; primers and the original are dropped. A member whose neuron already counted K spikes of the
-  sample would only drop the copy (its after-K verdict), so the fan-out reads the member's state
-  entry first (a map of the members' state maps) and makes no copy for it (`copies_skipped_after_k`;
-  measured on MNIST 784-50-10, K = 140 of 1568 arrivals: about half the copies). A clone costs a
-  backlog slot and a receive pass each; a burst of them overflows the CPU's backlog
-  (net.core.netdev_max_backlog) and loses copies, which the skip makes rarer. Within one namespace the redirect keeps the skb's RX
+  it; primers and the original are dropped. Within one namespace the redirect keeps the skb's RX
   stamp (____dev_forward_skb scrubs the stamp only across namespaces), so every member's copy
   carries the instant the line's delayed copy reached the injector end: its arrival time is the
-  kernel's, set by a qdisc holding the packet.
+  kernel's, set by a qdisc holding the packet. A member whose neuron already counted K spikes of
+  the sample would only drop the copy (the gate's after-K verdict), so the fan-out first reads the
+  member's state entry (through a map of the members' state maps) and makes no copy for it
+  (`copies_skipped_after_k`). That matters beyond the copy's own cost: clones queue on the CPU's
+  backlog (net.core.netdev_max_backlog frames), and a burst of them overflows it and loses copies.
 
 Loops are unrolled (one block per line, one per member), so the verifier sees straight code;
 the programs are as long as the layer's widest event (≤ 255 lines) or line (≤ 512 members).
@@ -76,15 +75,18 @@ def build_line_splitter(layer: int, events: int, lines: int, map_fd: int) -> byt
     )
     for r in range(lines):
         a.emit(bpf.ldx(W, R1, R8, 0), bpf.jmp(JLE, R1, r, "drop"), bpf.ldx(W, R3, R8, 4 + 4 * r))
-        a.emit(bpf.jmp(JEQ, R9, 0, f"send{r}"), bpf.jmp(JEQ, R3, 0, f"next{r}"))  # no primer on an unshaped line
-        a.label(f"send{r}")
+        # A primer goes down shaped lines only, and needs no line byte (the fan-out drops it unread).
+        a.emit(bpf.jmp(JEQ, R9, 0, f"mark{r}"), bpf.jmp(JEQ, R3, 0, f"next{r}"),
+               bpf.stx(W, R6, R3, SKB_PRIORITY), bpf.ja(f"send{r}"))
+        a.label(f"mark{r}")
         a.emit(
             bpf.stx(W, R6, R3, SKB_PRIORITY),
             bpf.st(B, FP, -8, r + 1), bpf.mov64(R1, R6), bpf.mov64(R2, wire.FRAME_LINE_OFFSET),
             bpf.mov64(R3, FP), bpf.alu64(ADD, R3, -8), bpf.mov64(R4, 1), bpf.mov64(R5, 0),
             bpf.call(HELPER_SKB_STORE_BYTES), bpf.jmp(JNE, R0, 0, "drop"),
-            bpf.mov64(R1, R6), bpf.ldx(W, R2, R6, bpf.SKB_IFINDEX), bpf.mov64(R3, 0), bpf.call(HELPER_CLONE_REDIRECT),
         )
+        a.label(f"send{r}")
+        a.emit(bpf.mov64(R1, R6), bpf.ldx(W, R2, R6, bpf.SKB_IFINDEX), bpf.mov64(R3, 0), bpf.call(HELPER_CLONE_REDIRECT))
         a.label(f"next{r}")
     a.emit(bpf.ja("drop"))
     a.label("other")
