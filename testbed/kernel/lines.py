@@ -27,8 +27,8 @@ action, clsact ingress) do the copying around the line's htb class; neither dela
   (`copies_skipped_after_k`). That matters beyond the copy's own cost: clones queue on the CPU's
   backlog (net.core.netdev_max_backlog frames), and a burst of them overflows it and loses copies.
   Measured on MNIST 784-50-10 (K = 140 of 1568 arrivals, τ 25 ms, 1000 test images,
-  bench/results/infer_mnist.json): copies reaching the neurons 47.9k → 16.2k per sample, spikes
-  lost before their neuron counted them 60,907 → 24 in all, kernel CPU 223 → 159 ms per sample.
+  bench/results/infer_mnist.json, the gates' counters): copies reaching the neurons 47.9k → 16.2k
+  per sample, spikes that never reached their neuron in time 60,907 → 24 over the 1000 samples.
 
 Loops are unrolled (one block per line, one per member), so the verifier sees straight code;
 the programs are as long as the layer's widest event (≤ 255 lines) or line (≤ 512 members).
