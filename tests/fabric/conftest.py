@@ -1,4 +1,8 @@
-"""A tiny compiled plan and helpers that push real primer + spike frames through a built fabric."""
+"""A tiny compiled plan and helpers that push real primer + spike frames through a built fabric.
+
+The tiny plans keep a delay class per synapse (`delay_lines="per-synapse"`): the tests that use them
+check that data path's objects (bridge, per-port classes, synapse filters); tests/fabric/
+test_shared_lines.py checks shared delay lines, and the tests that compile their own plans run both."""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ SRC_MAC, BROADCAST = "02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"
 def tiny_plan() -> FabricPlan:
     net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
     return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines="per-synapse")
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +55,7 @@ def pruned_tiny_plan() -> FabricPlan:
     earliest synapse, the synapse filter drops the other five events."""
     net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
     return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
-                           prune_margin=0.0, lead=0.0)
+                           prune_margin=0.0, lead=0.0, delay_lines="per-synapse")
 
 
 def event_frames(plan: FabricPlan, sample: int, events: list[tuple[int, int]], seq0: int = 0,
