@@ -9,7 +9,6 @@ no neuron fires, and each port's neuron state says how many copies it counted an
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -41,7 +40,7 @@ def test_a_shared_line_feeds_exactly_its_member_neurons(plan, spikes):
     assert any(len(ln.members) == 2 for ln in layer.lines)  # lines are shared...
     assert len(member_of) < len(EVENTS) * len(layer.ports)  # ...and some ports are in no line of an event
     origin = time.clock_gettime_ns(time.CLOCK_REALTIME) + 3600 * 10**9  # every copy early: none is late
-    with build_fabric(plan, fabric_cpus=[max(os.sched_getaffinity(0))]) as fab:
+    with build_fabric(plan) as fab:
         run = fab.run_id
         fabric_ns = f"p2{run}f"
         with netns.iproute(fabric_ns) as ipr:
