@@ -46,7 +46,7 @@ def wide_tiny_plan() -> FabricPlan:
     slack, more than a shared machine's scheduling delays (1 ms was not, under load)."""
     net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
     return compile_network(net, Realisation.from_profile(load_profile("shaper")), 4 * TAU_US, np.zeros((1, 3)),
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines="per-synapse")
 
 
 @pytest.fixture(scope="session")
