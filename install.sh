@@ -20,15 +20,18 @@ fi
 
 # What the commands run: iproute2 (ip, tc), tcpdump, Mininet (mn, mnexec) with bridge-utils (its
 # LinuxBridge switch runs brctl, and --no-install-recommends leaves it out), user-mode Linux (a guest
-# kernel with netem) with kmod (the guest's init runs modprobe), and Fashion-MNIST. --dev adds what
+# kernel with netem) with kmod (the guest's init runs modprobe), Fashion-MNIST, and for --cluster
+# the ssh client, sudo (Mininet's cluster edition runs every remote command through them) and ping
+# (the inter-host latency measured at build time). --dev adds what
 # only the tests run: Vagrant with a provider (`vagrant validate` needs one), busybox (ping in the
-# guest tests), and what vagrant/provision.sh installs, since its test provisions offline in a guest
+# guest tests), openssh-server (the emulated cluster hosts' sshd, testbed.cluster.emulated), and what vagrant/provision.sh installs, since its test provisions offline in a guest
 # over this machine's root, and debootstrap (.ci/fresh-root, the README's commands in a fresh Debian root).
 # tests/test_install.py finds every program the code and tests run and
 # fails when its package is not installed here.
 # Skip apt entirely when everything is already there.
-APT_PACKAGES=(iproute2 tcpdump mininet bridge-utils user-mode-linux kmod dataset-fashion-mnist python3-venv python3-pip)
-[ "$DEV" = 1 ] && APT_PACKAGES+=(vagrant vagrant-libvirt busybox iputils-ping ethtool openvswitch-switch debootstrap)
+APT_PACKAGES=(iproute2 tcpdump mininet bridge-utils user-mode-linux kmod dataset-fashion-mnist python3-venv python3-pip
+              openssh-client sudo iputils-ping)
+[ "$DEV" = 1 ] && APT_PACKAGES+=(vagrant vagrant-libvirt busybox iputils-ping ethtool openvswitch-switch debootstrap openssh-server)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import shutil
 import signal
 import socket
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from typing import Any
 
 from testbed.errors import KernelError, NeedsRootError
 from testbed.kernel import netns
-from testbed.kernel.names import REGISTRY_DIR, RUN_ID_LEN, RunRegistry, is_locked, is_ours, process_start_ticks
+from testbed.kernel.names import REGISTRY_DIR, RUN_DIR_SUFFIX, RUN_ID_LEN, RunRegistry, is_locked, is_ours, process_start_ticks
 from testbed.kernel.netlink import NetlinkBatch
 
 GONE = frozenset({errno.ENODEV, errno.ENOENT})
@@ -164,6 +165,7 @@ def clean(run_ids: frozenset[str] | None = None, directory: Path = REGISTRY_DIR)
     for path, error in bad.items():
         if (run_ids is None or path.stem in run_ids) and not is_locked(path):
             path.unlink(missing_ok=True)
+            shutil.rmtree(path.with_suffix(RUN_DIR_SUFFIX), ignore_errors=True)  # its files (RunRegistry.run_dir)
             removed["unreadable"].append(str(error))
     if directory.is_dir():  # a kill between writing a registry's header and linking it
         for tmp in directory.glob(".*.tmp"):

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import time
@@ -54,6 +55,7 @@ REGISTRY_DIR = Path(os.environ.get("PI2_RUN_DIR", "/run/pi2"))
 REGISTRY_FORMAT = "pi2-run-registry"
 REGISTRY_VERSION = 1
 REGISTRY_SUFFIX = ".jsonl"
+RUN_DIR_SUFFIX = ".d"  # a run's files: RunRegistry.run_dir
 REGISTRY_MAX_BYTES = 64 << 20  # far above any plan's (≈100 bytes per object); a bigger file is not ours
 LOCK_NAME = "lock"  # flock'd briefly while a run checks for busy runs and creates its registry
 KINDS = ("netns", "link", "bridge", "pid")
@@ -318,7 +320,16 @@ class RunRegistry:
         the run right now (the lock goes with the owner's process, or with `release_run`)."""
         return is_locked(self.path)
 
+    @property
+    def run_dir(self) -> Path:
+        """The run's own files (e.g. the ssh keys of its emulated cluster hosts): ``<registry>.d``
+        beside the registry, made on first use (mode 0700), removed with the registry."""
+        path = self.directory / f"{self.run_id}{RUN_DIR_SUFFIX}"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
     def delete(self) -> None:
+        shutil.rmtree(self.directory / f"{self.run_id}{RUN_DIR_SUFFIX}", ignore_errors=True)
         self.path.unlink(missing_ok=True)
         release_run(self.run_id, self.directory)
 
