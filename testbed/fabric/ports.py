@@ -148,8 +148,12 @@ def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Cal
     return load
 
 
+# UNKNOWN: an up device without carrier detection, e.g. a VXLAN tunnel end (testbed.cluster.tunnels)
+CARRIER_STATES = frozenset({"UP", "UNKNOWN"})
+
+
 def wait_until_up(ns: str | None, names: Sequence[str], timeout_s: float = 3.0) -> None:
-    """Return once every link in `names` (namespace `ns`) reports operstate UP.
+    """Return once every link in `names` (namespace `ns`) reports operstate UP (or UNKNOWN: tunnels).
 
     A veth's carrier change reaches the bridge (which forwards only through ports with carrier)
     via linkwatch, immediately when the event is "urgent", else batched up to 1 s later. A veth
@@ -161,7 +165,7 @@ def wait_until_up(ns: str | None, names: Sequence[str], timeout_s: float = 3.0) 
     with netns.iproute(ns) as ipr:
         while True:
             down = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
-                    if link.get_attr("IFLA_OPERSTATE") != "UP"} & wanted
+                    if link.get_attr("IFLA_OPERSTATE") not in CARRIER_STATES} & wanted
             if not down:
                 return
             if time.monotonic() > deadline:
@@ -194,6 +198,52 @@ def _where(name: str, ns: str | None) -> str:
     return name if ns is None else f"{name} (namespace {ns})"
 
 
+def program_delay_trees(run_id: str, switch_ns: str | None, up: Sequence[str],
+                        ports: Sequence[tuple[NeuronPort, str]], fabric_links: Sequence[str] = (),
+                        fabric_cpus: Sequence[int] | None = None) -> None:
+    """The switch side of a fabric (or of one host's part of it): bring the links `up` (bridges,
+    injector and trunk ends) and every port's switch end up, build each port's delay tree on its
+    end (one netlink batch), wait until every end has carrier (a veth's once its peer is up too:
+    program the host side first), and put RPS on `fabric_links`."""
+    mask = cpu_mask(fabric_cpus)
+    index = _indexes(switch_ns)
+    classifiers = ClassifierCache(run_id)
+    with NetlinkBatch(switch_ns) as nl:
+        for name in up:
+            nl.link_up(index[name], f"link {_where(name, switch_ns)} up")
+        for port, name in ports:
+            nl.link_up(index[name], f"link {_where(name, switch_ns)} up")
+            queue_tree(nl, index[name], port.delay_tc, _where(name, switch_ns), classifiers.loader(port))
+        try:
+            nl.commit()
+        finally:
+            classifiers.close()
+    bridges = set(up) - set(fabric_links)
+    wait_until_up(switch_ns, [name for name in up if name not in bridges] + [name for _, name in ports])
+    if mask is not None and fabric_links:
+        netns.write_sysfs(switch_ns, {rps_path(name): mask for name in fabric_links})
+
+
+def program_gates(run_id: str, host_ns: str, inject: Sequence[str], ports: Sequence[tuple[NeuronPort, str]],
+                  gates: list[GateProgram], gate_cpus: Sequence[int] | None = None) -> list[LivePort]:
+    """The host side: bring the injector ends `inject` and every port's host end up, load and
+    attach each port's gate (one netlink batch; each loaded gate is appended to `gates` as it
+    loads), put RPS on the host ends; return the ports as built, in the order given."""
+    gate_mask = cpu_mask(gate_cpus)
+    index = _indexes(host_ns)
+    with NetlinkBatch(host_ns) as nl:
+        for name in inject:
+            nl.link_up(index[name], f"link {_where(name, host_ns)} up")
+        for port, name in ports:
+            nl.link_up(index[name], f"link {_where(name, host_ns)} up")
+            queue_tree(nl, index[name], port.gate_tc, _where(name, host_ns), gate_loader(run_id, port, gates))
+        nl.commit()
+    if gate_mask is not None:
+        netns.write_sysfs(host_ns, {rps_path(name): gate_mask for _, name in ports})
+    gate_of = {gate.name: gate for gate in gates}
+    return [LivePort(p.layer, p.neuron, p.sign, name, index[name], gate_of[name]) for p, name in ports]
+
+
 def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], switch_ns: str | None,
                   host_ns: str, gates: list[GateProgram], progress: Progress | None = None,
                   fabric_cpus: Sequence[int] | None = None,
@@ -207,54 +257,61 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
     and the delivery to the relay leave the CPU whose timers release the spikes (see
     testbed.fabric.netns_backend).
     """
-    mask, gate_mask = cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
-    switch_index, host_index = _indexes(switch_ns), _indexes(host_ns)
+    cpu_mask(fabric_cpus), cpu_mask(gate_cpus)  # bad CPU lists fail before anything changes
+    # The host side first: a veth has carrier only once both ends are up, which the switch side
+    # waits for.
     if progress is not None:
         progress("tc", 0, 2)
-    classifiers = ClassifierCache(run_id)
     line_programs: list[LineProgram | LineFanout] = []
     try:
-        with NetlinkBatch(switch_ns) as nl:
-            for layer, names in zip(plan.layers, links):
-                for name in (names.bridge, names.inject_switch):
-                    nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
-                members = [host_index[name] for name in names.port_host]
-                queue_tree(nl, switch_index[names.inject_switch], layer.line_tc, _where(names.inject_switch, switch_ns),
-                           line_loader(run_id, layer, members, line_programs))
-                for port, name in zip(layer.ports, names.port_switch):
-                    nl.link_up(switch_index[name], f"link {_where(name, switch_ns)} up")
-                    queue_tree(nl, switch_index[name], port.delay_tc, _where(name, switch_ns), classifiers.loader(port))
-            try:
-                nl.commit()
-            finally:
-                classifiers.close()
+        first = len(gates)
+        built = program_gates(run_id, host_ns, [names.inject_host for names in links],
+                              [(p, n) for layer, names in zip(plan.layers, links) for p, n in zip(layer.ports, names.port_host)],
+                              gates, gate_cpus)
+        program_lines(plan, run_id, links, switch_ns, host_ns, gates[first:], line_programs, gate_cpus)
         if progress is not None:
             progress("tc", 1, 2)
-        with NetlinkBatch(host_ns) as nl:
-            for layer, names in zip(plan.layers, links):
-                nl.link_up(host_index[names.inject_host], f"link {_where(names.inject_host, host_ns)} up")
-                first = len(gates)
-                for port, name in zip(layer.ports, names.port_host):
-                    nl.link_up(host_index[name], f"link {_where(name, host_ns)} up")
-                    queue_tree(nl, host_index[name], port.gate_tc, _where(name, host_ns), gate_loader(run_id, port, gates))
-                # The fan-out reads the layer's neurons (just loaded, in plan order): after them.
-                members = [host_index[name] for name in names.port_host]
-                queue_tree(nl, host_index[names.inject_host], layer.fanout_tc, _where(names.inject_host, host_ns),
-                           line_loader(run_id, layer, members, line_programs, gates[first:]))
-            nl.commit()
+        program_delay_trees(run_id, switch_ns, [n for names in links for n in (names.bridge, names.inject_switch)],
+                            [(p, n) for layer, names in zip(plan.layers, links) for p, n in zip(layer.ports, names.port_switch)],
+                            [names.inject_switch for names in links], fabric_cpus)
     finally:
         for program in line_programs:
             program.close()
     if progress is not None:
         progress("tc", 2, 2)
-    wait_until_up(switch_ns, [name for names in links for name in (names.inject_switch, *names.port_switch)])
+    it = iter(built)
+    return tuple(tuple(next(it) for _ in layer.ports) for layer in plan.layers)
+
+
+def program_lines(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], switch_ns: str | None, host_ns: str,
+                  gates: Sequence[GateProgram], loaded: list[LineProgram | LineFanout],
+                  gate_cpus: Sequence[int] | None = None) -> None:
+    """Shared delay lines: each such layer's line tree (splitter and one htb class per line) on its
+    injector link's switch end and its fan-out on the injector's host end, after the gates it reads
+    (`gates`: every port's, in plan order), one netlink batch per namespace; the fan-out's RPS goes
+    with the gates it feeds. Loaded programs are appended to `loaded` (the caller closes them)."""
+    shared = [(layer, names, q) for layer, names, q in zip(plan.layers, links, _offsets(plan)) if layer.lines]
+    if not shared:
+        return
+    switch_index, host_index = _indexes(switch_ns), _indexes(host_ns)
+    with NetlinkBatch(switch_ns) as nl:
+        for layer, names, _ in shared:
+            members = [host_index[name] for name in names.port_host]
+            queue_tree(nl, switch_index[names.inject_switch], layer.line_tc, _where(names.inject_switch, switch_ns),
+                       line_loader(run_id, layer, members, loaded))
+        nl.commit()
+    with NetlinkBatch(host_ns) as nl:
+        for layer, names, q in shared:
+            members = [host_index[name] for name in names.port_host]
+            queue_tree(nl, host_index[names.inject_host], layer.fanout_tc, _where(names.inject_host, host_ns),
+                       line_loader(run_id, layer, members, loaded, gates[q:q + len(layer.ports)]))
+        nl.commit()
+    mask = cpu_mask(gate_cpus)
     if mask is not None:
-        netns.write_sysfs(switch_ns, {rps_path(names.inject_switch): mask for names in links})
-    if gate_mask is not None:
-        # Shared lines: the fan-out on each injector end belongs with the gates it feeds.
-        netns.write_sysfs(host_ns, {rps_path(name): gate_mask for layer, names in zip(plan.layers, links)
-                                    for name in names.port_host + ((names.inject_host,) if layer.lines else ())})
-    gate_of = {gate.name: gate for gate in gates}
-    return tuple(tuple(LivePort(p.layer, p.neuron, p.sign, name, host_index[name], gate_of[name])
-                       for p, name in zip(layer.ports, names.port_host))
-                 for layer, names in zip(plan.layers, links))
+        netns.write_sysfs(host_ns, {rps_path(names.inject_host): mask for _, names, _ in shared})
+
+
+def _offsets(plan: FabricPlan) -> list[int]:
+    """Where each layer's ports start in the plan's ports, all layers in order."""
+    sizes = [len(layer.ports) for layer in plan.layers]
+    return [sum(sizes[:i]) for i in range(len(sizes))]
