@@ -35,11 +35,9 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.cluster.hosts import LOCALHOST, ClusterError, ClusterHost, emulated_name
-from testbed.errors import KernelError
+from testbed.cluster.hosts import LOCALHOST, ClusterError, ClusterHost, ClusterHosts, emulated_name
 from testbed.kernel.links import LinkBuilder
 from testbed.kernel.names import RunRegistry
 
@@ -50,25 +48,6 @@ SSHD = "/usr/sbin/sshd"  # sshd refuses to run unless started by its absolute pa
 SSH_PORT = 22
 READY_TIMEOUT_S = 10.0
 PRIVSEP_DIR = Path("/run/sshd")  # the Debian package's privilege-separation directory (its tmpfiles.d makes it)
-
-
-@dataclass(frozen=True)
-class ClusterHosts:
-    """Hosts a run can reach: `hosts[0]` is localhost. `ssh_config` is the file every ssh of the
-    run is given (``ssh -F``), None for real servers (the user's own ssh configuration applies)."""
-
-    hosts: tuple[ClusterHost, ...]
-    ssh_config: Path | None
-    underlay_mtu: int
-
-    def ssh_options(self) -> tuple[str, ...]:
-        return () if self.ssh_config is None else ("-F", str(self.ssh_config))
-
-    def by_name(self, name: str) -> ClusterHost:
-        for host in self.hosts:
-            if host.name == name:
-                return host
-        raise ClusterError(f"host {name!r} is not in the cluster ({', '.join(h.name for h in self.hosts)})")
 
 
 def address(index: int) -> str:
@@ -99,13 +78,13 @@ def _sshd_config(run_dir: Path, listen: str) -> str:
 
 
 def _ssh_config(run_dir: Path) -> str:
-    # ControlMaster: Mininet opens one ssh per remote command (rcmd); sharing one connection per
-    # host makes each a channel, not a handshake. The master exits ControlPersist seconds after
-    # its last session, or at once when the emulated host's sshd is gone (cleanup).
+    # No ControlMaster: a shared master would be a daemon no registry records, and once the
+    # emulated host's veth is gone it would wait on a dead TCP peer; every ssh is a child of the
+    # process that runs it. ServerAlive: a client whose host vanished gives up within seconds.
     return "\n".join([
         f"Host {SUBNET}.*", "  User root", f"  IdentityFile {run_dir / 'client_key'}", "  IdentitiesOnly yes",
         f"  UserKnownHostsFile {run_dir / 'known_hosts'}", "  StrictHostKeyChecking yes", "  BatchMode yes",
-        "  LogLevel ERROR", "  ControlMaster auto", f"  ControlPath {run_dir / 'cm-%C'}", "  ControlPersist 2",
+        "  LogLevel ERROR", "  ControlMaster no", "  ServerAliveInterval 1", "  ServerAliveCountMax 3",
         "  SetEnv PI2_EMULATED=1", ""])
 
 
@@ -183,10 +162,3 @@ def emulate_hosts(registry: RunRegistry, count: int) -> ClusterHosts:
         registry.record_pid(proc.pid)
         _wait_ready(host, proc, log)
     return ClusterHosts(tuple(hosts), config, UNDERLAY_MTU)
-
-
-def ssh_command(cluster: ClusterHosts, host: ClusterHost, *command: str) -> list[str]:
-    """argv running `command` on `host` over the run's ssh (root@address, the run's keys)."""
-    if host.is_local:
-        raise KernelError(f"ssh_command: {host.name} is this machine; run the command directly")
-    return ["ssh", *cluster.ssh_options(), "-n", f"root@{host.address}", *command]

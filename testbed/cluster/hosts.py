@@ -9,7 +9,10 @@ localhost plus N − 1 network namespaces each running its own sshd (testbed.clu
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from testbed.errors import TestbedError
 
@@ -75,3 +78,58 @@ def parse_cluster(text: str) -> ClusterSpec:
         raise ClusterError(f"--cluster {text}: bad host name(s) {bad}; expected localhost,HOST[,HOST…] "
                            f"(names or IPv4 addresses ssh reaches) or emulated:N")
     return ClusterSpec(names, emulated=False)
+
+
+@dataclass(frozen=True)
+class ClusterHosts:
+    """Hosts a run can reach: `hosts[0]` is localhost. `ssh_config` is the file every ssh of the
+    run is given (``ssh -F``), None for real servers (the user's own ssh configuration applies)."""
+
+    hosts: tuple[ClusterHost, ...]
+    ssh_config: Path | None
+    underlay_mtu: int
+
+    def ssh_options(self) -> tuple[str, ...]:
+        return () if self.ssh_config is None else ("-F", str(self.ssh_config))
+
+    def by_name(self, name: str) -> ClusterHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise ClusterError(f"host {name!r} is not in the cluster ({', '.join(h.name for h in self.hosts)})")
+
+
+def ssh_command(cluster: ClusterHosts, host: ClusterHost, *command: str) -> list[str]:
+    """argv running `command` on `host` over the run's ssh (root@address, the run's keys)."""
+    if host.is_local:
+        raise ClusterError(f"ssh_command: {host.name} is this machine; run the command directly")
+    return ["ssh", *cluster.ssh_options(), "-n", f"root@{host.address}", *command]
+
+
+def _route_source(address: str) -> tuple[str, str]:
+    """(source address, device) this machine uses towards `address` (``ip route get``)."""
+    out = subprocess.run(["ip", "-o", "route", "get", address], capture_output=True, text=True).stdout
+    src, dev = re.search(r" src ([0-9.]+)", out), re.search(r" dev (\S+)", out)
+    if src is None or dev is None:
+        raise ClusterError(f"host {address}: no route from this machine ({out.strip() or 'ip route get failed'})")
+    return src.group(1), dev.group(1)
+
+
+def real_hosts(spec: ClusterSpec) -> ClusterHosts:
+    """The real servers of `spec`: each name resolved to IPv4, localhost to the address this
+    machine reaches the first of them from (a tunnel's local end, never 127.0.0.1), the underlay
+    MTU from the local device towards each (the remote ends must match: README)."""
+    hosts, mtus = [], []
+    for name in spec.names[1:]:
+        try:
+            address = socket.gethostbyname(name)
+        except OSError as exc:
+            raise ClusterError(f"--cluster host {name}: cannot resolve it ({exc}); use its IPv4 address") from None
+        if address.startswith("127."):
+            raise ClusterError(f"--cluster host {name} resolves to {address}, this machine's loopback: name it "
+                               f"localhost (first) or give the address the other hosts reach it at")
+        src, dev = _route_source(address)
+        mtus.append(int(Path(f"/sys/class/net/{dev}/mtu").read_text()))
+        hosts.append(ClusterHost(name, address))
+    local = _route_source(hosts[0].address)[0] if hosts else "127.0.0.1"
+    return ClusterHosts((ClusterHost(LOCALHOST, local), *hosts), None, min(mtus, default=65535))

@@ -20,8 +20,11 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from testbed.cluster.hosts import ClusterSpec
 from testbed.errors import KernelError, Terminated
 from testbed.fabric.handle import Built, LiveFabric, Progress
 from testbed.kernel import cleanup
@@ -29,6 +32,17 @@ from testbed.kernel.names import RunRegistry, release_run
 from testbed.plan.fabric_plan import FabricPlan
 
 BACKENDS = ("netns", "mininet")
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """Spread the fabric over hosts (the Mininet cluster edition, testbed.fabric.cluster_backend):
+    `spec` names them (real, or emulated on this machine, which the run then makes), `placement`
+    is a placement file (else testbed.plan.placement.place, splitting layers above `max_ports`)."""
+
+    spec: ClusterSpec
+    placement: Path | None = None
+    max_ports: int | None = None
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -66,10 +80,31 @@ def _teardown(run_id: str, built: Built | None) -> None:
         cleanup.down(run_id)  # the backend recorded every object before making it
 
 
+def _cluster_build(request: ClusterRequest) -> Callable[..., Built]:
+    """The cluster backend's build for `request`: hosts (emulated ones made in the run), then
+    the placement, then the fabric."""
+    from testbed.cluster.emulated import emulate_hosts
+    from testbed.cluster.hosts import real_hosts
+    from testbed.fabric.cluster_backend import build as cluster_build
+    from testbed.plan.placement import load_placement, place
+
+    def build(plan: FabricPlan, registry: RunRegistry, **options: Any) -> Built:
+        names = request.spec.names
+        placement = (place(plan, names, request.max_ports) if request.placement is None
+                     else load_placement(request.placement, plan, names))
+        hosts = emulate_hosts(registry, len(names)) if request.spec.emulated else real_hosts(request.spec)
+        return cluster_build(plan, registry, hosts, placement, **options)
+
+    return build
+
+
 def _build(plan: FabricPlan, backend: str, run_id: str | None, purpose: str, progress: Progress | None,
-           **cpus: Sequence[int] | None) -> Built:
-    """Build `plan` with `backend` for a new run; a failed build removes what it made."""
-    build = _backend_build(backend)
+           cluster: ClusterRequest | None = None, **cpus: Sequence[int] | None) -> Built:
+    """Build `plan` with `backend` (or over a cluster) for a new run; a failed build removes what
+    it made."""
+    if cluster is not None and backend != "mininet":
+        raise KernelError(f"--cluster builds with Mininet's cluster edition: use --backend mininet, not {backend}")
+    build = _backend_build(backend) if cluster is None else _cluster_build(cluster)
     cleanup.require_root(f"{purpose} ({backend})")
     registry = RunRegistry.create(run_id)
     try:
@@ -82,17 +117,17 @@ def _build(plan: FabricPlan, backend: str, run_id: str | None, purpose: str, pro
 @contextmanager
 def build_fabric(plan: FabricPlan, backend: str = "netns", run_id: str | None = None,
                  progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None,
-                 gate_cpus: Sequence[int] | None = None) -> Iterator[LiveFabric]:
+                 gate_cpus: Sequence[int] | None = None, cluster: ClusterRequest | None = None) -> Iterator[LiveFabric]:
     """Build `plan` with `backend`, yield the `LiveFabric`, then remove everything it made.
 
     `fabric_cpus` steers the fabric's packet work (bridge flooding, classification, htb
     enqueue) onto those CPUs (RPS on the fabric end of every injector link), away from a
     busy-waiting injector; `gate_cpus` steers the gates and the delivery of what they pass
     (RPS on every port's host end) off the CPU whose timers release the spikes. Teardown runs
-    on errors, Ctrl-C and SIGTERM too.
+    on errors, Ctrl-C and SIGTERM too. `cluster`: spread it over hosts (`ClusterRequest`).
     """
     with _sigterm_interrupts():
-        built = _build(plan, backend, run_id, "building a fabric", progress, fabric_cpus=fabric_cpus,
+        built = _build(plan, backend, run_id, "building a fabric", progress, cluster, fabric_cpus=fabric_cpus,
                        gate_cpus=gate_cpus)
         try:
             yield built.fabric

@@ -154,3 +154,15 @@ class LinkBuilder:
             return method(*args, **kwargs)
         except NetlinkError as exc:
             raise KernelError(f"{what}: kernel said {os.strerror(exc.code)} ({exc})") from None
+
+
+def make_hub(name: str, ns: str | None = None) -> None:
+    """Bridge `name` (in `ns`) forwarding at once and flooding every frame like a hub (STP off,
+    forward_delay 0, ageing 0), by netlink: for bridges another tool made (Mininet's brctl),
+    from inside namespaces whose sysfs no mount shows."""
+    with netns.iproute(ns) as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise KernelError(f"bridge {_where(name, ns)}: no such interface")
+        LinkBuilder._call(f"bridge {_where(name, ns)} options", ipr.link, "set", index=found[0], kind="bridge",
+                          br_stp_state=0, br_forward_delay=0, br_ageing_time=0)

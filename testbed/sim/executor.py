@@ -75,18 +75,23 @@ class SimResult:
 
 
 def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.random.Generator | None = None,
-                   noise_us: np.ndarray | None = None, noise_rng: np.random.Generator | None = None) -> LayerResult:
+                   noise_us: np.ndarray | None = None, noise_rng: np.random.Generator | None = None,
+                   port_offsets_us: np.ndarray | None = None) -> LayerResult:
     """Simulate one layer for inputs x (batch, n) in model value units; `rng` draws the losses
     (default: seeded with 0, so a simulation is repeatable). `noise_us`: measured errors of
     neuron outputs (kernel y − simulated y per (sample, neuron), µs), one drawn by `noise_rng`
     (its own generator, so the losses stay those of the noiseless simulation) onto every neuron's
     y (its T⁺), to predict what a kernel that errs so does to the decisions (`pi2 infer --tau auto`).
-    y, not each port's T: a late burst delays a neuron's z⁺ and z⁻ alike, which cancels in y."""
+    y, not each port's T: a late burst delays a neuron's z⁺ and z⁻ alike, which cancels in y.
+    `port_offsets_us` (ports,): a latency added to every arrival at each port, before its
+    deadline (a fabric spread over hosts: testbed.cluster.timing)."""
     tau = plan.timing.tau_us
     inject = layer.inject_us(x, plan.constants["t0"], tau)  # (batch, n, 2)
     flood = layer.flood_offsets_us(plan.timing.flood_copy_us)
     arrive = inject[:, None] + layer.port_delays_us()[None] + flood[None, :, None, None]
     arrive = arrive.reshape(len(x), len(layer.ports), -1)
+    if port_offsets_us is not None:
+        arrive = arrive + np.asarray(port_offsets_us, dtype=np.float64)[None, :, None]
     loss = np.array([drop_probability(p.gate_tc) for p in layer.ports])
     if loss.any():
         rng = np.random.default_rng(0) if rng is None else rng
@@ -114,10 +119,11 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.ra
 
 
 def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[np.ndarray] | None = None,
-             noise_seed: int = 1) -> SimResult:
+             noise_seed: int = 1, port_offsets_us: Sequence[np.ndarray] | None = None) -> SimResult:
     """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan; `seed`
     fixes the random losses of a plan compiled with loss, `noise_seed` the draws of `noise_us`
-    (per layer, measured errors of the neurons' y to add, `simulate_layer`)."""
+    (per layer, measured errors of the neurons' y to add, `simulate_layer`); `port_offsets_us`
+    per layer, each port's added latency (`simulate_layer`)."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != plan.layers[0].n_inputs:
         raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")
@@ -127,7 +133,8 @@ def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[
     results = []
     rng, noise_rng = np.random.default_rng(seed), np.random.default_rng(noise_seed)
     for li, layer in enumerate(plan.layers):
-        result = simulate_layer(plan, layer, x, rng, None if noise_us is None else noise_us[li], noise_rng)
+        result = simulate_layer(plan, layer, x, rng, None if noise_us is None else noise_us[li], noise_rng,
+                                None if port_offsets_us is None else port_offsets_us[li])
         results.append(result)
         x = np.maximum(-s * result.y, 0.0)
     scores = -s * results[-1].y

@@ -1,0 +1,129 @@
+"""Inter-host latency: measured at build time, folded into the plan and the simulation.
+
+A part on host H sees every spike of its layer after three legs the single-host fabric does not
+have: relay (localhost) → part 0's host, part 0 → H (a trunk, when the layer is split), and
+H → relay. Each adds its one-way latency δ to *every* arrival at the part's ports, so:
+
+- T⁺_j and T⁻_j of a neuron (both ports in one part, testbed.plan.placement) shift by the same
+  δ, and y_j = T⁺_j − T⁻_j, the only thing the next layer and the decision read, is unchanged:
+  the latency cancels in the model; what it can change is which spikes miss the layer's deadline.
+- So the simulation adds each port's offset to its arrivals (`port_offsets_us`, given to
+  testbed.sim.executor.simulate), before the same deadline the kernel's gates apply: both
+  backends of the one plan see the same windows and the same shifted arrivals, and a spike the
+  latency pushes past its deadline is lost in both.
+
+δ is half the round-trip time `ping` measures over the hosts' underlay (all emulated hosts
+share this machine's clock; on real servers one-way times cannot be measured without synchronised
+clocks, and RTT/2 assumes symmetric links). Jitter is half ping's mdev. The VXLAN encapsulation
+adds a few µs that ping does not see; the tunnel test (tests/cluster) measures the whole path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from testbed.cluster.hosts import LOCALHOST, ClusterError, ClusterHosts, ssh_command
+from testbed.plan.fabric_plan import FabricPlan
+from testbed.plan.placement import Placement
+
+PINGS = 50
+PING_INTERVAL_S = "0.01"  # below 0.2 s needs root, which a build has
+RTT_RE = re.compile(r"= ([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+) ms")
+
+
+@dataclass(frozen=True)
+class HostLatency:
+    """Round-trip time from `src` to `dst` over the underlay (ping: mean and mdev, µs)."""
+
+    src: str
+    dst: str
+    rtt_us: float
+    mdev_us: float
+
+    @property
+    def one_way_us(self) -> float:
+        return self.rtt_us / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src, "dst": self.dst, "rtt_us": self.rtt_us, "mdev_us": self.mdev_us,
+                "one_way_us": self.one_way_us}
+
+
+@dataclass(frozen=True)
+class ClusterTiming:
+    links: tuple[HostLatency, ...]
+
+    def one_way_us(self, a: str, b: str) -> float:
+        return 0.0 if a == b else self._link(a, b).one_way_us
+
+    def jitter_us(self, a: str, b: str) -> float:
+        return 0.0 if a == b else self._link(a, b).mdev_us / 2
+
+    def _link(self, a: str, b: str) -> HostLatency:
+        for link in self.links:
+            if {link.src, link.dst} == {a, b}:
+                return link
+        raise ClusterError(f"no latency was measured between {a} and {b}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"links": [link.to_dict() for link in self.links]}
+
+
+def _legs(placement: Placement, layer: int, part: int) -> list[tuple[str, str]]:
+    parts = placement.layer_parts(layer)
+    first, here = parts[0].host, parts[part].host
+    return [(LOCALHOST, first), (first, here), (here, LOCALHOST)]
+
+
+def needed_pairs(placement: Placement) -> list[tuple[str, str]]:
+    """The host pairs whose latency the placement's paths cross (each once)."""
+    pairs: list[tuple[str, str]] = []
+    layers = sorted({p.layer for p in placement.parts})
+    for layer in layers:
+        for i in range(len(placement.layer_parts(layer))):
+            for a, b in _legs(placement, layer, i):
+                if a != b and (a, b) not in pairs and (b, a) not in pairs:
+                    pairs.append((a, b) if a == LOCALHOST or b != LOCALHOST else (b, a))
+    return pairs
+
+
+def ping(hosts: ClusterHosts, src: str, dst: str) -> HostLatency:
+    argv = ["ping", "-q", "-n", "-c", str(PINGS), "-i", PING_INTERVAL_S, hosts.by_name(dst).address]
+    source = hosts.by_name(src)
+    if not source.is_local:
+        argv = ssh_command(hosts, source, *argv)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    match = RTT_RE.search(done.stdout)
+    if done.returncode != 0 or match is None:
+        raise ClusterError(f"latency {src} → {dst}: ping failed ({(done.stderr or done.stdout).strip()[-160:]}); "
+                           f"check the hosts with `pi2 doctor --cluster`")
+    return HostLatency(src, dst, float(match.group(2)) * 1e3, float(match.group(4)) * 1e3)
+
+
+def measure(hosts: ClusterHosts, placement: Placement) -> ClusterTiming:
+    """Latency of every host pair the placement's paths use."""
+    return ClusterTiming(tuple(ping(hosts, a, b) for a, b in needed_pairs(placement)))
+
+
+def part_offset_us(timing: ClusterTiming, placement: Placement, layer: int, part: int) -> tuple[float, float]:
+    """(latency, jitter) the part's ports see on every arrival, µs."""
+    legs = _legs(placement, layer, part)
+    return (sum(timing.one_way_us(a, b) for a, b in legs),
+            math.sqrt(sum(timing.jitter_us(a, b) ** 2 for a, b in legs)))
+
+
+def port_offsets_us(plan: FabricPlan, placement: Placement, timing: ClusterTiming) -> list[np.ndarray]:
+    """Per layer, each port's added latency (µs), in plan port order: what the simulation adds."""
+    offsets = []
+    for layer in plan.layers:
+        parts = placement.layer_parts(layer.index)
+        per_part = [part_offset_us(timing, placement, layer.index, i)[0] for i in range(len(parts))]
+        offsets.append(np.array([per_part[next(i for i, p in enumerate(parts) if port.neuron in p.neurons)]
+                                 for port in layer.ports]))
+    return offsets

@@ -1,0 +1,240 @@
+"""The cluster backend: a FabricPlan spread over hosts with Mininet's cluster edition.
+
+Placed parts (testbed.plan.placement) become Mininet nodes on their hosts (`MininetCluster`,
+the classes of testbed.fabric.cluster_nodes), every kernel object named ``p2<run>…``:
+
+    localhost:   relay host p2<run>h (injects every layer, reads every port: gates here)
+                  │ in<l>                    │ l<l>n<j><p|m>          one link each, a VXLAN
+                  │                          │                        tunnel when the part is
+    part 0 of l: bridge sw<l> ── sw<l>n<j><p|m> (delay trees)          on another host
+                  │ sw<l>t<x> ═ trunk ═ sw<l><x>t
+    part x of l: bridge sw<l><x> ── sw<l><x>n<j><p|m>                  (a layer split in parts)
+
+Each bridge lives in a namespace of its own (a Mininet node with its shell on the part's host),
+so everything remote goes when that shell goes: when Mininet stops, when `pi2 down`/`pi2 clean`
+kills the recorded ssh client (its session ends, the remote shell gets SIGHUP), and, for an
+emulated host, when its sshd's PID namespace dies (testbed.cluster.emulated). The relay's links
+are built by the testbed's gate code here; a part's delay trees by `testbed.cluster.part` run
+in the part's own shell on its host (for localhost parts, directly from here).
+
+Every layer's spikes leave the relay through one link into part 0's bridge, which floods them
+to its ports and through the trunks to the other parts: all of a neuron's inputs travel one
+path, and both its ports are in one part, so the inter-host links add the same latency to T⁺
+and T⁻ (testbed.cluster.timing measures them and folds them into the plan).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+from testbed.cluster import timing
+from testbed.cluster.hosts import ClusterError, ClusterHosts
+from testbed.cluster.part import OK
+from testbed.errors import KernelError
+from testbed.fabric.handle import Built, LiveFabric, Progress
+from testbed.fabric.mininet_backend import HOST_SUFFIX, port_tag
+from testbed.fabric.ports import cpu_mask, program_delay_trees, program_gates
+from testbed.kernel import netns
+from testbed.kernel.gate import GateProgram
+from testbed.kernel.links import make_hub
+from testbed.kernel.names import RunRegistry, object_name
+from testbed.plan.fabric_plan import FabricPlan
+from testbed.plan.placement import Placement
+
+PART_LETTERS = string.ascii_lowercase[1:]  # part 0 keeps the plan's switch name; parts 1.. get b, c, …
+
+
+def _mininet() -> Any:
+    if shutil.which("mnexec") is None:
+        raise KernelError("the cluster backend needs Mininet's `mnexec` on PATH: apt-get install mininet")
+    try:
+        from mininet.examples import cluster
+        from mininet import log
+    except ImportError:
+        raise KernelError("the cluster backend needs Mininet's Python API with its examples (mininet.examples."
+                          "cluster): pip install '.[mininet]'") from None
+    log.setLogLevel("error")
+    return cluster
+
+
+def part_switch(run: str, switch: str, part: int) -> str:
+    return object_name(run, switch + ("" if part == 0 else PART_LETTERS[part - 1]))
+
+
+class _Build:
+    """One build's Mininet network and what it recorded (so `stop` and cleanup find it)."""
+
+    def __init__(self, plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placement: Placement) -> None:
+        self.plan, self.registry, self.hosts, self.placement = plan, registry, hosts, placement
+        self.run = registry.run_id
+        self.gates: list[GateProgram] = []
+        self.net: Any = None
+        self.stopped = False
+
+    def record_node(self, node: Any) -> None:
+        """A local node's shell pid; a remote node's local ssh client (its remote shell ends
+        with the ssh session: SIGHUP)."""
+        self.registry.record_pid(node.shell.pid if node.isRemote else node.pid)
+
+    def node_ns(self, node: Any) -> str:
+        return f"/proc/{node.pid}/ns/net"
+
+    def add_link(self, a: Any, b: Any, name_a: str, name_b: str) -> None:
+        # Local ends are made in (or moved through) this machine's root namespace: recorded there,
+        # so a crash between creating and moving one leaves nothing cleanup cannot find.
+        for node, name in ((a, name_a), (b, name_b)):
+            if not node.isRemote:
+                self.registry.record("link", name=name, netns=None, peer=None, peer_netns=None)
+        self.net.addLink(a, b, intfName1=name_a, intfName2=name_b)
+
+    def stop(self) -> None:
+        for gate in self.gates:
+            gate.close()
+        if not self.stopped and self.net is not None:
+            self.stopped = True
+            self.net.stop()
+
+
+def _server_ips(hosts: ClusterHosts) -> dict[str, str]:
+    return {h.name: h.address for h in hosts.hosts}
+
+
+def _push(hosts: ClusterHosts, host_name: str, path: Path) -> None:
+    """Copy a file of the run directory to the same path on a real server (an emulated host
+    shares this machine's files)."""
+    host = hosts.by_name(host_name)
+    if host.is_local or host.netns is not None:
+        return
+    done = subprocess.run(["ssh", *hosts.ssh_options(), f"root@{host.address}",
+                           f"mkdir -p {path.parent} && cat > {path}"], input=path.read_bytes(), capture_output=True)
+    if done.returncode != 0:
+        raise ClusterError(f"host {host_name}: copying {path.name} failed: {done.stderr.decode().strip()[:200]}")
+
+
+def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placement: Placement,
+          progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None,
+          gate_cpus: Sequence[int] | None = None) -> Built:
+    """Build `plan` over `hosts` as `placement` says (module docstring) for `registry`'s run;
+    the returned fabric carries the measured inter-host latencies (`LiveFabric.cluster`)."""
+    cluster = _mininet()
+    from testbed.fabric.cluster_nodes import TUNNEL_MTU, VXLAN_OVERHEAD, cluster_classes
+
+    placement.check(plan)
+    cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
+    if plan.packets.primer_bytes > TUNNEL_MTU + 14 or hosts.underlay_mtu < TUNNEL_MTU + VXLAN_OVERHEAD:
+        raise ClusterError(f"the interconnect's MTU {hosts.underlay_mtu} is too small: tunnels must carry the plan's "
+                           f"{plan.packets.primer_bytes}-byte primers (MTU {TUNNEL_MTU}) plus {VXLAN_OVERHEAD} bytes of "
+                           f"VXLAN; enable jumbo frames (MTU ≥ {TUNNEL_MTU + VXLAN_OVERHEAD}) between the hosts")
+    run = registry.run_id
+    b = _Build(plan, registry, hosts, placement)
+    ips = _server_ips(hosts)
+    classes = cluster_classes(hosts.ssh_options(), (zlib.crc32(run.encode()) & 0xFFF) << 12)
+    where = {}
+
+    class PlanPlacer(cluster.Placer):
+        """Mininet's placement hook answering from our Placement (nodes carry `server` anyway)."""
+
+        def place(self, node: str) -> str:
+            return where[node]
+
+    b.net = cluster.MininetCluster(topo=None, build=False, servers=[h.name for h in hosts.hosts], serverIP=ips,
+                                   user="root", precheck=False, placement=PlanPlacer, controller=None,
+                                   autoSetMacs=False, waitConnected=False, **classes)
+    try:
+        relay_name = object_name(run, HOST_SUFFIX)
+        relay = b.net.addHost(relay_name, server="localhost", serverIP=ips["localhost"], ip=None)
+        b.record_node(relay)
+        relay_ns = b.node_ns(relay)
+        for conf in ("all", "default"):
+            netns.write_sysctl(relay_ns, f"net/ipv6/conf/{conf}/disable_ipv6", "1")
+        layer_parts = [placement.layer_parts(layer.index) for layer in plan.layers]
+        switches: list[list[Any]] = []
+        for layer, parts in zip(plan.layers, layer_parts):
+            row = []
+            for i, part in enumerate(parts):
+                name = part_switch(run, layer.switch, i)
+                where[name] = part.host
+                node = b.net.addSwitch(name, server=part.host, serverIP=ips[part.host], inNamespace=True,
+                                       dpid=f"{layer.index + 1:08x}{i:08x}")
+                b.record_node(node)
+                node.cmd("for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done")
+                row.append(node)
+            switches.append(row)
+        total = sum(1 + len(parts) - 1 + len(layer.ports) for layer, parts in zip(plan.layers, layer_parts))
+        done = 0
+        spec_ports: dict[int, list[list[Any]]] = {}
+        for layer, parts, row in zip(plan.layers, layer_parts, switches):
+            b.add_link(relay, row[0], object_name(run, layer.inject_if), object_name(run, layer.switch + "i"))
+            for i in range(1, len(parts)):
+                letter = PART_LETTERS[i - 1]
+                b.add_link(row[0], row[i], object_name(run, f"{layer.switch}t{letter}"),
+                           object_name(run, f"{layer.switch}{letter}t"))
+            for index, port in enumerate(layer.ports):
+                i = next(n for n, part in enumerate(parts) if port.neuron in part.neurons)
+                switch_end = row[i].name + port_tag(layer.index, port.switch_if)
+                b.add_link(relay, row[i], object_name(run, port.host_if), switch_end)
+                spec_ports.setdefault(id(row[i]), []).append([layer.index, index, switch_end])
+                done += 1
+                if progress is not None:
+                    progress("links", done, total)
+        b.net.build()
+        b.net.start()
+
+        # Gates on the relay (localhost), then each part's delay trees on its own host.
+        ports = program_gates(run, relay_ns, [object_name(run, layer.inject_if) for layer in plan.layers],
+                              [(port, object_name(run, port.host_if)) for layer in plan.layers for port in layer.ports],
+                              b.gates, gate_cpus)
+        plan_path = registry.run_dir / "plan.json"
+        plan.save(plan_path)
+        for layer, parts, row in zip(plan.layers, layer_parts, switches):
+            for i, node in enumerate(row):
+                up = [object_name(run, layer.switch + "i")] if i == 0 else [f"{node.name}t"]
+                if i == 0:
+                    up += [object_name(run, f"{layer.switch}t{PART_LETTERS[x - 1]}") for x in range(1, len(row))]
+                _build_part(b, node, plan_path, up, spec_ports.get(id(node), []),
+                            [up[0]] if i == 0 else [], fabric_cpus)
+        it = iter(ports)
+        live = tuple(tuple(next(it) for _ in layer.ports) for layer in plan.layers)
+        measured = timing.measure(hosts, placement)
+        (registry.run_dir / "cluster.json").write_text(json.dumps(measured.to_dict(), indent=1))
+        fabric = LiveFabric(run, "cluster", relay_ns, tuple(object_name(run, layer.inject_if) for layer in plan.layers),
+                            live, cluster=measured)
+    except BaseException:
+        b.stop()
+        raise
+
+    def detach() -> None:
+        raise ClusterError("pi2 up --cluster: a cluster fabric lives as long as the Mininet shells of the process "
+                           "that built it; keep `pi2 up --cluster … --hold` running instead")
+
+    return Built(fabric, stop=b.stop, detach=detach)
+
+
+def _build_part(b: _Build, node: Any, plan_path: Path, up: list[str], ports: list[list[Any]],
+                fabric_links: list[str], fabric_cpus: Sequence[int] | None) -> None:
+    """One part's switch side: here for a localhost part, else by testbed.cluster.part in the
+    part's own shell on its host."""
+    bridges = [node.name]
+    if not node.isRemote:
+        ns = b.node_ns(node)
+        make_hub(node.name, ns)
+        program_delay_trees(b.run, ns, bridges + up, [(b.plan.layers[l].ports[i], n) for l, i, n in ports],
+                            fabric_links, fabric_cpus)
+        return
+    spec = {"run_id": b.run, "plan": str(plan_path), "bridges": bridges, "up": up, "ports": ports,
+            "fabric_links": fabric_links, "fabric_cpus": None if fabric_cpus is None else list(fabric_cpus)}
+    spec_path = b.registry.run_dir / f"part_{node.name}.json"
+    spec_path.write_text(json.dumps(spec))
+    for path in (plan_path, spec_path):
+        _push(b.hosts, node.server, path)
+    output = node.cmd(f"{sys.executable} -m testbed.cluster.part {spec_path}")
+    if OK not in output:
+        raise ClusterError(f"part {node.name} on {node.server}: {output.strip().splitlines()[-1:] or ['no output']}"
+                           f"; check the host with `pi2 doctor --cluster`")
