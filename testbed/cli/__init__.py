@@ -55,6 +55,7 @@ def main() -> None:
         sys.exit(2)
 
 
+from testbed.cli.cluster import place_cmd  # noqa: E402
 from testbed.cli.compile import compile_cmd, simulate_cmd  # noqa: E402
 from testbed.cli.convert import export_cmd, import_cmd  # noqa: E402
 from testbed.cli.doctor import doctor  # noqa: E402
@@ -78,6 +79,7 @@ pi2.add_command(guest)
 pi2.add_command(infer_cmd)
 pi2.add_command(trace)
 pi2.add_command(up_cmd)
+pi2.add_command(place_cmd)
 pi2.add_command(status_cmd)
 pi2.add_command(down_cmd)
 pi2.add_command(clean_cmd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -9,7 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from testbed.cli.cluster import cluster_options, cluster_request
 from testbed.cli.output import emit_json, json_option, per_layer_table
+from testbed.cluster.hosts import ClusterSpec
 from testbed.atomic_file import check_writable_dir
 from testbed.cli.params import compile_options, inject_cpu_option, refuse_compile_options
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
@@ -22,7 +25,9 @@ from testbed.infer.report import InferenceReport
 @click.option("--dataset", default=None, help="Data set (default: the one the network was trained on).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Classify only the first N test samples (default: all).")
 @click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True,
-              help="netns: plain namespaces and bridges; mininet: the same plan through Mininet's API.")
+              help="netns: plain namespaces and bridges; mininet: the same plan through Mininet's API "
+                   "(--cluster implies it).")
+@cluster_options
 @compile_options(auto_tau=True)
 @click.option("--inject-cpu", type=int, default=0, show_default=True, callback=inject_cpu_option,
               help="CPU the injector busy-waits on (kernel packet work is steered to the others); -1: don't pin.")
@@ -31,7 +36,8 @@ from testbed.infer.report import InferenceReport
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write a spike raster of sample 0 and the arrival-error histogram (PNG) here.")
 @json_option
-def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, profile: str,
+def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, cluster: ClusterSpec | None,
+              placement: Path | None, split_ports: int | None, profile: str,
               tau_us: float | None, relay_us: float, prune_margin: float | None, lead: float, loss: float,
               delay_lines: str, inject_cpu: int,
               pcap_dir: Path | None, plots_dir: Path | None, as_json: bool) -> None:
@@ -52,6 +58,7 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
       sudo pi2 infer net.npz --dataset digits --tau 2ms --pcap out/ --plots out/
       sudo pi2 infer plan.json --backend mininet --json
       sudo pi2 infer --profile shaper --loss 0.1 --limit 100
+      sudo pi2 infer --tau 2ms --cluster emulated:3 --split-ports 32
     """
     if source is not None and source.suffix == ".json":
         refuse_compile_options(click.get_current_context(), source)
@@ -61,7 +68,10 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
     options = InferOptions(dataset=dataset, limit=limit, backend=backend, profile=profile, tau_us=tau_us,
                            relay_us=relay_us, prune_margin=prune_margin, lead=lead, loss=loss, delay_lines=delay_lines,
                            inject_cpu=None if inject_cpu < 0 else inject_cpu,
-                           pcap_dir=pcap_dir, plots_dir=plots_dir)
+                           pcap_dir=pcap_dir, plots_dir=plots_dir,
+                           cluster=cluster_request(cluster, placement, split_ports))
+    if cluster is not None:
+        options = replace(options, backend="mininet")
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=as_json) as bar:

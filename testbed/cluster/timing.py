@@ -127,3 +127,25 @@ def port_offsets_us(plan: FabricPlan, placement: Placement, timing: ClusterTimin
         offsets.append(np.array([per_part[next(i for i, p in enumerate(parts) if port.neuron in p.neurons)]
                                  for port in layer.ports]))
     return offsets
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterLayout:
+    """What a cluster build placed where and measured: the placement, the latencies, and each
+    port's offset per layer (`port_offsets_us`), for the simulation and the report."""
+
+    placement: Placement
+    timing: ClusterTiming
+    port_offsets_us: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, plan: FabricPlan, placement: Placement, timing: ClusterTiming) -> "ClusterLayout":
+        return cls(placement, timing, tuple(port_offsets_us(plan, placement, timing)))
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = sorted({p.layer for p in self.placement.parts})
+        return {"placement": self.placement.to_dict(), **self.timing.to_dict(),
+                "part_offsets_us": [{"layer": layer, "host": part.host, "neurons": [part.start, part.stop],
+                                     "latency_us": round(part_offset_us(self.timing, self.placement, layer, i)[0], 1),
+                                     "jitter_us": round(part_offset_us(self.timing, self.placement, layer, i)[1], 1)}
+                                    for layer in layers for i, part in enumerate(self.placement.layer_parts(layer))]}

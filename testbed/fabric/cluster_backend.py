@@ -86,14 +86,6 @@ class _Build:
     def node_ns(self, node: Any) -> str:
         return f"/proc/{node.pid}/ns/net"
 
-    def add_link(self, a: Any, b: Any, name_a: str, name_b: str) -> None:
-        # Local ends are made in (or moved through) this machine's root namespace: recorded there,
-        # so a crash between creating and moving one leaves nothing cleanup cannot find.
-        for node, name in ((a, name_a), (b, name_b)):
-            if not node.isRemote:
-                self.registry.record("link", name=name, netns=None, peer=None, peer_netns=None)
-        self.net.addLink(a, b, intfName1=name_a, intfName2=name_b)
-
     def stop(self) -> None:
         for gate in self.gates:
             gate.close()
@@ -122,9 +114,10 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
           progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None,
           gate_cpus: Sequence[int] | None = None) -> Built:
     """Build `plan` over `hosts` as `placement` says (module docstring) for `registry`'s run;
-    the returned fabric carries the measured inter-host latencies (`LiveFabric.cluster`)."""
+    the returned fabric carries the placement and the measured inter-host latencies
+    (`LiveFabric.cluster`, a testbed.cluster.timing.ClusterLayout)."""
     cluster = _mininet()
-    from testbed.fabric.cluster_nodes import TUNNEL_MTU, VXLAN_OVERHEAD, cluster_classes
+    from testbed.fabric.cluster_nodes import TUNNEL_MTU, VXLAN_OVERHEAD, cluster_classes, make_tunnels
 
     placement.check(plan)
     cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
@@ -167,23 +160,30 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
                 node.cmd("for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done")
                 row.append(node)
             switches.append(row)
-        total = sum(1 + len(parts) - 1 + len(layer.ports) for layer, parts in zip(plan.layers, layer_parts))
-        done = 0
+        links: list[tuple[Any, Any, str, str]] = []
         spec_ports: dict[int, list[list[Any]]] = {}
         for layer, parts, row in zip(plan.layers, layer_parts, switches):
-            b.add_link(relay, row[0], object_name(run, layer.inject_if), object_name(run, layer.switch + "i"))
+            links.append((relay, row[0], object_name(run, layer.inject_if), object_name(run, layer.switch + "i")))
             for i in range(1, len(parts)):
                 letter = PART_LETTERS[i - 1]
-                b.add_link(row[0], row[i], object_name(run, f"{layer.switch}t{letter}"),
-                           object_name(run, f"{layer.switch}{letter}t"))
+                links.append((row[0], row[i], object_name(run, f"{layer.switch}t{letter}"),
+                              object_name(run, f"{layer.switch}{letter}t")))
             for index, port in enumerate(layer.ports):
                 i = next(n for n, part in enumerate(parts) if port.neuron in part.neurons)
                 switch_end = row[i].name + port_tag(layer.index, port.switch_if)
-                b.add_link(relay, row[i], object_name(run, port.host_if), switch_end)
+                links.append((relay, row[i], object_name(run, port.host_if), switch_end))
                 spec_ports.setdefault(id(row[i]), []).append([layer.index, index, switch_end])
-                done += 1
-                if progress is not None:
-                    progress("links", done, total)
+        # Local ends are made in (or moved through) this machine's root namespace: recorded there
+        # first, so a crash between creating and moving one leaves nothing cleanup cannot find.
+        for link in links:
+            for node, name in ((link[0], link[2]), (link[1], link[3])):
+                if not node.isRemote:
+                    registry.record("link", name=name, netns=None, peer=None, peer_netns=None)
+        make_tunnels(classes["link"], [link for link in links if link[0].server != link[1].server])
+        for done, (a, node, name_a, name_b) in enumerate(links, 1):
+            b.net.addLink(a, node, intfName1=name_a, intfName2=name_b)
+            if progress is not None:
+                progress("links", done, len(links))
         b.net.build()
         b.net.start()
 
@@ -202,10 +202,10 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
                             [up[0]] if i == 0 else [], fabric_cpus)
         it = iter(ports)
         live = tuple(tuple(next(it) for _ in layer.ports) for layer in plan.layers)
-        measured = timing.measure(hosts, placement)
-        (registry.run_dir / "cluster.json").write_text(json.dumps(measured.to_dict(), indent=1))
+        layout = timing.ClusterLayout.of(plan, placement, timing.measure(hosts, placement))
+        (registry.run_dir / "cluster.json").write_text(json.dumps(layout.to_dict(), indent=1))
         fabric = LiveFabric(run, "cluster", relay_ns, tuple(object_name(run, layer.inject_if) for layer in plan.layers),
-                            live, cluster=measured)
+                            live, cluster=layout)
     except BaseException:
         b.stop()
         raise
@@ -228,8 +228,11 @@ def _build_part(b: _Build, node: Any, plan_path: Path, up: list[str], ports: lis
         program_delay_trees(b.run, ns, bridges + up, [(b.plan.layers[l].ports[i], n) for l, i, n in ports],
                             fabric_links, fabric_cpus)
         return
+    # No RPS on a remote part: its CPUs are the host's own (fabric_cpus name this machine's),
+    # and inside a Mininet node's namespace on an emulated host a fresh sysfs cannot be mounted
+    # (EBUSY), so its rps_cpus files cannot be reached.
     spec = {"run_id": b.run, "plan": str(plan_path), "bridges": bridges, "up": up, "ports": ports,
-            "fabric_links": fabric_links, "fabric_cpus": None if fabric_cpus is None else list(fabric_cpus)}
+            "fabric_links": [], "fabric_cpus": None}
     spec_path = b.registry.run_dir / f"part_{node.name}.json"
     spec_path.write_text(json.dumps(spec))
     for path in (plan_path, spec_path):

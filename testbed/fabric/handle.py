@@ -39,7 +39,7 @@ class LiveFabric:
     host_netns: str
     inject_ifs: tuple[str, ...]  # per layer, full names in the host namespace
     ports: tuple[tuple[LivePort, ...], ...]  # per layer, in plan order
-    cluster: Any = None  # the cluster backend's measured inter-host latencies (testbed.cluster.timing)
+    cluster: Any = None  # the cluster backend's placement and latencies (testbed.cluster.timing.ClusterLayout)
 
     def gate_counters(self) -> list[list[dict[str, Any]]]:
         """Per layer, one dict per port: its host end and the gate's totals since the last reset."""

@@ -6,7 +6,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,6 +88,7 @@ class InferOptions:
     inject_cpu: int | None = 0
     pcap_dir: Path | None = None
     plots_dir: Path | None = None
+    cluster: Any = None  # testbed.fabric.live.ClusterRequest: spread the fabric over hosts
 
 
 def infer(source: Path, options: InferOptions, progress: Callable[[int], None] | None = None,
@@ -111,27 +112,28 @@ def infer(source: Path, options: InferOptions, progress: Callable[[int], None] |
                                                  options.calibration, options.prune_margin, options.loss,
                                                  options.lead, options.delay_lines)
         if options.tau_us is None:
-            measure = trial_runner(x_calibration[:TRIAL_SAMPLES], options.backend, options.inject_cpu)
+            measure = trial_runner(x_calibration[:TRIAL_SAMPLES], options.backend, options.inject_cpu, options.cluster)
             choice = choose_tau(compile_at, measure, x_calibration, tried)
         plan = compile_at(options.tau_us if choice is None else choice.tau_us)
     inputs = network_inputs(net, options.dataset, "test", options.limit)
     x = inputs.x.reshape(len(inputs.x), -1)
     if started is not None:
         started(plan, len(x))
-    with build_fabric(plan, options.backend, **cpu_placement(options.inject_cpu)) as fabric:
+    with build_fabric(plan, options.backend, cluster=options.cluster, **cpu_placement(options.inject_cpu)) as fabric:
         run = run_inference(plan, fabric, x, inject_cpu=options.inject_cpu,
                             keep_frames=options.pcap_dir is not None, progress=progress)
         counters = fabric.gate_counters()
-    report = build_report(plan, net, run, x, inputs.y, inputs.dataset, options.backend, counters, choice)
+    report = build_report(plan, net, run, x, inputs.y, inputs.dataset, fabric.backend, counters, choice, fabric.cluster)
     return report, run, write_outputs(plan, run, options)
 
 
-def trial_runner(x: np.ndarray, backend: str, inject_cpu: int | None) -> Callable[[FabricPlan], KernelRun]:
+def trial_runner(x: np.ndarray, backend: str, inject_cpu: int | None,
+                 cluster: Any = None) -> Callable[[FabricPlan], KernelRun]:
     """`choose_tau`'s measure: build a plan's fabric, stream the samples `x` through it, tear it down."""
     from testbed.fabric.live import build_fabric
 
     def measure(plan: FabricPlan) -> KernelRun:
-        with build_fabric(plan, backend, **cpu_placement(inject_cpu)) as fabric:
+        with build_fabric(plan, backend, cluster=cluster, **cpu_placement(inject_cpu)) as fabric:
             return run_inference(plan, fabric, x, inject_cpu=inject_cpu)
 
     return measure

@@ -71,6 +71,7 @@ class InferenceReport:
     warnings: tuple[str, ...]  # signs that the kernel could not keep up with the plan, and what to do
     tau_choice: dict[str, Any] | None = None  # how --tau auto chose τ (testbed.infer.autotau.TauChoice), None if given
     delay_lines: str = "per-synapse"  # the plan's design: "shared" delay lines or a class per synapse
+    cluster: dict[str, Any] | None = None  # --cluster: placement and measured inter-host latencies
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,9 +81,9 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else float("nan")
 
 
-def layer_stats(plan: FabricPlan, run: KernelRun, li: int) -> LayerStats:
+def layer_stats(plan: FabricPlan, run: KernelRun, li: int, port_offsets_us: np.ndarray | None = None) -> LayerStats:
     layer = plan.layers[li]
-    simulated = simulate_layer(plan, layer, run.inputs[li])
+    simulated = simulate_layer(plan, layer, run.inputs[li], port_offsets_us=port_offsets_us)
     predicted = simulated.t_us
     kernel = run.t_us[li]
     both = np.isfinite(predicted) & np.isfinite(kernel)
@@ -146,12 +147,15 @@ def kernel_warnings(layers: tuple[LayerStats, ...], tau_us: float, loss: float) 
 
 def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarray, labels: np.ndarray,
                  dataset: str, backend: str, gate_counters: list[list[dict[str, int]]],
-                 tau_choice: TauChoice | None = None) -> InferenceReport:
+                 tau_choice: TauChoice | None = None, cluster: Any = None) -> InferenceReport:
+    """`cluster`: a fabric spread over hosts (testbed.cluster.timing.ClusterLayout): the
+    simulation adds its measured inter-host latencies to each port's arrivals."""
     s = plan.constants["s"]
     kernel_pred = (-s * run.y[-1]).argmax(axis=1)
-    sim_pred = simulate(plan, x).predictions
+    offsets = None if cluster is None else cluster.port_offsets_us
+    sim_pred = simulate(plan, x, port_offsets_us=offsets).predictions
     golden_pred = net.with_bits(plan.network["bits"]).predict(x)
-    layers = tuple(layer_stats(plan, run, li) for li in range(len(plan.layers)))
+    layers = tuple(layer_stats(plan, run, li, None if offsets is None else offsets[li]) for li in range(len(plan.layers)))
     loss = plan_loss(plan)
     events = sum(2 * layer.n_inputs * len(layer.ports) for layer in plan.layers)
     rate = run.samples / run.wall_s if run.wall_s > 0 else float("nan")
@@ -168,4 +172,5 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
         injector_refused=run.injector_refused, idle_polling=run.idle_polling,
         layers=layers, gates=tuple(_sum_counters(per_port) for per_port in gate_counters),
         warnings=kernel_warnings(layers, plan.timing.tau_us, loss),
-        tau_choice=None if tau_choice is None else tau_choice.to_dict(), delay_lines=plan.delay_lines)
+        tau_choice=None if tau_choice is None else tau_choice.to_dict(), delay_lines=plan.delay_lines,
+        cluster=None if cluster is None else cluster.to_dict())

@@ -72,7 +72,7 @@ def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(t
     layer = tiny_plan.layers[0]
     with build_fabric(tiny_plan, backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:2"))) as fab:
         run = fab.run_id
-        assert fab.backend == "cluster" and [(l.src, l.dst) for l in fab.cluster.links] == [("localhost", "e1")]
+        assert fab.backend == "cluster" and [(l.src, l.dst) for l in fab.cluster.timing.links] == [("localhost", "e1")]
         assert netns.exists(f"p2{run}e1")  # the emulated host, with its sshd
         with netns.iproute(fab.host_netns) as ipr:  # the relay's ends are tunnel ends, not veths
             kinds = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
@@ -82,7 +82,7 @@ def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(t
         frames = spikes.event_frames(tiny_plan, 7, [(2, 1)])  # input 2's t⁻ event: one primer, one spike
         report, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule(np.zeros(2, dtype=np.int64), frames),
                                         len(fab.ports[0]), wait_s=2.0)
-        rtt_us = fab.cluster.links[0].rtt_us
+        rtt_us = fab.cluster.timing.links[0].rtt_us
         by_index = {p.ifindex: p for p in fab.ports[0]}
         got = {}
         for arrival in capture.arrivals:
@@ -109,7 +109,7 @@ def test_a_layer_split_over_two_hosts_floods_through_its_trunk(spikes):
     request = ClusterRequest(parse_cluster("emulated:3"), max_ports=2)  # every layer: one neuron per part
     with build_fabric(plan, backend="mininet", cluster=request) as fab:
         run = fab.run_id
-        placement_hosts = {(l.src, l.dst) for l in fab.cluster.links}
+        placement_hosts = {(l.src, l.dst) for l in fab.cluster.timing.links}
         assert ("e1", "e2") in placement_hosts or ("e2", "e1") in placement_hosts  # a trunk between hosts
         frames = spikes.event_frames(plan, 3, [(0, 0)])
         _, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule(np.zeros(2, dtype=np.int64), frames),
