@@ -13,7 +13,7 @@ from testbed.cluster.hosts import ClusterSpec, parse_cluster
 from testbed.errors import TestbedError
 
 
-def _cluster(ctx: click.Context, param: click.Parameter, value: str | None) -> ClusterSpec | None:
+def parse_cluster_option(ctx: click.Context, param: click.Parameter, value: str | None) -> ClusterSpec | None:
     if value is None:
         return None
     try:
@@ -29,7 +29,7 @@ def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
                                 "on different hosts.")(command)
     command = click.option("--placement", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                            help="With --cluster: which host builds which layer part (JSON, as `pi2 place` prints).")(command)
-    return click.option("--cluster", callback=_cluster, metavar="HOSTS", default=None,
+    return click.option("--cluster", callback=parse_cluster_option, metavar="HOSTS", default=None,
                         help="Spread the fabric over hosts with Mininet's cluster edition: localhost,HOST[,HOST…] "
                              "(ssh as root to each) or emulated:N (N hosts on this machine).")(command)
 
@@ -47,7 +47,7 @@ def cluster_request(cluster: ClusterSpec | None, placement: Path | None, split_p
 
 @click.command("place")
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cluster", callback=_cluster, metavar="HOSTS", required=True,
+@click.option("--cluster", callback=parse_cluster_option, metavar="HOSTS", required=True,
               help="localhost,HOST[,HOST…] or emulated:N, as for pi2 infer.")
 @click.option("--split-ports", "split_ports", type=click.IntRange(2), default=None,
               help="Split a layer with more neuron ports than this into neuron groups.")

@@ -149,3 +149,15 @@ def bring_up(plan: FabricPlan, backend: str = "netns", run_id: str | None = None
     built.fabric.close_gates()
     release_run(built.fabric.run_id)  # up and idle: not in use by this process any more
     return built.fabric.run_id
+
+
+def hold_up(plan: FabricPlan, cluster: ClusterRequest, ready: Callable[[LiveFabric], None],
+            progress: Progress | None = None, fabric_cpus: Sequence[int] | None = None) -> None:
+    """Build `plan` over `cluster`, call `ready`, and keep it up until Ctrl-C or SIGTERM (which
+    `pi2 down RUN` sends), then tear it down on every host. A cluster fabric cannot outlive its
+    builder as `bring_up`'s does: the cluster edition's remote nodes are shells on ssh sessions
+    this process holds (testbed.fabric.cluster_backend)."""
+    with build_fabric(plan, "mininet", progress=progress, fabric_cpus=fabric_cpus, cluster=cluster) as fabric:
+        ready(fabric)
+        while True:
+            signal.pause()  # waiting for a signal to end the run, not a delay on any data path

@@ -129,7 +129,7 @@ def load_placement(path: Path, plan: FabricPlan, hosts: Sequence[str]) -> Placem
         raise PlanError(f"placement file {path}: {exc}; write it with `pi2 place … > {path}`") from None
     placement = placement_from_dict(raw, f"placement file {path}")
     if list(placement.hosts) != list(hosts):
-        raise PlanError(f"placement file {path}: hosts {placement.hosts} differ from --cluster {list(hosts)}")
+        raise PlanError(f"placement file {path}: hosts {list(placement.hosts)} differ from --cluster {list(hosts)}")
     return placement.check(plan)
 
 
