@@ -108,8 +108,9 @@ def main() -> None:
         print(json.dumps({k: run[k] for k in ("hosts", "kernel_sim_agreement", "kernel_accuracy", "sim_accuracy",
                                               "samples_per_s", "kernel_cpu_ms_per_sample")}), flush=True)
         runs.append(run)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"network": str(BUNDLED_NETWORK), "tau_us": tau_us, "runs": runs}, indent=1) + "\n")
+        args.output.parent.mkdir(parents=True, exist_ok=True)  # after each configuration: a later one may fail
+        args.output.write_text(json.dumps({"network": str(BUNDLED_NETWORK), "tau_us": tau_us, "runs": runs},
+                                          indent=1) + "\n")
     print(f"wrote {args.output}")
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from testbed.cluster.hosts import LOCALHOST, ClusterError, ClusterHost, ClusterHosts, emulated_name
 from testbed.kernel.links import LinkBuilder
-from testbed.kernel.names import RunRegistry
+from testbed.kernel.names import RunRegistry, object_name
 
 SUBNET = "198.19.0"  # /24; .1 is the root namespace's end (localhost), .i+1 is host e<i>
 PREFIXLEN = 24
@@ -48,6 +48,12 @@ SSHD = "/usr/sbin/sshd"  # sshd refuses to run unless started by its absolute pa
 SSH_PORT = 22
 READY_TIMEOUT_S = 10.0
 PRIVSEP_DIR = Path("/run/sshd")  # the Debian package's privilege-separation directory (its tmpfiles.d makes it)
+
+
+def underlay_links(run_id: str, host: ClusterHost) -> tuple[str, str]:
+    """(root-namespace end, host end) of an emulated host's veth to the interconnect bridge."""
+    index = host.name[1:]
+    return object_name(run_id, f"c{index}"), object_name(run_id, f"u{index}")
 
 
 def address(index: int) -> str:
@@ -135,7 +141,7 @@ def emulate_hosts(registry: RunRegistry, count: int) -> ClusterHosts:
             lb.up(bridge)
         for i in range(1, count):
             ns = lb.namespace(emulated_name(i))
-            outer, inner = lb.veth(f"c{i}", f"u{i}", None, ns)
+            outer, inner = lb.veth(f"c{i}", f"u{i}", None, ns)  # underlay_links
             lb.enslave(outer, bridge)
             for name, where in ((outer, None), (inner, ns)):
                 lb.ipr(where).link("set", index=lb.index(name, where), mtu=UNDERLAY_MTU)

@@ -26,6 +26,7 @@ and T⁻ (testbed.cluster.timing measures them and folds them into the plan).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import string
 import subprocess
@@ -35,12 +36,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from testbed.cluster import timing
+from testbed.cluster.emulated import underlay_links
 from testbed.cluster.hosts import ClusterError, ClusterHosts
 from testbed.cluster.part import OK
 from testbed.errors import KernelError
 from testbed.fabric.handle import Built, LiveFabric, Progress
 from testbed.fabric.mininet_backend import HOST_SUFFIX, port_tag
-from testbed.fabric.ports import cpu_mask, program_delay_trees, program_gates
+from testbed.fabric.ports import cpu_mask, program_delay_trees, program_gates, rps_path
 from testbed.kernel import netns
 from testbed.kernel.gate import GateProgram
 from testbed.kernel.links import make_hub
@@ -87,11 +89,30 @@ class _Build:
         return f"/proc/{node.pid}/ns/net"
 
     def stop(self) -> None:
+        """Close the gates; stop Mininet's local nodes and links its way. Remote nodes are not
+        stopped through their shells: a node's ssh, blocked writing to a pty nobody read during
+        the run, answers neither a command nor SIGHUP, and Mininet would wait forever. Their ssh
+        clients are SIGKILLed instead; the remote shell, its namespace and every tunnel end in it
+        go with the session (and an emulated host's with its sshd, testbed.cluster.emulated)."""
         for gate in self.gates:
             gate.close()
-        if not self.stopped and self.net is not None:
-            self.stopped = True
-            self.net.stop()
+        if self.stopped or self.net is None:
+            return
+        self.stopped = True
+        remote = [node for node in self.net.switches + self.net.hosts if node.isRemote]
+        for node in remote:
+            if node.shell is not None and node.shell.poll() is None:
+                node.shell.kill()
+                node.shell.wait()
+        gone = set(remote)
+        self.net.links = [link for link in self.net.links
+                          if not {getattr(link, "node1", None), getattr(link, "node2", None)} & gone]
+        self.net.switches = [node for node in self.net.switches if node not in gone]
+        self.net.hosts = [node for node in self.net.hosts if node not in gone]
+        self.net.stop()
+        for node in remote:
+            node.stdin.close()
+            os.close(node.slave)
 
 
 def _server_ips(hosts: ClusterHosts) -> dict[str, str]:
@@ -200,6 +221,7 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
                     up += [object_name(run, f"{layer.switch}t{PART_LETTERS[x - 1]}") for x in range(1, len(row))]
                 _build_part(b, node, plan_path, up, spec_ports.get(id(node), []),
                             [up[0]] if i == 0 else [], fabric_cpus)
+        _steer_underlay(hosts, run, fabric_cpus, gate_cpus)
         it = iter(ports)
         live = tuple(tuple(next(it) for _ in layer.ports) for layer in plan.layers)
         layout = timing.ClusterLayout.of(plan, placement, timing.measure(hosts, placement))
@@ -215,6 +237,24 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
                            "that built it; keep `pi2 up --cluster … --hold` running instead")
 
     return Built(fabric, stop=b.stop, detach=detach)
+
+
+def _steer_underlay(hosts: ClusterHosts, run: str, fabric_cpus: Sequence[int] | None,
+                    gate_cpus: Sequence[int] | None) -> None:
+    """Emulated hosts share this machine's CPUs: without RPS a packet crossing the interconnect
+    is processed (bridge, VXLAN decapsulation, the remote part's flooding and classification) on
+    the CPU that sent it, the injector's, whose busy-wait then stalls (kernel-notes.md). So the
+    emulated host's underlay end takes `fabric_cpus` (the part's work) and the root end
+    `gate_cpus` (what returns to the relay's gates), as testbed.fabric.ports does on one host."""
+    fabric_mask, gate_mask = cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
+    for host in hosts.hosts:
+        if host.netns is None:
+            continue
+        outer, inner = underlay_links(run, host)
+        if fabric_mask is not None:
+            netns.write_sysfs(host.netns, {rps_path(inner): fabric_mask})
+        if gate_mask is not None:
+            netns.write_sysfs(None, {rps_path(outer): gate_mask})
 
 
 def _build_part(b: _Build, node: Any, plan_path: Path, up: list[str], ports: list[list[Any]],
