@@ -58,7 +58,7 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
       sudo pi2 infer net.npz --dataset digits --tau 2ms --pcap out/ --plots out/
       sudo pi2 infer plan.json --backend mininet --json
       sudo pi2 infer --profile shaper --loss 0.1 --limit 100
-      sudo pi2 infer --tau 2ms --cluster emulated:3 --split-ports 32
+      sudo pi2 infer --tau 40ms --cluster emulated:3 --split-ports 20
     """
     if source is not None and source.suffix == ".json":
         refuse_compile_options(click.get_current_context(), source)

@@ -513,6 +513,9 @@ BAD_OPTIONS = {
                                "--finetune-lr", "0", "-o", "n.npz"], "--finetune-lr"),
     "compile --loss nan": (["compile", str(NETWORK), "--profile", "shaper", "--loss", "nan"], "--loss"),
     "energy --workload nonsense": (["energy", "--workload", "nonsense"], "nonsense"),
+    "place --cluster not starting with localhost": (["place", "PLAN", "--cluster", "server1,localhost"], "--cluster"),
+    "place --cluster emulated:0": (["place", "PLAN", "--cluster", "emulated:0"], "emulated:N"),
+    "infer --cluster with a bad host name": (["infer", "--cluster", "localhost,bad/name"], "--cluster"),
 }
 
 
