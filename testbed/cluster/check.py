@@ -14,7 +14,7 @@ fabric.cluster_backend), so a clock offset between hosts enters no computed valu
 hosts' htb timers measure only intervals, where a rate error of 100 ppm is 1 µs per 10 ms). The
 offset is still measured and shown (chrony or linuxptp when the host runs one, else a bracketed
 ``date`` over ssh) because a layout that gated on the part's own host would compare clocks, and
-an offset then corrupts every arrival: `offset_limit_us` is what such a layout could tolerate.
+an offset then corrupts every arrival.
 The jitter does enter: each spike crosses the tunnels on its own, so z⁺ and z⁻ of a neuron get
 independent errors; with `tau_us` given, a path whose 4-sigma jitter (√2 × for the difference)
 exceeds the share of τ the report already calls "off the plan" is refused, naming the fix.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from testbed.cluster.timing import ping
 
 LATE_FRACTION_OF_TAU = 0.05  # as testbed.infer.report: a median error beyond this share of τ is "off the plan"
 MIN_UNDERLAY_MTU = 1550
+CLOCK_READINGS = 10
 CHRONY_OFFSET_RE = re.compile(r"^System time\s*:\s*([0-9.]+) seconds (fast|slow)", re.M)
 PTP_OFFSET_RE = re.compile(r"master_offset\s+(-?[0-9]+)")
 
@@ -63,7 +65,8 @@ class HostCheck:
 
 
 def _run(hosts: ClusterHosts, host: ClusterHost, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    command = list(argv) if host.is_local else ssh_command(hosts, host, *argv)
+    # ssh joins its arguments into one line for the remote shell: quote them into one
+    command = list(argv) if host.is_local else ssh_command(hosts, host, shlex.join(argv))
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -85,17 +88,27 @@ def _clock(hosts: ClusterHosts, host: ClusterHost, found: HostCheck) -> None:
     match = PTP_OFFSET_RE.search(ptp.stdout)
     if match:
         found.notes["linuxptp"] = f"{int(match.group(1)) / 1e3:.1f} µs from its PTP master"
+    # One session, several readings: a handshake per reading would make the bracket (and so the
+    # uncertainty) the ssh connection time; here it is one round trip over the open channel.
+    argv = ["ssh", *hosts.ssh_options(), f"root@{host.address}", "while read x; do date +%s%N; done"]
     best: tuple[float, float] | None = None
-    for _ in range(5):
-        before = time.clock_gettime_ns(time.CLOCK_REALTIME)
-        done = _run(hosts, host, "date", "+%s%N")
-        after = time.clock_gettime_ns(time.CLOCK_REALTIME)
-        if done.returncode != 0 or not done.stdout.strip().isdigit():
-            return
-        half = (after - before) / 2
-        offset = int(done.stdout.strip()) - (before + half)
-        if best is None or half < best[1]:
-            best = (offset / 1e3, half / 1e3)
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as session:
+        assert session.stdin is not None and session.stdout is not None
+        for _ in range(CLOCK_READINGS):
+            before = time.clock_gettime_ns(time.CLOCK_REALTIME)
+            session.stdin.write("\n")
+            session.stdin.flush()
+            line = session.stdout.readline().strip()
+            after = time.clock_gettime_ns(time.CLOCK_REALTIME)
+            if not line.isdigit():
+                break
+            half = (after - before) / 2
+            if best is None or half / 1e3 < best[1]:
+                best = ((int(line) - (before + half)) / 1e3, half / 1e3)
+        session.stdin.close()
+    if best is None:
+        found.notes["clock"] = "could not read the host's clock over ssh"
+        return
     found.clock_offset_us, found.clock_uncertainty_us = best
     found.clock_source = "ssh date, bracketed" + (" (the host shares this machine's clock)" if host.netns else "")
 
@@ -148,11 +161,6 @@ def jitter_limit_us(tau_us: float) -> float:
     return LATE_FRACTION_OF_TAU * tau_us / (4 * math.sqrt(2))
 
 
-def offset_limit_us(tau_us: float) -> float:
-    """The clock offset a layout comparing two hosts' clocks could tolerate (module docstring)."""
-    return LATE_FRACTION_OF_TAU * tau_us
-
-
 def refusals(found: list[HostCheck], tau_us: float | None) -> list[str]:
     """One line per problem: a failed check, or (with `tau_us`) a path too jittery for τ."""
     lines = [f"host {h.host}: {name} failed" + (f" ({h.notes[name]})" if name in h.notes else "")
@@ -161,9 +169,9 @@ def refusals(found: list[HostCheck], tau_us: float | None) -> list[str]:
         limit = jitter_limit_us(tau_us)
         for h in found:
             if h.jitter_us is not None and h.jitter_us > limit:
-                lines.append(f"host {h.host}: path jitter {h.jitter_us:.0f} µs exceeds {limit:.0f} µs, what τ "
-                             f"{tau_us / 1e3:g} ms tolerates; use --tau ≥ {h.jitter_us / limit * tau_us / 1e3:.1f} ms "
-                             f"or a quieter interconnect")
+                lines.append(f"host {h.host}: path jitter {h.jitter_us:.1f} µs exceeds {limit:.1f} µs, what τ "
+                             f"{tau_us / 1e3:g} ms tolerates; use --tau ≥ "
+                             f"{math.ceil(h.jitter_us / limit * tau_us / 100) / 10:g} ms or a quieter interconnect")
     return lines
 
 

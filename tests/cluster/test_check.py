@@ -18,5 +18,5 @@ def test_refusals_name_the_failed_check_and_the_tau_that_would_do():
     assert refusals([ok], 10_000) == []
     lines = refusals([ok, bad], 10_000)
     assert lines[0] == "host server1: sudo -n failed (needs a password)"
-    assert "path jitter 300 µs exceeds 88 µs" in lines[1] and "--tau ≥ 33.9 ms" in lines[1]
+    assert "path jitter 300.0 µs exceeds 88.4 µs" in lines[1] and "--tau ≥ 34 ms" in lines[1]
     assert refusals([bad], None) == lines[:1]  # without --tau only the checks count
