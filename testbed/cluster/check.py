@@ -150,13 +150,13 @@ def check_host(hosts: ClusterHosts, host: ClusterHost, local_profile: str | None
             found.notes["underlay mtu"] = (f"{hosts.underlay_mtu} < {MIN_UNDERLAY_MTU}: enable jumbo frames between the "
                                            f"hosts (tunnels carry 1514-byte primers)")
         latency = ping(hosts, "localhost", host.name)
-        found.rtt_us, found.jitter_us = latency.rtt_us, latency.mdev_us
+        found.rtt_us, found.jitter_us = latency.rtt_us, latency.sd_us
     _clock(hosts, host, found)
     return found
 
 
 def jitter_limit_us(tau_us: float) -> float:
-    """The largest path jitter (ping mdev) τ tolerates: 4 sigma of a neuron's T⁺ − T⁻ (√2 × one
+    """The largest path jitter (the RTTs' robust sd) τ tolerates: 4 sigma of a neuron's T⁺ − T⁻ (√2 × one
     arrival's) within LATE_FRACTION_OF_TAU of τ."""
     return LATE_FRACTION_OF_TAU * tau_us / (4 * math.sqrt(2))
 

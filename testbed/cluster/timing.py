@@ -12,9 +12,9 @@ H → relay. Each adds its one-way latency δ to *every* arrival at the part's p
   backends of the one plan see the same windows and the same shifted arrivals, and a spike the
   latency pushes past its deadline is lost in both.
 
-δ is half the round-trip time `ping` measures over the hosts' underlay (all emulated hosts
+δ is half the median round-trip time `ping` measures over the hosts' underlay (all emulated hosts
 share this machine's clock; on real servers one-way times cannot be measured without synchronised
-clocks, and RTT/2 assumes symmetric links). Jitter is half ping's mdev. The VXLAN encapsulation
+clocks, and RTT/2 assumes symmetric links). Jitter is half its robust spread (`ping`). The VXLAN encapsulation
 adds a few µs that ping does not see; the tunnel test (tests/cluster) measures the whole path.
 """
 
@@ -34,24 +34,25 @@ from testbed.plan.placement import Placement
 
 PINGS = 50
 PING_INTERVAL_S = "0.01"  # below 0.2 s needs root, which a build has
-RTT_RE = re.compile(r"= ([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+) ms")
+TIME_RE = re.compile(r" time=([0-9.]+) ms")
+MAD_TO_SD = 1.4826  # a normal distribution's sd / median absolute deviation
 
 
 @dataclass(frozen=True)
 class HostLatency:
-    """Round-trip time from `src` to `dst` over the underlay (ping: mean and mdev, µs)."""
+    """Round-trip time from `src` to `dst` over the underlay (ping: median and robust sd, µs)."""
 
     src: str
     dst: str
     rtt_us: float
-    mdev_us: float
+    sd_us: float
 
     @property
     def one_way_us(self) -> float:
         return self.rtt_us / 2
 
     def to_dict(self) -> dict[str, Any]:
-        return {"src": self.src, "dst": self.dst, "rtt_us": self.rtt_us, "mdev_us": self.mdev_us,
+        return {"src": self.src, "dst": self.dst, "rtt_us": self.rtt_us, "sd_us": self.sd_us,
                 "one_way_us": self.one_way_us}
 
 
@@ -63,7 +64,7 @@ class ClusterTiming:
         return 0.0 if a == b else self._link(a, b).one_way_us
 
     def jitter_us(self, a: str, b: str) -> float:
-        return 0.0 if a == b else self._link(a, b).mdev_us / 2
+        return 0.0 if a == b else self._link(a, b).sd_us / 2
 
     def _link(self, a: str, b: str) -> HostLatency:
         for link in self.links:
@@ -94,16 +95,19 @@ def needed_pairs(placement: Placement) -> list[tuple[str, str]]:
 
 
 def ping(hosts: ClusterHosts, src: str, dst: str) -> HostLatency:
-    argv = ["ping", "-q", "-n", "-c", str(PINGS), "-i", PING_INTERVAL_S, hosts.by_name(dst).address]
+    """PINGS echoes; the median RTT and 1.4826 × the median absolute deviation (a robust sd): on
+    a shared machine one stalled echo (milliseconds) would dominate ping's own mean and mdev."""
+    argv = ["ping", "-n", "-c", str(PINGS), "-i", PING_INTERVAL_S, hosts.by_name(dst).address]
     source = hosts.by_name(src)
     if not source.is_local:
         argv = ssh_command(hosts, source, *argv)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    match = RTT_RE.search(done.stdout)
-    if done.returncode != 0 or match is None:
+    rtts = np.array([float(t) for t in TIME_RE.findall(done.stdout)]) * 1e3
+    if done.returncode != 0 or rtts.size == 0:
         raise ClusterError(f"latency {src} → {dst}: ping failed ({(done.stderr or done.stdout).strip()[-160:]}); "
                            f"check the hosts with `pi2 doctor --cluster`")
-    return HostLatency(src, dst, float(match.group(2)) * 1e3, float(match.group(4)) * 1e3)
+    median = float(np.median(rtts))
+    return HostLatency(src, dst, median, MAD_TO_SD * float(np.median(np.abs(rtts - median))))
 
 
 def measure(hosts: ClusterHosts, placement: Placement) -> ClusterTiming:
