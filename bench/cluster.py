@@ -55,7 +55,7 @@ def host_shares(plan: FabricPlan, placement: dict) -> dict[str, float]:
 
 def one_config(hosts: int, tau_us: float, limit: int | None, split_ports: int | None) -> dict:
     request = ClusterRequest(parse_cluster(f"emulated:{hosts}"), max_ports=split_ports)
-    options = InferOptions(backend="mininet", tau_us=tau_us, limit=limit, cluster=request)
+    options = InferOptions(backend="mininet", tau_us=tau_us, limit=limit, cluster=request, delay_lines="per-synapse")
     state: dict = {}
 
     def started(plan: FabricPlan, samples: int) -> None:

@@ -70,8 +70,9 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
                            inject_cpu=None if inject_cpu < 0 else inject_cpu,
                            pcap_dir=pcap_dir, plots_dir=plots_dir,
                            cluster=cluster_request(cluster, placement, split_ports))
-    if cluster is not None:
-        options = replace(options, backend="mininet")
+    if cluster is not None:  # a cluster part is built by Mininet, with a class per synapse (shared lines fan out on one host)
+        given = click.get_current_context().get_parameter_source("delay_lines") == click.core.ParameterSource.COMMANDLINE
+        options = replace(options, backend="mininet", delay_lines=delay_lines if given else "per-synapse")
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=as_json) as bar:

@@ -39,7 +39,7 @@ from testbed.cluster import timing
 from testbed.cluster.emulated import underlay_links
 from testbed.cluster.hosts import ClusterError, ClusterHosts
 from testbed.cluster.part import OK
-from testbed.errors import KernelError
+from testbed.errors import KernelError, PlanError
 from testbed.fabric.handle import Built, LiveFabric, Progress
 from testbed.fabric.mininet_backend import HOST_SUFFIX, port_tag
 from testbed.fabric.ports import cpu_mask, program_delay_trees, program_gates, rps_path
@@ -140,6 +140,9 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
     cluster = _mininet()
     from testbed.fabric.cluster_nodes import TUNNEL_MTU, VXLAN_OVERHEAD, cluster_classes, make_tunnels
 
+    if any(layer.lines for layer in plan.layers):
+        raise PlanError("the cluster backend builds a delay class per synapse on each port's host (shared delay lines "
+                        "fan out on one host); compile the plan with --delay-lines per-synapse")
     placement.check(plan)
     cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
     if plan.packets.primer_bytes > TUNNEL_MTU + 14 or hosts.underlay_mtu < TUNNEL_MTU + VXLAN_OVERHEAD:

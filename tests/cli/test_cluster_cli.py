@@ -21,7 +21,7 @@ def plan_file(tmp_path):
     rng = np.random.default_rng(5)
     net = Pi2Network((DenseLayer(rng.uniform(-2, 2, (4, 4)), 1), DenseLayer(rng.uniform(-2, 2, (4, 2)), 1)), (4,))
     plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, np.zeros((1, 4)),
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines="per-synapse")
     return plan.save(tmp_path / "plan.json")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from testbed.cluster.hosts import parse_cluster
-from testbed.errors import TestbedError
+from testbed.errors import PlanError, TestbedError
 from testbed.fabric import cluster_backend
 from testbed.fabric.live import ClusterRequest, build_fabric
 from testbed.kernel import cleanup, netns
@@ -68,9 +68,17 @@ def _settled(run_id: str, spikes, timeout_s: float = 10.0) -> list[str]:
         time.sleep(0.1)
 
 
-def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(tiny_plan, spikes):
-    layer = tiny_plan.layers[0]
-    with build_fabric(tiny_plan, backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:2"))) as fab:
+def one_layer_plan() -> FabricPlan:
+    """conftest's tiny plan with a class per synapse (the cluster backend builds no shared lines)."""
+    net = Pi2Network((DenseLayer(WEIGHTS_1, 1),), (3,))
+    return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
+                           prune_margin=None, lead=0.0, delay_lines="per-synapse")
+
+
+def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(spikes):
+    plan = one_layer_plan()
+    layer = plan.layers[0]
+    with build_fabric(plan, backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:2"))) as fab:
         run = fab.run_id
         assert fab.backend == "cluster" and [(l.src, l.dst) for l in fab.cluster.timing.links] == [("localhost", "e1")]
         assert netns.exists(f"p2{run}e1")  # the emulated host, with its sshd
@@ -79,7 +87,7 @@ def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(t
                      for link in ipr.get_links() if link.get_attr("IFLA_LINKINFO")}
         assert {kinds[p.ifname] for p in fab.ports[0]} == {"vxlan"} and kinds[fab.inject_ifs[0]] == "vxlan"
 
-        frames = spikes.event_frames(tiny_plan, 7, [(2, 1)])  # input 2's t⁻ event: one primer, one spike
+        frames = spikes.event_frames(plan, 7, [(2, 1)])  # input 2's t⁻ event: one primer, one spike
         report, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule(np.zeros(2, dtype=np.int64), frames),
                                         len(fab.ports[0]), wait_s=2.0)
         rtt_us = fab.cluster.timing.links[0].rtt_us
@@ -101,7 +109,18 @@ def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(t
 def two_layer_plan() -> FabricPlan:
     net = Pi2Network((DenseLayer(WEIGHTS_1, 1), DenseLayer(WEIGHTS_2, 1)), (3,))
     return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines="per-synapse")
+
+
+def test_a_plan_with_shared_delay_lines_is_refused_before_anything_is_built():
+    net = Pi2Network((DenseLayer(WEIGHTS_1, 1),), (3,))
+    plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
+                           prune_margin=None, lead=0.0, delay_lines="shared")
+    before = set(netns.list_names())
+    with pytest.raises(PlanError, match="--delay-lines per-synapse"):
+        with build_fabric(plan, backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:2"))):
+            pass
+    assert not set(netns.list_names()) - before
 
 
 def test_a_layer_split_over_two_hosts_floods_through_its_trunk(spikes):
