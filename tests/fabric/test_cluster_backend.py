@@ -68,15 +68,8 @@ def _settled(run_id: str, spikes, timeout_s: float = 10.0) -> list[str]:
         time.sleep(0.1)
 
 
-def one_layer_plan() -> FabricPlan:
-    """conftest's tiny plan with a class per synapse (the cluster backend builds no shared lines)."""
-    net = Pi2Network((DenseLayer(WEIGHTS_1, 1),), (3,))
-    return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
-                           prune_margin=None, lead=0.0, delay_lines="per-synapse")
-
-
-def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(spikes):
-    plan = one_layer_plan()
+def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(tiny_plan, spikes):
+    plan = tiny_plan
     layer = plan.layers[0]
     with build_fabric(plan, backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:2"))) as fab:
         run = fab.run_id
