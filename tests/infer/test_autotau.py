@@ -58,15 +58,15 @@ def test_a_precise_kernel_is_safe_and_a_sloppy_one_is_not(tiny):
 
 
 def test_one_k_th_spike_late_by_most_of_the_margin_is_not_safe(tiny):
-    """Medians and predicted agreement are those of a precise kernel; one K-th spike used 0.6 of the
+    """Medians and predicted agreement are those of a precise kernel; one K-th spike used 0.3 of the
     deadline margin (1 τ on this profile), which a long run would exceed somewhere."""
     compile_at, x = tiny
     plan = compile_at(4000.0)
-    trial = judge(plan, stand_in_run(plan, x[:20], 0.0, kth_late_us=2400.0), x)
+    trial = judge(plan, stand_in_run(plan, x[:20], 0.0, kth_late_us=1200.0), x)
     assert trial.margin_us[0] == pytest.approx(4000.0, rel=0.05), trial.margin_us
-    assert trial.kth_late_us_max[0] == pytest.approx(2400.0, abs=1.0)
+    assert trial.kth_late_us_max[0] == pytest.approx(1200.0, abs=1.0)
     assert not trial.safe and "deadline margin" in trial.verdict, trial
-    assert judge(plan, stand_in_run(plan, x[:20], 0.0, kth_late_us=1600.0), x).safe
+    assert judge(plan, stand_in_run(plan, x[:20], 0.0, kth_late_us=800.0), x).safe
 
 
 @pytest.mark.parametrize("error_us, expected_us", [(0.0, TAU_LADDER_US[0]), (400.0, None), (5000.0, "error")])
@@ -148,10 +148,10 @@ def test_infer_reports_the_tau_it_chose_and_why(monkeypatch):
 
 @pytest.mark.parametrize("late_us, kth_late_us, expected_us", [
     (100.0, 0.0, 5000.0), (300.0, 0.0, 10000.0), (2000.0, 0.0, TAU_LADDER_US[-1]),
-    (0.0, 1000.0, 5000.0), (0.0, 3000.0, 6000.0), (0.0, 5500.0, 12000.0)])
+    (0.0, 1000.0, 5000.0), (0.0, 1500.0, 6000.0), (0.0, 3000.0, 12000.0)])
 def test_far_late_events_send_the_search_straight_to_a_tau_that_allows_them(late_us, kth_late_us, expected_us):
     """At 4 ms a trial may come 0.6 · 200 µs late in the median: 300 µs needs 10 ms; and its latest K-th
-    spike may use half the 4 ms margin (which grows with τ): 3 ms needs 6 ms; within both, one step up."""
+    spike may use a quarter of the 4 ms margin (which grows with τ): 1.5 ms needs 6 ms; within both, one step up."""
     failed = autotau.TauTrial(4000.0, 40, 40000.0, (0.0,), (0.0,), (late_us,), (kth_late_us,), (4000.0,), 0, 0.5,
                               "late")
     assert TAU_LADDER_US[autotau.next_index(failed, TAU_LADDER_US.index(4000.0))] == expected_us
