@@ -13,6 +13,7 @@ slots. Jump offsets count slots from the instruction after the jump; `Assembler`
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -21,6 +22,7 @@ import struct
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 from testbed.errors import KernelError, NeedsRootError
 
@@ -343,6 +345,55 @@ class BpfMap:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class LoadedProgram:
+    """A loaded program and the maps it reads, owned through their fds until `close()` (or the
+    end of a `with` block). Closing drops only our references: a filter that was attached keeps
+    program and maps alive until the filter or its device goes.
+
+    A subclass makes its maps with `own(BpfMap(...))` and sets `_fd` inside `with self.loading():`,
+    which closes whatever was made if loading fails; `what` names it in errors."""
+
+    what = "bpf program"
+
+    def __init__(self, name: str) -> None:
+        check_name(name)
+        self.name = name
+        self._fd: int | None = None
+        self._maps: list[BpfMap] = []
+
+    def own(self, owned: BpfMap) -> BpfMap:
+        self._maps.append(owned)
+        return owned
+
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise KernelError(f"{self.what} {self.name!r} is closed")
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for owned in self._maps:
+            owned.close()
+        self._maps = []
+
+    def __enter__(self) -> "LoadedProgram":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def load_program(code: bytes, name: str, prog_type: int = PROG_TYPE_SCHED_CLS, license: str = "Apache-2.0") -> int:

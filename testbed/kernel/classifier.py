@@ -24,7 +24,6 @@ lookup instead of an htb enqueue, a timer and a veth crossing.
 
 from __future__ import annotations
 
-import os
 import struct
 
 from testbed.errors import KernelError
@@ -82,47 +81,20 @@ def build_synapse_filter(layer: int, events: int, drop_fd: int) -> bytes:
     return a.assemble()
 
 
-class SynapseFilter:
-    """A loaded synapse filter for one port: its program fd and drop map, until `close()`.
+class SynapseFilter(bpf.LoadedProgram):
+    """A loaded synapse filter for one port: its program and drop map (bpf.LoadedProgram)."""
 
-    Closing drops only our references; an attached filter keeps program and map alive.
-    """
+    what = "synapse filter"
 
     def __init__(self, layer: int, events: int, dropped: set[int], name: str = FILTER_PROGRAM_NAME) -> None:
         if events < 1 or any(not 0 <= e < events for e in dropped):
             raise KernelError(f"synapse filter {name!r}: dropped events must lie in 0..{events - 1}")
-        bpf.check_name(name)
-        self.name = name
-        self._map: bpf.BpfMap | None = None
-        self._fd: int | None = None
-        try:
-            self._map = bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4, events, name[:13] + ".d")
+        super().__init__(name)
+        with self.loading():
+            drops = self.own(bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4, events, name[:13] + ".d"))
             for event in sorted(dropped):
-                self._map.update(event, struct.pack("=I", 1))
-            self._fd = bpf.load_program(build_synapse_filter(layer, events, self._map.fd), name)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise KernelError(f"synapse filter {self.name!r} is closed")
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-
-    def __enter__(self) -> "SynapseFilter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+                drops.update(event, struct.pack("=I", 1))
+            self._fd = bpf.load_program(build_synapse_filter(layer, events, drops.fd), name)
 
 
 def load_synapse_classifier(layer: int, name: str = PROGRAM_NAME) -> int:

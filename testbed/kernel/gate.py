@@ -61,10 +61,8 @@ them open).
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, fields
-from typing import Any
 
 from testbed.errors import KernelError
 from testbed.kernel import bpf
@@ -235,12 +233,11 @@ def _locked_word(dst: bpf.Reg, count: bpf.Reg, sample: bpf.Reg) -> tuple[bpf.Ins
             bpf.alu64(OR, dst, sample))
 
 
-class GateProgram:
-    """A loaded neuron (first-K gate) for one port: its program fd and maps, until `close()`.
+class GateProgram(bpf.LoadedProgram):
+    """A loaded neuron (first-K gate) for one port: its program, state ring and counters
+    (bpf.LoadedProgram: a context manager, or call `close()`)."""
 
-    Use as a context manager or call `close()`. Closing only drops our references: a filter
-    that was attached keeps the program and maps alive until the filter or its device goes.
-    """
+    what = "first-K gate"
 
     def __init__(self, k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME,
                  drop_one_in: int | None = None, window_ns: int | None = None) -> None:
@@ -252,38 +249,27 @@ class GateProgram:
             raise KernelError(f"first-K gate {name!r}: slots={slots}; expected a power of two in 1..{MAX_SLOTS}")
         if window_ns is not None and not 0 < window_ns < 1 << 63:
             raise KernelError(f"first-K gate {name!r}: window_ns={window_ns}; expected a positive time-out in ns")
-        bpf.check_name(name)
+        super().__init__(name)
         self.k = k
         self.slots = slots
-        self.name = name
         self.drop_one_in = drop_one_in
         self.window_ns = window_ns
-        self._state: bpf.BpfMap | None = None
         self._counters: bpf.BpfMap | None = None
-        self._fd: int | None = None
-        try:
+        with self.loading():
             # Maps are named after the program (which carries the caller's run id): <name>.s / <name>.c.
-            self._state = bpf.BpfMap(bpf.MAP_TYPE_ARRAY, STATE.size, slots, name[:13] + ".s")
+            self._state = self.own(bpf.BpfMap(bpf.MAP_TYPE_ARRAY, STATE.size, slots, name[:13] + ".s"))
             if counters:
-                self._counters = bpf.BpfMap(bpf.MAP_TYPE_PERCPU_ARRAY, 8 * len(COUNTER_NAMES), 1, name[:13] + ".c")
+                self._counters = self.own(bpf.BpfMap(bpf.MAP_TYPE_PERCPU_ARRAY, 8 * len(COUNTER_NAMES), 1,
+                                                     name[:13] + ".c"))
             code = build_first_k_gate(k, slots, self._state.fd, None if self._counters is None else self._counters.fd,
                                       drop_one_in, window_ns)
             self._fd = bpf.load_program(code, name)
-        except BaseException:
-            self.close()
-            raise
         self.instructions = len(code) // 8
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise KernelError(f"first-K gate {self.name!r} is closed")
-        return self._fd
 
     @property
     def state_fd(self) -> int:
         """The state ring's map fd: a shared line's fan-out reads it (testbed.kernel.lines)."""
-        if self._state is None or self._state.fd is None:
+        if self._state.fd is None:
             raise KernelError(f"first-K gate {self.name!r} is closed")
         return self._state.fd
 
@@ -302,7 +288,7 @@ class GateProgram:
     def partial(self, sample: int) -> NeuronState:
         """What the neuron counted for `sample` so far (count 0 if its entry holds another sample):
         read at the deadline, it is the event of a set that got fewer than K spikes."""
-        if self._state is None:
+        if self._state.fd is None:
             raise KernelError(f"first-K gate {self.name!r} is closed")
         sample &= 0xFFFFFFFF
         # The lookup copies word and sum one after the other, not atomically: a spike counted in
@@ -321,25 +307,12 @@ class GateProgram:
 
     def reset(self) -> None:
         """Forget every sample and zero the counters: call between runs, never needed per sample."""
-        if self._state is None:
+        if self._state.fd is None:
             raise KernelError(f"first-K gate {self.name!r} is closed")
         self._state.clear()
         if self._counters is not None:
             self._counters.clear()
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        for owned in (self._state, self._counters):
-            if owned is not None:
-                owned.close()
-
-    def __enter__(self) -> "GateProgram":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def load_first_k_gate(k: int, slots: int = 16, counters: bool = True, name: str = PROGRAM_NAME,

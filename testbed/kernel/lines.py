@@ -38,7 +38,6 @@ working.
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Callable, Sequence
 
@@ -157,41 +156,22 @@ def build_line_fanout(layer: int, events: int, lines: int, members: int, map_fd:
     return a.assemble()
 
 
-class LineProgram:
-    """A loaded line program (splitter or fan-out) and its array map, until `close()`. The
-    attached filter keeps both alive after close, as for the gates."""
+class LineProgram(bpf.LoadedProgram):
+    """A loaded line program (splitter or fan-out) and its array map (bpf.LoadedProgram)."""
+
+    what = "line program"
 
     def __init__(self, code_for_map: Callable[[int], bytes], entries: int, width: int, table: dict[int, Sequence[int]],
                  name: str) -> None:
-        bpf.check_name(name)
-        self.name = name
-        self._map: bpf.BpfMap | None = None
-        self._fd: int | None = None
-        try:
-            self._map = bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4 + 4 * width, entries, name[:13] + ".m")
+        super().__init__(name)
+        with self.loading():
+            lines = self.own(bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4 + 4 * width, entries, name[:13] + ".m"))
             for key, values in table.items():
                 if not 0 <= key < entries or len(values) > width:
                     raise KernelError(f"{name}: map entry {key} with {len(values)} values does not fit "
                                       f"{entries} entries of {width}")
-                self._map.update(key, struct.pack(f"=I{width}I", len(values), *values, *[0] * (width - len(values))))
-            self._fd = bpf.load_program(code_for_map(self._map.fd), name)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise KernelError(f"line program {self.name!r} is closed")
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+                lines.update(key, struct.pack(f"=I{width}I", len(values), *values, *[0] * (width - len(values))))
+            self._fd = bpf.load_program(code_for_map(lines.fd), name)
 
 
 def load_line_splitter(layer: int, events: int, lines: int, classids: dict[int, Sequence[int]],
@@ -200,41 +180,28 @@ def load_line_splitter(layer: int, events: int, lines: int, classids: dict[int, 
     return LineProgram(lambda fd: build_line_splitter(layer, events, lines, fd), events, lines, classids, name)
 
 
-class LineFanout:
+class LineFanout(bpf.LoadedProgram):
     """A loaded fan-out: its program, its member table, the map of its members' neuron states and
-    its counters, until `close()` (the attached filter keeps them alive, as for the gates)."""
+    its counters (bpf.LoadedProgram)."""
+
+    what = "line fan-out"
 
     def __init__(self, layer: int, events: int, lines: int, members: dict[int, Sequence[tuple[int, int]]],
                  states: Sequence[int], k: int, slots: int, name: str = FANOUT_NAME) -> None:
-        bpf.check_name(name)
-        self.name = name
+        super().__init__(name)
         width = max((len(m) for m in members.values()), default=1)
-        self._maps: list[bpf.BpfMap] = []
-        self._fd: int | None = None
-        try:
-            table = bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4 + 8 * width, events * lines, name[:13] + ".m")
-            self._maps.append(table)
+        with self.loading():
+            table = self.own(bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4 + 8 * width, events * lines, name[:13] + ".m"))
             for key, pairs in members.items():
                 ifindexes, ports = [p[0] for p in pairs], [p[1] for p in pairs]
                 pad = [0] * (width - len(pairs))
                 table.update(key, struct.pack(f"=I{2 * width}I", len(pairs), *ifindexes, *pad, *ports, *pad))
-            outer = bpf.BpfMap(bpf.MAP_TYPE_ARRAY_OF_MAPS, 4, max(1, len(states)), name[:13] + ".n", states[0])
-            self._maps.append(outer)
+            outer = self.own(bpf.BpfMap(bpf.MAP_TYPE_ARRAY_OF_MAPS, 4, max(1, len(states)), name[:13] + ".n", states[0]))
             for port, state_fd in enumerate(states):
                 outer.update(port, struct.pack("=I", state_fd))
-            self._counters = bpf.BpfMap(bpf.MAP_TYPE_PERCPU_ARRAY, 16, 1, name[:13] + ".c")
-            self._maps.append(self._counters)
+            self._counters = self.own(bpf.BpfMap(bpf.MAP_TYPE_PERCPU_ARRAY, 16, 1, name[:13] + ".c"))
             code = build_line_fanout(layer, events, lines, width, table.fd, outer.fd, k, slots, self._counters.fd)
             self._fd = bpf.load_program(code, name)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise KernelError(f"line fan-out {self.name!r} is closed")
-        return self._fd
 
     def counters(self) -> dict[str, int]:
         """Copies made (sent to a member's neuron) and skipped (the member already had K), over all CPUs."""
@@ -244,14 +211,6 @@ class LineFanout:
             m, s = struct.unpack_from("=QQ", raw, 16 * cpu)
             made, skipped = made + m, skipped + s
         return {"copies_made": made, "copies_skipped_after_k": skipped}
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        for owned in self._maps:
-            owned.close()
-        self._maps = []
 
 
 def load_line_fanout(layer: int, events: int, lines: int, members: dict[int, Sequence[tuple[int, int]]],
