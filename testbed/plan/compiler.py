@@ -100,7 +100,8 @@ class Realisation:
     quantum_us: float = 1.0  # netem delays are multiples of this
     flood_copy_us: float = 0.4  # bridge flood: per-port copy time (kernel-notes: 0.3–0.6 µs)
     max_delay_us: float = 1e6  # longest delay the realisation holds to its quantum
-    margin_tau: float = 1.0  # a layer's deadline: latest calibrated K-th arrival + this many τ
+    margin_tau: float = 1.0  # a layer's deadline: latest calibrated K-th arrival + this many τ,
+    margin_us_min: float = 0.0  # but at least this many µs (a stall of the fabric CPU lasts µs, not τ)
     loss_kind: str = "bpf-drop"  # how the profile drops spikes when a run asks for loss
 
     @classmethod
@@ -116,6 +117,7 @@ class Realisation:
                    min_delay_us=rng.min_us, quantum_us=rng.quantum_us, max_delay_us=rng.max_us,
                    flood_copy_us=profile.primitive("broadcast").params["flood_copy_us"],
                    margin_tau=profile.primitive("timeout").params["margin_tau"],
+                   margin_us_min=profile.primitive("timeout").params["margin_us_min"],
                    loss_kind=profile.primitive("loss").kind)
 
     def __post_init__(self) -> None:
@@ -334,7 +336,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
-    arrival plus `margin` model units (default: the profile's timeout margin), and with
+    arrival plus `margin` model units (default: the profile's timeout margin, margin_tau but at least
+    margin_us_min), and with
     `prune_margin` (model units; None: keep every synapse) which synapses are pruned. The sample
     period lets every class recover (its event's spread of times, its delay, the spike's own
     token debt) and the relay decode a layer before the next sample reuses it.
@@ -365,7 +368,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                             f"takes at most {MAX_PORTS_PER_LAYER} ports per layer")
         if 2 * layer.n_inputs > MAX_CLASS_MINOR:
             raise PlanError(f"layer {i} has {layer.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
-    margin = real.margin_tau if margin is None else margin
+    margin = max(real.margin_tau, real.margin_us_min / tau_us) if margin is None else margin
     loss_one_in = drop_one_in(loss, real)
     cal = calibrate(net, np.asarray(calibration_x, dtype=np.float64))
     c = net.constants

@@ -110,8 +110,9 @@ KINDS: dict[str, dict[str, KindSpec]] = {
     "timeout": {
         # the first-K gate's own time-out: it drops a spike whose kernel RX stamp is later than the
         # origin stamped in the spike (wire time_ns) + the layer's window (latest calibrated K-th
-        # arrival + margin_tau·τ, whole µs), before counting it; the relay never filters by time.
-        "gate-window": KindSpec(frozenset({"clsact", "bpf"}), {"margin_tau": MARGIN}),
+        # arrival + margin_tau·τ, but at least margin_us_min, whole µs), before counting it; the relay
+        # never filters by time.
+        "gate-window": KindSpec(frozenset({"clsact", "bpf"}), {"margin_tau": MARGIN, "margin_us_min": MARGIN}),
     },
     "loss": {
         "netem-loss": KindSpec(frozenset({"netem"}), {}),

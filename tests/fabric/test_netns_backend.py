@@ -113,9 +113,9 @@ def test_gate_passes_k_spikes_per_port_and_order_follows_the_delays(wide_tiny_pl
 @pytest.mark.root
 def test_the_kernel_deadline_drops_late_spikes(tiny_plan, spikes):
     # Sample 200's origin lies a second ahead, so its spikes are early and the first-K gate alone
-    # decides; sample 201's lies a second back, ≈200 windows, so every one of its spikes is late.
+    # decides; sample 201's lies a second back, tens of windows, so every one of its spikes is late.
     layer = tiny_plan.layers[0]
-    assert layer.window_us < 10_000
+    assert layer.window_us < 100_000
     with build_fabric(tiny_plan, fabric_cpus=[max(os.sched_getaffinity(0))]) as fab:
         run = fab.run_id
         now = time.clock_gettime_ns(time.CLOCK_REALTIME)
