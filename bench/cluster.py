@@ -16,7 +16,7 @@ there is no per-host CPU counter; per host the bench reports that total split by
 packets each host's parts carry (2 per synapse event per sample: primer and spike), an attribution,
 not a measurement. Other users of the machine add to the total: `uptime` is recorded with each run.
 
-    sudo python bench/cluster.py [--tau 20ms] [--limit N] [--hosts 1,2,3] [--split-ports 20] [-o bench/results/cluster.json]
+    sudo python bench/cluster.py [--tau 20ms|auto] [--limit N] [--hosts 1,2,3] [--split-ports 20] [-o bench/results/cluster.json]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def host_shares(plan: FabricPlan, placement: dict) -> dict[str, float]:
     return {host: n / total for host, n in packets.items()}
 
 
-def one_config(hosts: int, tau_us: float, limit: int | None, split_ports: int | None) -> dict:
+def one_config(hosts: int, tau_us: float | None, limit: int | None, split_ports: int | None) -> dict:
     request = ClusterRequest(parse_cluster(f"emulated:{hosts}"), max_ports=split_ports)
     options = InferOptions(backend="mininet", tau_us=tau_us, limit=limit, cluster=request, delay_lines="per-synapse")
     state: dict = {}
@@ -75,7 +75,8 @@ def one_config(hosts: int, tau_us: float, limit: int | None, split_ports: int | 
     per_sample_ms = (state["cpu1"] - state["cpu0"]) * 1e3 / r["samples"]
     shares = host_shares(state["plan"], r["cluster"]["placement"])
     return {
-        "hosts": hosts, "split_ports": split_ports, "tau_us": r["tau_us"], "samples": r["samples"],
+        "hosts": hosts, "split_ports": split_ports, "tau_us": r["tau_us"], "tau_choice": r.get("tau_choice"),
+        "samples": r["samples"],
         "kernel_accuracy": r["kernel_accuracy"], "sim_accuracy": r["sim_accuracy"],
         "golden_accuracy": r["golden_accuracy"], "kernel_sim_agreement": r["kernel_sim_agreement"],
         "accuracy_gap_pt": 100 * (r["kernel_accuracy"] - r["sim_accuracy"]),
@@ -94,14 +95,16 @@ def one_config(hosts: int, tau_us: float, limit: int | None, split_ports: int | 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tau", default="20ms", help="τ for every configuration (default 20ms)")
+    parser.add_argument("--tau", default="20ms",
+                        help="τ for every configuration (default 20ms), or auto: each configuration measures its own "
+                             "(pi2 infer's --tau auto, trials on the cluster fabric)")
     parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
     parser.add_argument("--hosts", default="1,2,3")
     parser.add_argument("--split-ports", type=int, default=20,
                         help="with 3 hosts: split layers of more ports than this (the bundled network: layer 0, 32 ports)")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench/results/cluster.json"))
     args = parser.parse_args()
-    tau_us = DURATION.convert(args.tau, None, None)
+    tau_us = None if args.tau == "auto" else DURATION.convert(args.tau, None, None)
     runs = []
     for hosts in (int(h) for h in args.hosts.split(",")):
         run = one_config(hosts, tau_us, args.limit, args.split_ports if hosts == 3 else None)

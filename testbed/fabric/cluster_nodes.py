@@ -10,15 +10,16 @@ work around it:
 - Tunnels: `RemoteGRELink` needs gretap and `RemoteSSHLink` an ssh tap tunnel per link. This
   kernel has no GRE at all ("Unknown device type"), and an ssh tunnel would put a user-space
   process on the data path. `RemoteVXLANLink` makes a VXLAN tunnel per link (in-kernel,
-  point-to-point: ``remote`` set, no learning), created in each server's root namespace and
-  moved into its node, as RemoteGRELink does with gretap.
+  point-to-point: ``remote`` set, no learning), created straight inside its node with its
+  underlay in the server's root namespace (RemoteGRELink creates gretap in the root namespace
+  and then moves it, so a crash between the two leaves it there).
 - MTU: RemoteGRELink sets every tunnel to 1450 bytes. The fabric's primers are full 1514-byte
   frames (an MTU of 1500), so a tunnel carrying fewer silently drops every primer and every
   delay becomes 0. Ours keep MTU 1500, which needs an underlay of ≥ 1550 bytes (VXLAN adds 50):
   the emulated hosts' bridge has 9000; real servers need jumbo frames on the interconnect, and
   the backend refuses an underlay too small for the plan, naming the fix.
 - Same-server links between remote nodes: RemoteLink makes those with the *local* ``ip``, which
-  is wrong on a remote server; ours runs ``ip`` there.
+  is wrong on a remote server; ours runs ``ip`` there, each end created inside its node.
 - ssh: RemoteMixin's ssh command is a class attribute with ForwardAgent on and no way to pass
   options; `cluster_classes` makes subclasses whose ssh carries the run's options (``-F`` the
   emulated hosts' config: keys and known hosts of the run) and no agent forwarding.
@@ -85,9 +86,10 @@ class RemoteVXLANLink(RemoteLink):
         if node1.server == node2.server:
             if not node1.isRemote:
                 return Link.makeIntfPair(intfname1, intfname2, addr1, addr2, node1, node2, deleteIntfs=deleteIntfs)
-            self._check(node1, _shell(node1, f"ip link add {intfname1} type veth peer name {intfname2} && "
-                                             f"ip link set {intfname1} netns {node1.pid} && "
-                                             f"ip link set {intfname2} netns {node2.pid}"), intfname1)
+            # Both ends are born in their nodes (one request, as for tunnel_end): nothing of the
+            # pair can stay in the server's root namespace.
+            self._check(node1, _shell(node1, f"ip link add {intfname1} netns {node1.pid} type veth "
+                                             f"peer name {intfname2} netns {node2.pid}"), intfname1)
             return None
         if intfname1 in self.premade and intfname2 in self.premade:
             self.tunnel = True  # made by make_tunnels, one batch per server
@@ -113,11 +115,13 @@ class RemoteVXLANLink(RemoteLink):
 
 
 def tunnel_end(name: str, vni: int, node: Any, peer: Any) -> str:
-    """Shell commands making one VXLAN end in `node`'s server's root namespace and moving it into
-    `node` (its underlay socket stays in the root namespace, where the tunnel's packets arrive)."""
-    return (f"ip link add {name} type vxlan id {vni} local {node.serverIP} remote {peer.serverIP} "
-            f"dstport {VXLAN_PORT} nolearning ttl 64 && ip link set {name} mtu {TUNNEL_MTU} && "
-            f"ip link set {name} netns {node.pid}")
+    """The shell command making one VXLAN end on `node`'s server, created straight inside `node`
+    (``netns``: the device is born there) while its underlay socket belongs to the server's root
+    namespace, where the command runs and the tunnel's packets arrive. One netlink request, so
+    no crash can leave the end behind in the root namespace, where only the node's namespace
+    going away would not remove it (RemoteGRELink creates it there, then moves it)."""
+    return (f"ip link add {name} mtu {TUNNEL_MTU} netns {node.pid} type vxlan id {vni} local {node.serverIP} "
+            f"remote {peer.serverIP} dstport {VXLAN_PORT} nolearning ttl 64")
 
 
 def make_tunnels(link_class: type, pairs: list[tuple[Any, Any, str, str]]) -> None:

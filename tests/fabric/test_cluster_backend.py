@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed.cluster.hosts import parse_cluster
+from testbed.cluster.emulated import underlay_links
+from testbed.cluster.hosts import ClusterHost, parse_cluster
 from testbed.errors import PlanError, TestbedError
 from testbed.fabric import cluster_backend
 from testbed.fabric.live import ClusterRequest, build_fabric
@@ -79,6 +80,11 @@ def test_two_host_fabric_passes_a_spike_across_the_tunnel_with_the_right_delay(t
             kinds = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
                      for link in ipr.get_links() if link.get_attr("IFLA_LINKINFO")}
         assert {kinds[p.ifname] for p in fab.ports[0]} == {"vxlan"} and kinds[fab.inject_ifs[0]] == "vxlan"
+        # The host's own (root) namespace holds only its underlay: every tunnel end was born in its
+        # node, so no crash can strand one there (testbed.fabric.cluster_nodes.tunnel_end).
+        with netns.iproute(f"p2{run}e1") as ipr:
+            names = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        assert names - {"lo"} == {underlay_links(run, ClusterHost("e1", "", f"p2{run}e1"))[1]}
 
         frames = spikes.event_frames(plan, 7, [(2, 1)])  # input 2's t⁻ event: one primer, one spike
         report, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule(np.zeros(2, dtype=np.int64), frames),
@@ -148,7 +154,8 @@ KILLED = """
 import sys, time
 sys.path.insert(0, {here!r})
 from test_cluster_backend import two_layer_plan
-from testbed.cluster.hosts import parse_cluster
+from testbed.cluster.emulated import underlay_links
+from testbed.cluster.hosts import ClusterHost, parse_cluster
 from testbed.fabric.live import ClusterRequest, build_fabric
 with build_fabric(two_layer_plan(), backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:3"), max_ports=2)) as fab:
     print(fab.run_id, flush=True)
