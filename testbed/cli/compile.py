@@ -15,6 +15,7 @@ from testbed.infer.inputs import network_inputs
 from testbed.infer.pipeline import compile_for, network_of
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.sim.executor import simulate
+from testbed.sim.fabric_cpu import kth_lateness_p99
 
 NET = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -84,14 +85,29 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
 @click.argument("plan_path", metavar="PLAN", type=NET)
 @click.option("--dataset", default=None, help="Data set (default: the one the plan's network was trained on).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Simulate only the first N test samples.")
+@click.option("--packet-cost-us", type=click.FloatRange(min=0), default=None,
+              help="Also predict a kernel whose fabric CPU spends this many µs on every packet (a queue; "
+                   "bench/infer.py's kernel CPU per shaped packet is a measure of it).")
 @json_option
-def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, as_json: bool) -> None:
+def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, packet_cost_us: float | None,
+                 as_json: bool) -> None:
     """Run PLAN in the software simulator: accuracy and agreement with the golden model.
 
     The simulator applies the plan's realised delays (its synapses' classes or its shared delay
     lines), flood order, first-K gates and deadlines in closed form: no queueing and no CPU cost,
     so it is what an idle kernel would compute. The golden model is the network itself (pi2 eval);
     their gap is the cost of the realisation.
+
+    With --packet-cost-us C it also replays the samples through the plan's slots on one fabric CPU
+    that serves every packet (copies, releases) first come, first served in C µs, adds each
+    arrival's wait to it, and reports what that kernel would decide: its accuracy, its agreement
+    with the closed form (what `pi2 infer` would measure) and the waits per layer. Before building
+    anything, it says whether a τ leaves the fabric CPU enough room.
+
+    \b
+    Example:
+      pi2 compile testbed/networks/digits-mlp.npz --tau 3ms -o plan.json
+      pi2 simulate plan.json --packet-cost-us 3
     """
     plan = load_plan(plan_path)
     net = network_of(plan, plan_path).with_bits(plan.network["bits"])
@@ -103,8 +119,16 @@ def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, as_jso
               "golden_accuracy": float(np.mean(golden == inputs.y)),
               "sim_golden_agreement": float(np.mean(sim.predictions == golden)),
               "timed_out_spikes": int(sum(layer.timed_out.sum() for layer in sim.layers))}
+    if packet_cost_us is not None:
+        busy = simulate(plan, inputs.x, packet_us=packet_cost_us)
+        report.update({"packet_cost_us": packet_cost_us,
+                       "predicted_accuracy": float(np.mean(busy.predictions == inputs.y)),
+                       "predicted_agreement": float(np.mean(busy.predictions == sim.predictions)),
+                       "predicted_timed_out_spikes": int(sum(layer.timed_out.sum() for layer in busy.layers)),
+                       "predicted_kth_late_us_p99": kth_lateness_p99(busy.layers, sim.layers)})
     if as_json:
         emit_json(report)
     else:
         for key, value in report.items():
-            click.echo(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+            click.echo(f"{key:>32}: {value:.4f}" if isinstance(value, float) else f"{key:>32}: {value}")
+

@@ -7,7 +7,9 @@ cost, no timer slack, no contention between packets in one qdisc or on one CPU. 
 the kernel exactly only when the kernel is idle enough to release every packet on time; the
 report's kernel − simulation errors measure how far a real kernel falls short. (`--tau auto`
 draws measured neuron errors onto it, `noise_us`, to predict decisions on a loaded machine; that
-is a statistical correction, not a model of the kernel's costs.)
+is a statistical correction, not a model of the kernel's costs. `packet_us` is one: the fabric
+CPU as a first-come-first-served queue with a per-packet cost, testbed.sim.fabric_cpu, whose
+waits are added to the arrivals.)
 
 The simulator reads only the plan, the same description the kernel builder reads, with the
 realisations' semantics:
@@ -52,6 +54,7 @@ from testbed.errors import PlanError
 from testbed.model.layers import mean_k_earliest
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan, LayerPlan
 from testbed.plan.tc import drop_probability
+from testbed.sim.fabric_cpu import fabric_waits
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class SimResult:
 
 def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.random.Generator | None = None,
                    noise_us: np.ndarray | None = None, noise_rng: np.random.Generator | None = None,
-                   port_offsets_us: np.ndarray | None = None) -> LayerResult:
+                   port_offsets_us: np.ndarray | None = None, waits_us: np.ndarray | None = None) -> LayerResult:
     """Simulate one layer for inputs x (batch, n) in model value units; `rng` draws the losses
     (default: seeded with 0, so a simulation is repeatable). `noise_us`: measured errors of
     neuron outputs (kernel y − simulated y per (sample, neuron), µs), one drawn by `noise_rng`
@@ -84,11 +87,14 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.ra
     y (its T⁺), to predict what a kernel that errs so does to the decisions (`pi2 infer --tau auto`).
     y, not each port's T: a late burst delays a neuron's z⁺ and z⁻ alike, which cancels in y.
     `port_offsets_us` (ports,): a latency added to every arrival at each port, before its
-    deadline (a fabric spread over hosts: testbed.cluster.timing)."""
+    deadline (a fabric spread over hosts: testbed.cluster.timing). `waits_us` (batch, ports, n, 2):
+    how late a busy fabric CPU stamps each arrival (testbed.sim.fabric_cpu), added likewise."""
     tau = plan.timing.tau_us
     inject = layer.inject_us(x, plan.constants["t0"], tau)  # (batch, n, 2)
     flood = layer.flood_offsets_us(plan.timing.flood_copy_us)
     arrive = inject[:, None] + layer.port_delays_us()[None] + flood[None, :, None, None]
+    if waits_us is not None:
+        arrive = arrive + waits_us
     arrive = arrive.reshape(len(x), len(layer.ports), -1)
     if port_offsets_us is not None:
         arrive = arrive + np.asarray(port_offsets_us, dtype=np.float64)[None, :, None]
@@ -119,11 +125,22 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.ra
 
 
 def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[np.ndarray] | None = None,
-             noise_seed: int = 1, port_offsets_us: Sequence[np.ndarray] | None = None) -> SimResult:
+             noise_seed: int = 1, port_offsets_us: Sequence[np.ndarray] | None = None,
+             packet_us: float | None = None) -> SimResult:
     """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan; `seed`
     fixes the random losses of a plan compiled with loss, `noise_seed` the draws of `noise_us`
     (per layer, measured errors of the neurons' y to add, `simulate_layer`); `port_offsets_us`
-    per layer, each port's added latency (`simulate_layer`)."""
+    per layer, each port's added latency (`simulate_layer`). `packet_us`: a fabric CPU that
+    spends this long on every packet (testbed.sim.fabric_cpu) stamps arrivals late by the waits
+    it predicts for the layers' inputs the closed form computes; None: the closed form alone."""
+    if packet_us is not None:
+        first = simulate(plan, x, seed, noise_us, noise_seed, port_offsets_us)
+        s = plan.constants["s"]
+        inputs = [np.asarray(x, dtype=np.float64).reshape(len(x), -1)]
+        inputs += [np.maximum(-s * layer.y, 0.0) for layer in first.layers[:-1]]
+        waits = fabric_waits(plan, inputs, packet_us)
+    else:
+        waits = [None] * len(plan.layers)
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != plan.layers[0].n_inputs:
         raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")
@@ -134,7 +151,7 @@ def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[
     rng, noise_rng = np.random.default_rng(seed), np.random.default_rng(noise_seed)
     for li, layer in enumerate(plan.layers):
         result = simulate_layer(plan, layer, x, rng, None if noise_us is None else noise_us[li], noise_rng,
-                                None if port_offsets_us is None else port_offsets_us[li])
+                                None if port_offsets_us is None else port_offsets_us[li], waits[li])
         results.append(result)
         x = np.maximum(-s * result.y, 0.0)
     scores = -s * results[-1].y

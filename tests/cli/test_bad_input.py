@@ -481,6 +481,7 @@ BAD_OPTIONS = {
                                             "missing/dir"),
     "compile -o a directory": (["compile", str(NETWORK), "--profile", "shaper", "-o", "."], "-o"),
     "simulate --limit 0": (["simulate", "PLAN", "--limit", "0"], "--limit"),
+    "simulate --packet-cost-us -1": (["simulate", "PLAN", "--packet-cost-us", "-1"], "--packet-cost-us"),
     "eval --limit 0": (["eval", str(NETWORK), "--limit", "0"], "--limit"),
     "eval --dataset nonexistent": (["eval", str(NETWORK), "--dataset", "nope"], "nope"),
     "compile --dataset fashion (28×28 for a 64-input network)": (

@@ -43,3 +43,21 @@ def test_loss_that_is_not_one_in_n_or_not_realised_is_a_one_line_error():
                                           "--calibration", "50", "--loss", loss])
         assert isinstance(result.exception, PlanError), result.output
         assert words in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_simulate_predicts_a_busy_fabric_cpu_beside_the_closed_form(tmp_path):
+    plan = tmp_path / "plan.json"
+    made = CliRunner().invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--tau", "2ms", "--calibration", "50",
+                                    "-o", str(plan)])
+    assert made.exit_code == 0, made.output
+    reports = {}
+    for cost in ("0", "40"):
+        result = CliRunner().invoke(pi2, ["simulate", str(plan), "--limit", "60", "--packet-cost-us", cost, "--json"])
+        assert result.exit_code == 0, result.output
+        reports[cost] = json.loads(result.output)
+    idle, busy = reports["0"], reports["40"]
+    assert idle["predicted_agreement"] == 1.0 and idle["predicted_kth_late_us_p99"] == [0.0, 0.0]
+    assert idle["predicted_timed_out_spikes"] == idle["timed_out_spikes"]
+    # 40 µs a packet: a sample's ≈1,500 copies take 60 ms, far more than its 2 ms τ allows
+    assert busy["predicted_agreement"] < 1.0 and busy["predicted_timed_out_spikes"] > 0
+    assert busy["sim_accuracy"] == idle["sim_accuracy"]  # the closed form beside it is unchanged

@@ -1,0 +1,164 @@
+"""The fabric CPU as one queue: how late a busy kernel stamps each arrival, from a per-packet cost.
+
+The closed-form simulator (testbed.sim.executor) assumes the kernel handles every packet the
+instant it is due. It is not: the fabric's packet work runs on one CPU (RPS steers every injector
+link's fabric end there, testbed.fabric.ports), one packet after another, in softirq context.
+When a spike's class releases it while that CPU is still copying or releasing other packets, it
+waits, and the RX stamp its neuron counts is taken late by that wait. This module replays a
+stream of samples through a first-come-first-served single server to predict those waits, so a
+plan's accuracy on a given machine can be estimated before anything is built
+(`simulate(…, packet_us=…)`, `pi2 simulate --packet-cost-us`).
+
+The jobs, all on one clock (the session's slots: slot q starts q·period after the first; in it,
+layer l works on sample q − l, its events sent at origin_l + t·τ − lead):
+
+- an **injected event** costs one packet per copy the fabric end makes of it: with shared lines
+  one per line and one per shaped line's primer (the splitter's clones); with a class per
+  synapse, a primer and a spike per port that keeps the synapse (the bridge's flood);
+- a **release**, when a shaped copy's delay has passed, costs one packet (the class's dequeue,
+  the veth transmit, the RX stamp). Its due time moves with its event's copying: a shaped delay
+  counts from the primer's enqueue.
+
+A release's wait is its start − its due time; an unshaped copy's is its event's wait. The waits
+are what the model adds to the closed-form arrivals. What it leaves out, on purpose: the gate CPU
+(the fan-out and the neurons run after the stamp is taken, on another CPU), the injector's own
+timing, timer slack, and stalls from outside the fabric (other processes' softirqs). It models one
+cost `packet_us` for every packet touch: fit it on a run (a bench's kernel CPU per shaped packet)
+and predict others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from testbed.errors import PlanError
+from testbed.plan.fabric_plan import FabricPlan
+
+if TYPE_CHECKING:
+    from testbed.sim.executor import LayerResult
+
+
+@dataclass(frozen=True)
+class _Jobs:
+    """One layer's jobs for a batch of samples, in the layout the waits are read back from."""
+
+    inject_due: np.ndarray  # (batch, events) µs on the stream's clock
+    inject_cost: np.ndarray  # (events,) µs
+    release_event: np.ndarray  # (releases,) which event each shaped copy belongs to
+    release_delay: np.ndarray  # (releases,) its realised delay, µs
+
+
+def _layer_jobs(plan: FabricPlan, li: int, x: np.ndarray,
+                packet_us: float) -> tuple[_Jobs, list[tuple[int, np.ndarray, int]]]:
+    """The jobs of layer `li` for inputs x (batch, n), and its deliveries: (event index, the ports
+    a copy reaches, the release that carries it or −1 for an unshaped copy)."""
+    layer = plan.layers[li]
+    tau, period = plan.timing.tau_us, plan.timing.period_us
+    sent = layer.inject_us(x, plan.constants["t0"], tau)  # (batch, n, 2)
+    events = sent.transpose(0, 2, 1).reshape(len(x), -1)  # event index sign·n + source
+    slot = (np.arange(len(x)) + li) * period + layer.origin_us
+    copies = np.zeros(2 * layer.n_inputs)
+    release_event, release_delay, targets = [], [], []
+    if layer.lines:
+        for line in layer.lines:
+            e = line.sign * layer.n_inputs + line.source
+            copies[e] += 1 + (line.classid is not None)
+            members = np.asarray(line.members)
+            if line.classid is None:
+                targets.append((e, members, -1))
+            else:
+                targets.append((e, members, len(release_event)))
+                release_event.append(e)
+                release_delay.append(line.delay_us)
+    else:
+        for q, port in enumerate(layer.ports):
+            for syn in port.synapses:
+                e = syn.sign * layer.n_inputs + syn.source
+                copies[e] += 2
+                if syn.classid is None:
+                    targets.append((e, np.array([q]), -1))
+                else:
+                    targets.append((e, np.array([q]), len(release_event)))
+                    release_event.append(e)
+                    release_delay.append(syn.delay_us)
+    jobs = _Jobs(slot[:, None] + events, copies * packet_us, np.asarray(release_event, dtype=np.int64),
+                 np.asarray(release_delay, dtype=np.float64))
+    return jobs, targets
+
+
+def _serve(due: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Start times of jobs served first come, first served by one server (ties: listed order).
+
+    finish_i = max(due_i, finish_{i−1}) + cost_i unrolls to C_i + max_{j≤i}(due_j − C_{j−1}),
+    C the running sum of costs: one sort and two cumulative passes instead of a loop."""
+    order = np.argsort(due, kind="stable")
+    d, c = due[order], cost[order]
+    total = np.cumsum(c)
+    finish = total + np.maximum.accumulate(d - (total - c))
+    start = np.empty_like(due)
+    start[order] = finish - c
+    return start
+
+
+def fabric_waits(plan: FabricPlan, layer_inputs: Sequence[np.ndarray], packet_us: float) -> list[np.ndarray]:
+    """Per layer, (batch, ports, n, 2): how long after its closed-form time each arrival is
+    stamped, for the inputs each layer sees (`layer_inputs`, one (batch, n_l) array per layer,
+    the same samples in order) streamed through the plan's slots on one fabric CPU spending
+    `packet_us` µs per packet (module docstring). 0 where nothing waited; arrivals that never
+    happen keep 0 (the simulator's inf stays inf)."""
+    if not packet_us >= 0:
+        raise PlanError(f"packet cost must be ≥ 0 µs, got {packet_us}")
+    if len(layer_inputs) != len(plan.layers):
+        raise PlanError(f"{len(layer_inputs)} layers' inputs for a plan of {len(plan.layers)} layers")
+    built = [_layer_jobs(plan, li, np.asarray(x, dtype=np.float64), packet_us) for li, x in enumerate(layer_inputs)]
+    # Pass 1 serves the injected events alone to find how late each is copied; pass 2 serves
+    # them with the releases their copying made due.
+    inject_due = np.concatenate([j.inject_due.ravel() for j, _ in built])
+    inject_cost = np.concatenate([np.broadcast_to(j.inject_cost, j.inject_due.shape).ravel() for j, _ in built])
+    inject_wait = _serve(inject_due, inject_cost) - inject_due
+    release_due, offset = [], 0
+    for jobs, _ in built:
+        size = jobs.inject_due.size
+        wait = inject_wait[offset:offset + size].reshape(jobs.inject_due.shape)
+        offset += size
+        release_due.append((jobs.inject_due[:, jobs.release_event] + wait[:, jobs.release_event]
+                            + jobs.release_delay[None]).ravel())
+    due = np.concatenate([inject_due, *release_due])
+    cost = np.concatenate([inject_cost, np.full(due.size - inject_due.size, packet_us)])
+    start = _serve(due, cost)
+    inject_wait = start[:inject_due.size] - inject_due
+    out, i_off, r_off = [], 0, inject_due.size
+    for layer, (jobs, targets) in zip(plan.layers, built):
+        batch, size = jobs.inject_due.shape[0], jobs.inject_due.size
+        event_wait = inject_wait[i_off:i_off + size].reshape(batch, -1)
+        i_off += size
+        n_release = batch * len(jobs.release_event)
+        release_start = start[r_off:r_off + n_release].reshape(batch, -1)
+        # The release was due when its delay had passed since its event was due (not since it
+        # was copied): its whole lateness, copying included, is start − (event due + delay).
+        release_wait = release_start - (jobs.inject_due[:, jobs.release_event] + jobs.release_delay[None])
+        r_off += n_release
+        waits = np.zeros((batch, len(layer.ports), layer.n_inputs, 2))
+        for e, ports, r in targets:
+            source, sign = e % layer.n_inputs, e // layer.n_inputs
+            waits[:, ports, source, sign] = (event_wait[:, e] if r < 0 else release_wait[:, r])[:, None]
+        out.append(waits)
+    return out
+
+
+def kth_lateness_p99(busy: Sequence["LayerResult"], closed: Sequence["LayerResult"]) -> list[float]:
+    """Per layer, p99 over (sample, port) of how much later a busy fabric CPU makes the K-th
+    counted spike than the closed form (ports that counted nothing in either left out): the
+    figure the inference report measures on the kernel (`kth_late_us_p99`)."""
+    out = []
+    for b, c in zip(busy, closed):
+        with np.errstate(all="ignore"):
+            late = np.nanmax(np.where(np.isnan(b.passed_us), -np.inf, b.passed_us), axis=2) \
+                - np.nanmax(np.where(np.isnan(c.passed_us), -np.inf, c.passed_us), axis=2)
+        late = late[np.isfinite(late)]
+        out.append(float(np.percentile(late, 99)) if late.size else float("nan"))
+    return out
