@@ -2,21 +2,24 @@
 
 Each configuration runs `pi2 infer`'s pipeline with `--cluster emulated:N` at one τ, side by side:
 
-    1 host:  everything on localhost (the cluster backend's own path, no tunnel)
-    2 hosts: layer 0 on e1, layer 1 on localhost (the default placement): layer 0's spikes cross
-             the tunnels relay → e1 → relay
-    3 hosts: layer 0 split in two neuron groups on e1 and e2 (--split-ports), layer 1 on localhost:
-             one layer split within, its second part fed through a trunk e1 → e2
+    1        everything on localhost (the cluster backend's own path, no tunnel), shared delay lines
+    2        layer 0's lines on e1, layer 1's on localhost (the default placement): layer 0's events
+             cross the tunnel relay → e1, its delayed copies e1 → relay
+    3        layer 0's lines on e2, layer 1's on e1: both layers across tunnels
+    3-split  a class per synapse, layer 0 split in two neuron groups on e1 and e2 (--split-ports):
+             one layer split within, its second part fed through a trunk e1 → e2 (shared lines feed
+             all of a layer's ports from one host, so a split layer has a class per synapse)
 
 Per run: kernel, simulation (with the measured inter-host latencies folded in) and golden
 accuracy, kernel–simulation agreement, samples/s, the placement and the measured latencies, the
 per-layer arrival errors, and kernel CPU: the machine's system + irq + softirq time (/proc/stat,
 every CPU) while samples streamed, per sample. Emulated hosts share this machine's one kernel, so
 there is no per-host CPU counter; per host the bench reports that total split by the shaped
-packets each host's parts carry (2 per synapse event per sample: primer and spike), an attribution,
-not a measurement. Other users of the machine add to the total: `uptime` is recorded with each run.
+packets each host's parts carry (2 per shaped copy per sample: primer and spike), an
+attribution, not a measurement. Other users of the machine add to the total: `uptime` is
+recorded with each run.
 
-    sudo python bench/cluster.py [--tau 20ms|auto] [--limit N] [--hosts 1,2,3] [--split-ports 20] [-o bench/results/cluster.json]
+    sudo python bench/cluster.py [--tau 20ms|auto] [--limit N] [--configs 1,2,3,3-split] [--split-ports 20] [-o bench/results/cluster.json]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from testbed.fabric.live import ClusterRequest
 from testbed.infer.pipeline import BUNDLED_NETWORK, InferOptions, infer
 from testbed.plan.fabric_plan import FabricPlan
 
+CONFIGS = ("1", "2", "3", "3-split")
 KERNEL_FIELDS = (2, 5, 6)  # /proc/stat cpu line: system, irq, softirq (after the label)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -43,19 +47,24 @@ def kernel_cpu_s() -> float:
 
 
 def host_shares(plan: FabricPlan, placement: dict) -> dict[str, float]:
-    """Each host's share of the shaped packets per sample (its parts' ports: 2 per synapse)."""
+    """Each host's share of the shaped packets per sample (its parts' lines, or its ports'
+    synapses with a class per synapse: a primer and a spike each)."""
     packets: dict[str, int] = {}
     for part in placement["parts"]:
+        layer = plan.layers[part["layer"]]
         start, stop = part["neurons"]
-        n = sum(2 * len(p.synapses) for p in plan.layers[part["layer"]].ports if start <= p.neuron < stop)
+        n = 2 * (len([ln for ln in layer.lines if ln.classid is not None]) if layer.lines else
+                 sum(len(p.synapses) for p in layer.ports if start <= p.neuron < stop))
         packets[part["host"]] = packets.get(part["host"], 0) + n
     total = sum(packets.values())
     return {host: n / total for host, n in packets.items()}
 
 
-def one_config(hosts: int, tau_us: float | None, limit: int | None, split_ports: int | None) -> dict:
-    request = ClusterRequest(parse_cluster(f"emulated:{hosts}"), max_ports=split_ports)
-    options = InferOptions(backend="mininet", tau_us=tau_us, limit=limit, cluster=request, delay_lines="per-synapse")
+def one_config(config: str, tau_us: float | None, limit: int | None, split_ports: int) -> dict:
+    hosts, split = int(config.split("-")[0]), config.endswith("-split")
+    request = ClusterRequest(parse_cluster(f"emulated:{hosts}"), max_ports=split_ports if split else None)
+    options = InferOptions(backend="mininet", tau_us=tau_us, limit=limit, cluster=request,
+                           delay_lines="per-synapse" if split else "shared")
     state: dict = {}
 
     def started(plan: FabricPlan, samples: int) -> None:
@@ -75,7 +84,8 @@ def one_config(hosts: int, tau_us: float | None, limit: int | None, split_ports:
     per_sample_ms = (state["cpu1"] - state["cpu0"]) * 1e3 / r["samples"]
     shares = host_shares(state["plan"], r["cluster"]["placement"])
     return {
-        "hosts": hosts, "split_ports": split_ports, "tau_us": r["tau_us"], "tau_choice": r.get("tau_choice"),
+        "config": config, "hosts": hosts, "delay_lines": options.delay_lines,
+        "split_ports": split_ports if split else None, "tau_us": r["tau_us"], "tau_choice": r.get("tau_choice"),
         "samples": r["samples"],
         "kernel_accuracy": r["kernel_accuracy"], "sim_accuracy": r["sim_accuracy"],
         "golden_accuracy": r["golden_accuracy"], "kernel_sim_agreement": r["kernel_sim_agreement"],
@@ -99,16 +109,18 @@ def main() -> None:
                         help="τ for every configuration (default 20ms), or auto: each configuration measures its own "
                              "(pi2 infer's --tau auto, trials on the cluster fabric)")
     parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
-    parser.add_argument("--hosts", default="1,2,3")
+    parser.add_argument("--configs", default="1,2,3,3-split", help="which configurations, in this order (above)")
     parser.add_argument("--split-ports", type=int, default=20,
-                        help="with 3 hosts: split layers of more ports than this (the bundled network: layer 0, 32 ports)")
+                        help="with 3-split: split layers of more ports than this (the bundled network: layer 0, 32 ports)")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench/results/cluster.json"))
     args = parser.parse_args()
     tau_us = None if args.tau == "auto" else DURATION.convert(args.tau, None, None)
     runs = []
-    for hosts in (int(h) for h in args.hosts.split(",")):
-        run = one_config(hosts, tau_us, args.limit, args.split_ports if hosts == 3 else None)
-        print(json.dumps({k: run[k] for k in ("hosts", "kernel_sim_agreement", "kernel_accuracy", "sim_accuracy",
+    for config in args.configs.split(","):
+        if config not in CONFIGS:
+            parser.error(f"--configs: {config!r} is not one of {', '.join(CONFIGS)}")
+        run = one_config(config, tau_us, args.limit, args.split_ports)
+        print(json.dumps({k: run[k] for k in ("config", "tau_us", "kernel_sim_agreement", "kernel_accuracy", "sim_accuracy",
                                               "samples_per_s", "kernel_cpu_ms_per_sample")}), flush=True)
         runs.append(run)
         args.output.parent.mkdir(parents=True, exist_ok=True)  # after each configuration: a later one may fail

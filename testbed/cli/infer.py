@@ -70,9 +70,10 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
                            inject_cpu=None if inject_cpu < 0 else inject_cpu,
                            pcap_dir=pcap_dir, plots_dir=plots_dir,
                            cluster=cluster_request(cluster, placement, split_ports))
-    if cluster is not None:  # a cluster part is built by Mininet, with a class per synapse (shared lines fan out on one host)
+    if cluster is not None:  # Mininet builds the parts; a layer split over hosts needs a class per synapse
         given = click.get_current_context().get_parameter_source("delay_lines") == click.core.ParameterSource.COMMANDLINE
-        options = replace(options, backend="mininet", delay_lines=delay_lines if given else "per-synapse")
+        split = split_ports is not None and not given
+        options = replace(options, backend="mininet", delay_lines="per-synapse" if split else delay_lines)
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=as_json) as bar:

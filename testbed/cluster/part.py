@@ -1,12 +1,13 @@
 """The switch side of one placed part, built on its own host: ``python -m testbed.cluster.part SPEC``.
 
 The cluster backend (testbed.fabric.cluster_backend) runs this in the shell Mininet's cluster
-edition keeps on the part's host, inside the part's switch namespace, because a delay tree is
-tc objects plus bpf programs (testbed.fabric.ports.program_delay_trees): what ``ip``/``tc``
+edition keeps on the part's host, inside the part's switch namespace, because a delay tree or a
+line tree is tc objects plus bpf programs (testbed.fabric.ports): what ``ip``/``tc``
 commands over ssh could not load. SPEC is a JSON file (the run directory; copied to a real
-server first) naming the plan file, the part's bridges, the links to bring up and each port's
-switch end. It prints one line: ``pi2-part: ok`` or ``pi2-part: error: …``, and exits; the
-attached filters keep the programs loaded.
+server first) naming the plan file, the part's bridges, the links to bring up, each port's
+switch end, and the injector links' switch ends that carry a layer's shared delay lines. It
+prints one line: ``pi2-part: ok`` or ``pi2-part: error: …``, and exits; the attached filters
+keep the programs loaded.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import TestbedError
-from testbed.fabric.ports import program_delay_trees
+from testbed.fabric.ports import program_delay_trees, program_line_trees
 from testbed.kernel import netns
+from testbed.kernel.lines import LineFanout, LineProgram
 from testbed.kernel.links import make_hub
 from testbed.plan.fabric_plan import load_plan
 
@@ -35,6 +37,12 @@ def build_part(spec: dict[str, Any]) -> None:
         make_hub(bridge)
     program_delay_trees(spec["run_id"], HERE, [*spec["bridges"], *spec["up"]], ports, spec["fabric_links"],
                         spec["fabric_cpus"])
+    loaded: list[LineProgram | LineFanout] = []
+    try:
+        program_line_trees(spec["run_id"], HERE, [(plan.layers[layer], name) for layer, name in spec["lines"]], loaded)
+    finally:
+        for program in loaded:  # the attached filters keep them
+            program.close()
 
 
 def main(argv: list[str]) -> int:

@@ -1,26 +1,39 @@
 """The cluster backend: a FabricPlan spread over hosts with Mininet's cluster edition.
 
 Placed parts (testbed.plan.placement) become Mininet nodes on their hosts (`MininetCluster`,
-the classes of testbed.fabric.cluster_nodes), every kernel object named ``p2<run>…``:
+the classes of testbed.fabric.cluster_nodes), every kernel object named ``p2<run>…``. The relay
+host p2<run>h on localhost injects every layer and reads every port (the gates are there); a link
+to a node on another host is a VXLAN tunnel. A layer is built one of two ways, as its plan says:
 
-    localhost:   relay host p2<run>h (injects every layer, reads every port: gates here)
-                  │ in<l>                    │ l<l>n<j><p|m>          one link each, a VXLAN
-                  │                          │                        tunnel when the part is
-    part 0 of l: bridge sw<l> ── sw<l>n<j><p|m> (delay trees)          on another host
+    shared delay lines (one part: the layer is built whole on its host):
+
+    localhost:  relay p2<run>h: in<l> (fan-out) · l<l>n<j><p|m> (gates) ── sw<l>b (local node: the
+                  │ tunnel                                                  ports' inert switch ends)
+    part host:  sw<l>: sw<l>i (splitter, one htb class per line): each delayed copy returns
+                through the tunnel to in<l>, whose fan-out copies it to its member ports' gates
+
+    a class per synapse (one or more parts):
+
+    localhost:   relay host p2<run>h
+                  │ in<l>                    │ l<l>n<j><p|m>          one link each, a tunnel
+                  │                          │                        when the part is elsewhere
+    part 0 of l: bridge sw<l> ── sw<l>n<j><p|m> (delay trees)
                   │ sw<l>t<x> ═ trunk ═ sw<l><x>t
     part x of l: bridge sw<l><x> ── sw<l><x>n<j><p|m>                  (a layer split in parts)
 
-Each bridge lives in a namespace of its own (a Mininet node with its shell on the part's host),
-so everything remote goes when that shell goes: when Mininet stops, when `pi2 down`/`pi2 clean`
+Each node lives in a namespace of its own (a Mininet node with its shell on the part's host), so
+everything remote goes when that shell goes: when Mininet stops, when `pi2 down`/`pi2 clean`
 kills the recorded ssh client (its session ends, the remote shell gets SIGHUP), and, for an
 emulated host, when its sshd's PID namespace dies (testbed.cluster.emulated). The relay's links
-are built by the testbed's gate code here; a part's delay trees by `testbed.cluster.part` run
-in the part's own shell on its host (for localhost parts, directly from here).
+are built by the testbed's gate and fan-out code here; a part's delay or line trees by
+`testbed.cluster.part` run in the part's own shell on its host (for localhost parts, directly
+from here).
 
-Every layer's spikes leave the relay through one link into part 0's bridge, which floods them
-to its ports and through the trunks to the other parts: all of a neuron's inputs travel one
-path, and both its ports are in one part, so the inter-host links add the same latency to T⁺
-and T⁻ (testbed.cluster.timing measures them and folds them into the plan).
+Every layer's spikes leave the relay through one link, and with a class per synapse part 0's
+bridge floods them to its ports and through the trunks to the other parts: all of a neuron's
+inputs travel one path, and both its ports are in one part, so the inter-host links add the same
+latency to T⁺ and T⁻ (testbed.cluster.timing measures them and folds them into the plan). With
+shared lines every copy of a layer makes the same round trip relay → part host → relay.
 """
 
 from __future__ import annotations
@@ -37,14 +50,15 @@ from typing import Any, Sequence
 
 from testbed.cluster import timing
 from testbed.cluster.emulated import underlay_links
-from testbed.cluster.hosts import ClusterError, ClusterHosts
+from testbed.cluster.hosts import LOCALHOST, ClusterError, ClusterHosts
 from testbed.cluster.part import OK
 from testbed.errors import KernelError, PlanError
 from testbed.fabric.handle import Built, LiveFabric, Progress
 from testbed.fabric.mininet_backend import HOST_SUFFIX, port_tag
-from testbed.fabric.ports import cpu_mask, program_delay_trees, program_gates, rps_path
+from testbed.fabric.ports import cpu_mask, program_delay_trees, program_fanouts, program_gates, program_line_trees, rps_path
 from testbed.kernel import netns
 from testbed.kernel.gate import GateProgram
+from testbed.kernel.lines import LineFanout, LineProgram
 from testbed.kernel.links import make_hub
 from testbed.kernel.names import RunRegistry, object_name
 from testbed.plan.fabric_plan import FabricPlan
@@ -140,10 +154,11 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
     cluster = _mininet()
     from testbed.fabric.cluster_nodes import TUNNEL_MTU, VXLAN_OVERHEAD, cluster_classes, make_tunnels
 
-    if any(layer.lines for layer in plan.layers):
-        raise PlanError("the cluster backend builds a delay class per synapse on each port's host (shared delay lines "
-                        "fan out on one host); compile the plan with --delay-lines per-synapse")
     placement.check(plan)
+    for layer in plan.layers:
+        if layer.lines and len(placement.layer_parts(layer.index)) > 1:
+            raise PlanError(f"layer {layer.index} has shared delay lines, which feed all its ports from one host: it "
+                            f"cannot be split over hosts; to split it, compile with --delay-lines per-synapse")
     cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
     if plan.packets.primer_bytes > TUNNEL_MTU + 14 or hosts.underlay_mtu < TUNNEL_MTU + VXLAN_OVERHEAD:
         raise ClusterError(f"the interconnect's MTU {hosts.underlay_mtu} is too small: tunnels must carry the plan's "
@@ -175,10 +190,12 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
         switches: list[list[Any]] = []
         for layer, parts in zip(plan.layers, layer_parts):
             row = []
-            for i, part in enumerate(parts):
+            # Shared lines: the part's node holds the injector link's switch end (splitter, line
+            # classes), a second node here the ports' switch ends, which then carry nothing.
+            for i, host in enumerate([part.host for part in parts] + ([LOCALHOST] if layer.lines else [])):
                 name = part_switch(run, layer.switch, i)
-                where[name] = part.host
-                node = b.net.addSwitch(name, server=part.host, serverIP=ips[part.host], inNamespace=True,
+                where[name] = host
+                node = b.net.addSwitch(name, server=host, serverIP=ips[host], inNamespace=True,
                                        dpid=f"{layer.index + 1:08x}{i:08x}")
                 b.record_node(node)
                 node.cmd("for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done")
@@ -188,6 +205,12 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
         spec_ports: dict[int, list[list[Any]]] = {}
         for layer, parts, row in zip(plan.layers, layer_parts, switches):
             links.append((relay, row[0], object_name(run, layer.inject_if), object_name(run, layer.switch + "i")))
+            if layer.lines:
+                for index, port in enumerate(layer.ports):
+                    switch_end = row[1].name + port_tag(layer.index, port.switch_if)
+                    links.append((relay, row[1], object_name(run, port.host_if), switch_end))
+                    spec_ports.setdefault(id(row[1]), []).append([layer.index, index, switch_end])
+                continue
             for i in range(1, len(parts)):
                 letter = PART_LETTERS[i - 1]
                 links.append((row[0], row[i], object_name(run, f"{layer.switch}t{letter}"),
@@ -211,13 +234,19 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
         b.net.build()
         b.net.start()
 
-        # Gates on the relay (localhost), then each part's delay trees on its own host.
+        # Gates and fan-outs on the relay (localhost), then each part's trees on its own host.
         ports = program_gates(run, relay_ns, [object_name(run, layer.inject_if) for layer in plan.layers],
                               [(port, object_name(run, port.host_if)) for layer in plan.layers for port in layer.ports],
                               b.gates, gate_cpus)
+        _program_fanouts(b, relay_ns, gate_cpus)
         plan_path = registry.run_dir / "plan.json"
         plan.save(plan_path)
         for layer, parts, row in zip(plan.layers, layer_parts, switches):
+            if layer.lines:
+                end = object_name(run, layer.switch + "i")
+                _build_part(b, row[0], plan_path, [end], [], [end], fabric_cpus, lines=[[layer.index, end]])
+                _build_part(b, row[1], plan_path, [], spec_ports[id(row[1])], [], fabric_cpus)
+                continue
             for i, node in enumerate(row):
                 up = [object_name(run, layer.switch + "i")] if i == 0 else [f"{node.name}t"]
                 if i == 0:
@@ -260,22 +289,47 @@ def _steer_underlay(hosts: ClusterHosts, run: str, fabric_cpus: Sequence[int] | 
             netns.write_sysfs(None, {rps_path(outer): gate_mask})
 
 
+def _program_fanouts(b: _Build, relay_ns: str, gate_cpus: Sequence[int] | None) -> None:
+    """Each shared-lines layer's fan-out on the relay's injector end, reading its ports' gates
+    (`b.gates`, every layer's ports in plan order)."""
+    layers, first = [], 0
+    for layer in b.plan.layers:
+        if layer.lines:
+            layers.append((layer, object_name(b.run, layer.inject_if),
+                           [object_name(b.run, port.host_if) for port in layer.ports],
+                           b.gates[first:first + len(layer.ports)]))
+        first += len(layer.ports)
+    loaded: list[LineProgram | LineFanout] = []
+    try:
+        if layers:
+            program_fanouts(b.run, relay_ns, layers, loaded, gate_cpus)
+    finally:
+        for program in loaded:  # the attached filters keep them
+            program.close()
+
+
 def _build_part(b: _Build, node: Any, plan_path: Path, up: list[str], ports: list[list[Any]],
-                fabric_links: list[str], fabric_cpus: Sequence[int] | None) -> None:
+                fabric_links: list[str], fabric_cpus: Sequence[int] | None, lines: Sequence[list[Any]] = ()) -> None:
     """One part's switch side: here for a localhost part, else by testbed.cluster.part in the
-    part's own shell on its host."""
+    part's own shell on its host. `lines`: [layer, injector switch end] whose line tree it builds."""
     bridges = [node.name]
     if not node.isRemote:
         ns = b.node_ns(node)
         make_hub(node.name, ns)
         program_delay_trees(b.run, ns, bridges + up, [(b.plan.layers[l].ports[i], n) for l, i, n in ports],
                             fabric_links, fabric_cpus)
+        loaded: list[LineProgram | LineFanout] = []
+        try:
+            program_line_trees(b.run, ns, [(b.plan.layers[l], n) for l, n in lines], loaded)
+        finally:
+            for program in loaded:
+                program.close()
         return
     # No RPS on a remote part: its CPUs are the host's own (fabric_cpus name this machine's),
     # and inside a Mininet node's namespace on an emulated host a fresh sysfs cannot be mounted
     # (EBUSY), so its rps_cpus files cannot be reached.
     spec = {"run_id": b.run, "plan": str(plan_path), "bridges": bridges, "up": up, "ports": ports,
-            "fabric_links": [], "fabric_cpus": None}
+            "lines": list(lines), "fabric_links": [], "fabric_cpus": None}
     spec_path = b.registry.run_dir / f"part_{node.name}.json"
     spec_path.write_text(json.dumps(spec))
     for path in (plan_path, spec_path):

@@ -293,22 +293,39 @@ def program_lines(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
     shared = [(layer, names, q) for layer, names, q in zip(plan.layers, links, _offsets(plan)) if layer.lines]
     if not shared:
         return
-    switch_index, host_index = _indexes(switch_ns), _indexes(host_ns)
+    program_line_trees(run_id, switch_ns, [(layer, names.inject_switch) for layer, names, _ in shared], loaded)
+    program_fanouts(run_id, host_ns, [(layer, names.inject_host, names.port_host, gates[q:q + len(layer.ports)])
+                                      for layer, names, q in shared], loaded, gate_cpus)
+
+
+def program_line_trees(run_id: str, switch_ns: str | None, layers: Sequence[tuple[LayerPlan, str]],
+                       loaded: list[LineProgram | LineFanout]) -> None:
+    """The switch side of shared delay lines: per (layer, injector link's switch end), the layer's
+    splitter and line classes on that end (one netlink batch); on whatever host holds that end
+    (a cluster part's, testbed.fabric.cluster_backend). Loaded programs go to `loaded`."""
+    index = _indexes(switch_ns)
     with NetlinkBatch(switch_ns) as nl:
-        for layer, names, _ in shared:
-            members = [host_index[name] for name in names.port_host]
-            queue_tree(nl, switch_index[names.inject_switch], layer.line_tc, _where(names.inject_switch, switch_ns),
-                       line_loader(run_id, layer, members, loaded))
+        for layer, name in layers:
+            queue_tree(nl, index[name], layer.line_tc, _where(name, switch_ns), line_loader(run_id, layer, (), loaded))
         nl.commit()
+
+
+def program_fanouts(run_id: str, host_ns: str,
+                    layers: Sequence[tuple[LayerPlan, str, Sequence[str], Sequence[GateProgram]]],
+                    loaded: list[LineProgram | LineFanout], gate_cpus: Sequence[int] | None = None) -> None:
+    """The host side of shared delay lines: per (layer, injector's host end, its ports' host ends,
+    their loaded gates), the fan-out on the injector's host end, after the gates it reads (one
+    netlink batch); its RPS goes with the gates it feeds. Loaded programs go to `loaded`."""
+    index = _indexes(host_ns)
     with NetlinkBatch(host_ns) as nl:
-        for layer, names, q in shared:
-            members = [host_index[name] for name in names.port_host]
-            queue_tree(nl, host_index[names.inject_host], layer.fanout_tc, _where(names.inject_host, host_ns),
-                       line_loader(run_id, layer, members, loaded, gates[q:q + len(layer.ports)]))
+        for layer, inject_host, port_host, gates in layers:
+            members = [index[name] for name in port_host]
+            queue_tree(nl, index[inject_host], layer.fanout_tc, _where(inject_host, host_ns),
+                       line_loader(run_id, layer, members, loaded, gates))
         nl.commit()
     mask = cpu_mask(gate_cpus)
     if mask is not None:
-        netns.write_sysfs(host_ns, {rps_path(names.inject_host): mask for _, names, _ in shared})
+        netns.write_sysfs(host_ns, {rps_path(inject_host): mask for _, inject_host, _, _ in layers})
 
 
 def _offsets(plan: FabricPlan) -> list[int]:

@@ -51,3 +51,18 @@ def test_place_prints_json_and_check_reads_it_back(plan_file, tmp_path):
 def test_bad_cluster_options_fail_before_building(argv, message):
     result = CliRunner().invoke(pi2, argv)
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("extra, design", [([], "shared"), (["--split-ports", "20"], "per-synapse"),
+                                           (["--split-ports", "20", "--delay-lines", "shared"], "shared")])
+def test_cluster_runs_keep_shared_lines_unless_a_layer_is_split(monkeypatch, extra, design):
+    seen = []
+
+    def infer(source, options, *args, **kwargs):
+        seen.append(options)
+        raise PlanError("stopped before building")
+
+    monkeypatch.setattr("testbed.cli.infer.infer", infer)
+    result = CliRunner().invoke(pi2, ["infer", "--tau", "10ms", "--cluster", "emulated:2", *extra])
+    assert "stopped before building" in str(result.exception)
+    assert [(o.backend, o.delay_lines) for o in seen] == [("mininet", design)]

@@ -1,5 +1,6 @@
 """The cluster backend on emulated hosts (namespaces with their own sshd): a spike crosses the
-VXLAN tunnels with its port's delay, a layer split over two hosts floods through its trunk, and
+VXLAN tunnels with its port's delay, shared delay lines on another host feed their members, a
+layer split over two hosts floods through its trunk, and
 nothing of the run is left on any host after a normal end, a failure on one host, or a SIGKILL
 of the orchestrator followed by `pi2 clean`."""
 
@@ -111,13 +112,51 @@ def two_layer_plan() -> FabricPlan:
                            prune_margin=None, lead=0.0, delay_lines="per-synapse")
 
 
-def test_a_plan_with_shared_delay_lines_is_refused_before_anything_is_built():
-    net = Pi2Network((DenseLayer(WEIGHTS_1, 1),), (3,))
-    plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
-                           prune_margin=None, lead=0.0, delay_lines="shared")
+SHARED_WEIGHTS = np.array([[0.5, 0.5], [1.5, -1.5], [2.5, 2.5]])  # tests/fabric/test_shared_lines.py's layer
+
+
+def shared_plan() -> FabricPlan:
+    net = Pi2Network((DenseLayer(SHARED_WEIGHTS, 2),), (3,))
+    return compile_network(net, Realisation.from_profile(load_profile("shaper")), TAU_US, np.zeros((1, 3)),
+                           prune_margin=0.0, lead=0.0, delay_lines="shared")
+
+
+def test_shared_lines_on_another_host_feed_exactly_their_members_across_the_tunnel(spikes):
+    plan = shared_plan()
+    layer = plan.layers[0]
+    member_of = {(ln.source, ln.sign, q): ln for ln in layer.lines for q in ln.members}
+    events = [(i, s) for s in (0, 1) for i in range(3)]
+    origin = time.clock_gettime_ns(time.CLOCK_REALTIME) + 3600 * 10**9  # every copy early: none is late
+    with build_fabric(plan, backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:2"))) as fab:
+        run = fab.run_id
+        assert [p.to_dict() for p in fab.cluster.placement.parts] == [{"layer": 0, "host": "e1", "neurons": [0, 2]}]
+        with netns.iproute(fab.host_netns) as ipr:  # the lines are on e1; the ports' ends stay here
+            kinds = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
+                     for link in ipr.get_links() if link.get_attr("IFLA_LINKINFO")}
+        assert kinds[fab.inject_ifs[0]] == "vxlan" and {kinds[p.ifname] for p in fab.ports[0]} == {"veth"}
+        pairs = []
+        for n, event in enumerate(events):  # sample 300 + n carries event n alone, 10 ms after the one before
+            pairs += [(10_000_000 * n, f) for f in spikes.event_frames(plan, 300 + n, [event], seq0=n, origin_ns=origin)]
+        report, _ = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs(pairs), 0, wait_s=0.1)
+        rtt_us = fab.cluster.timing.links[0].rtt_us
+        for n, event in enumerate(events):
+            tx = int(report.tx_real_ns[2 * n + 1])  # primer, then spike, per sample
+            for q, live in enumerate(fab.ports[0]):
+                state = live.gate.partial(300 + n)
+                line = member_of.get((*event, q))
+                assert state.count == (0 if line is None else 1), (event, q)
+                if line is not None:  # the copy took its line's delay (lines 1 ms apart) and the round trip
+                    took_us = (state.sum_ns + origin - tx) / 1e3 - rtt_us
+                    delays = sorted({ln.delay_us for ln in layer.lines})
+                    assert min(delays, key=lambda d: abs(d - took_us)) == line.delay_us, (event, q, took_us)
+    assert _settled(run, spikes) == []
+
+
+def test_a_split_layer_with_shared_delay_lines_is_refused_before_anything_is_built():
     before = set(netns.list_names())
-    with pytest.raises(PlanError, match="--delay-lines per-synapse"):
-        with build_fabric(plan, backend="mininet", cluster=ClusterRequest(parse_cluster("emulated:2"))):
+    with pytest.raises(PlanError, match="cannot be split over hosts.*--delay-lines per-synapse"):
+        with build_fabric(shared_plan(), backend="mininet",
+                          cluster=ClusterRequest(parse_cluster("emulated:2"), max_ports=2)):
             pass
     assert not set(netns.list_names()) - before
 
