@@ -133,26 +133,26 @@ def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[
     per layer, each port's added latency (`simulate_layer`). `packet_us`: a fabric CPU that
     spends this long on every packet (testbed.sim.fabric_cpu) stamps arrivals late by the waits
     it predicts for the layers' inputs the closed form computes; None: the closed form alone."""
-    if packet_us is not None:
-        first = simulate(plan, x, seed, noise_us, noise_seed, port_offsets_us)
-        s = plan.constants["s"]
-        inputs = [np.asarray(x, dtype=np.float64).reshape(len(x), -1)]
-        inputs += [np.maximum(-s * layer.y, 0.0) for layer in first.layers[:-1]]
-        waits = fabric_waits(plan, inputs, packet_us)
-    else:
-        waits = [None] * len(plan.layers)
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != plan.layers[0].n_inputs:
         raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")
     if noise_us is not None and len(noise_us) != len(plan.layers):
         raise PlanError(f"noise_us has {len(noise_us)} layers' errors; the plan has {len(plan.layers)} layers")
-    s = plan.constants["s"]
-    results = []
-    rng, noise_rng = np.random.default_rng(seed), np.random.default_rng(noise_seed)
-    for li, layer in enumerate(plan.layers):
-        result = simulate_layer(plan, layer, x, rng, None if noise_us is None else noise_us[li], noise_rng,
-                                None if port_offsets_us is None else port_offsets_us[li], waits[li])
-        results.append(result)
-        x = np.maximum(-s * result.y, 0.0)
-    scores = -s * results[-1].y
+
+    def run(waits: Sequence[np.ndarray | None]) -> tuple[list[LayerResult], list[np.ndarray]]:
+        """Every layer in turn: its result, and the inputs it was given."""
+        results, inputs, layer_x = [], [], x
+        rng, noise_rng = np.random.default_rng(seed), np.random.default_rng(noise_seed)
+        for li, layer in enumerate(plan.layers):
+            inputs.append(layer_x)
+            results.append(simulate_layer(plan, layer, layer_x, rng, None if noise_us is None else noise_us[li],
+                                          noise_rng, None if port_offsets_us is None else port_offsets_us[li],
+                                          waits[li]))
+            layer_x = np.maximum(-plan.constants["s"] * results[-1].y, 0.0)
+        return results, inputs
+
+    results, inputs = run([None] * len(plan.layers))
+    if packet_us is not None:  # the waits of the inputs the closed form gives each layer
+        results, _ = run(fabric_waits(plan, inputs, packet_us))
+    scores = -plan.constants["s"] * results[-1].y
     return SimResult(tuple(results), scores, scores.argmax(axis=1))
