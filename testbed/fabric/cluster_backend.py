@@ -52,7 +52,7 @@ from testbed.cluster import timing
 from testbed.cluster.emulated import underlay_links
 from testbed.cluster.hosts import LOCALHOST, ClusterError, ClusterHosts
 from testbed.cluster.part import OK
-from testbed.errors import KernelError, PlanError
+from testbed.errors import KernelError
 from testbed.fabric.handle import Built, LiveFabric, Progress
 from testbed.fabric.mininet_backend import HOST_SUFFIX, port_tag
 from testbed.fabric.ports import cpu_mask, program_delay_trees, program_fanouts, program_gates, program_line_trees, rps_path
@@ -155,10 +155,6 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
     from testbed.fabric.cluster_nodes import TUNNEL_MTU, VXLAN_OVERHEAD, cluster_classes, make_tunnels
 
     placement.check(plan)
-    for layer in plan.layers:
-        if layer.lines and len(placement.layer_parts(layer.index)) > 1:
-            raise PlanError(f"layer {layer.index} has shared delay lines, which feed all its ports from one host: it "
-                            f"cannot be split over hosts; to split it, compile with --delay-lines per-synapse")
     cpu_mask(fabric_cpus), cpu_mask(gate_cpus)
     if plan.packets.primer_bytes > TUNNEL_MTU + 14 or hosts.underlay_mtu < TUNNEL_MTU + VXLAN_OVERHEAD:
         raise ClusterError(f"the interconnect's MTU {hosts.underlay_mtu} is too small: tunnels must carry the plan's "

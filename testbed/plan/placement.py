@@ -1,6 +1,7 @@
 """Which host builds which part of a FabricPlan: layers, or groups of a layer's neurons, on hosts.
 
-A `Placement` lists parts: neurons [start, stop) of one layer, on one host. A part keeps both
+A `Placement` lists parts: neurons [start, stop) of one layer, on one host (a layer with shared
+delay lines is one part: its lines feed all its ports). A part keeps both
 input sets (z⁺ and z⁻ ports) of each of its neurons, so whatever a host adds to its ports'
 arrivals (the inter-host links: one tunnel in, one out) shifts T⁺ and T⁻ of a neuron alike and
 cancels in y = T⁺ − T⁻ (testbed.cluster.timing). Every layer's spikes still come from one
@@ -89,6 +90,10 @@ class Placement:
                 at = part.stop
             if at != layer.n_neurons:
                 raise PlanError(f"placement: layer {layer.index} has {layer.n_neurons} neurons, its parts cover 0..{at - 1}")
+            if layer.lines and len(self.layer_parts(layer.index)) > 1:
+                raise PlanError(f"placement: layer {layer.index} has shared delay lines, which feed all its ports from "
+                                f"one host: it cannot be split over hosts; to split it, compile with --delay-lines "
+                                f"per-synapse")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,13 +16,24 @@ from testbed.plan.profiles import load_profile
 HOSTS = ("localhost", "e1", "e2")
 
 
-@pytest.fixture(scope="module")
-def plan():
+def hand_made(delay_lines: str):
     """6 inputs → 4 neurons → 2 neurons: layer 0 does 4·2·12 = 96 synapse events, layer 1 2·2·8 = 32."""
     rng = np.random.default_rng(3)
     net = Pi2Network((DenseLayer(rng.uniform(-2, 2, (6, 4)), 1), DenseLayer(rng.uniform(-2, 2, (4, 2)), 1)), (6,))
     return compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, np.zeros((1, 6)),
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines=delay_lines)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return hand_made("per-synapse")
+
+
+def test_a_layer_with_shared_lines_stays_whole():
+    shared = hand_made("shared")
+    assert [(p.layer, p.start, p.stop) for p in place(shared, HOSTS).parts] == [(0, 0, 4), (1, 0, 2)]
+    with pytest.raises(PlanError, match="layer 0 has shared delay lines.*--delay-lines per-synapse"):
+        place(shared, HOSTS, max_ports=4)
 
 
 def test_costs_count_the_shaped_synapse_events(plan):
