@@ -35,15 +35,20 @@ def show_plan(plan: FabricPlan) -> None:
                   f"{packets['pruned']} pruned, {packets['shaped']} shaped; "
                   + (f"spike loss {100 * loss:g} % per port" if loss else "no spike loss"))
     rows = {"inputs": "inputs", "neurons": "neurons", "k": "K", "ports": "neuron ports", "classes": "delay classes",
-            "lines": "shared delay lines", "pruned": "pruned synapses", "filters": "classifier filters",
+            "lines": "shared delay lines", "pruned": "synapses left out", "filters": "classifier filters",
             "gates": "first-K gates"}
     table = per_layer_table(len(info["layers"]))
     for key, label in rows.items():
         table.add_row(label, *(str(row[key]) for row in info["layers"]))
+    table.add_row("grid, pool, s", *(f"{'×'.join(map(str, row['shape']))}"
+                                     + (f" /{row['pool']}" if row["pool"] > 1 else "") + f", {row['s']:g}"
+                                     for row in info["layers"]))
     table.add_row("lead (ms)", *(f"{row['origin_us'] / 1e3:.2f}" for row in info["layers"]))
     table.add_row("window (ms)", *(f"{row['window_us'] / 1e3:.2f}" for row in info["layers"]))
     table.add_row("M_K (model units)", *(f"{row['offset_mk']:.3f}" for row in info["layers"]))
     console.print(table)
+    if any(len(row["shape"]) == 3 for row in info["layers"]):
+        console.print("(a conv layer leaves out every input outside a neuron's receptive field, besides what pruning does)")
 
 
 @click.command("compile")

@@ -29,7 +29,7 @@ from testbed.errors import KernelError, Terminated
 from testbed.fabric.handle import Built, LiveFabric, Progress
 from testbed.kernel import cleanup
 from testbed.kernel.names import RunRegistry, release_run
-from testbed.plan.fabric_plan import FabricPlan
+from testbed.plan.fabric_plan import MAX_PORTS_PER_LAYER, FabricPlan
 
 BACKENDS = ("netns", "mininet")
 
@@ -98,12 +98,26 @@ def _cluster_build(request: ClusterRequest) -> Callable[..., Built]:
     return build
 
 
+def fits_one_machine(plan: FabricPlan) -> None:
+    """Refuse, before making anything, a plan with a layer of more than `MAX_PORTS_PER_LAYER`
+    neuron ports: each is a veth pair and a loaded neuron program (3 fds while the run reads its
+    state), built one netlink batch per namespace. A plan may describe more (LeNet-5's conv1:
+    6912 ports), which the simulator runs."""
+    for layer in plan.layers:
+        if len(layer.ports) > MAX_PORTS_PER_LAYER:
+            raise KernelError(f"layer {layer.index} has {len(layer.ports)} neuron ports ({layer.n_neurons} neurons); "
+                              f"a kernel fabric on one machine builds at most {MAX_PORTS_PER_LAYER} per layer (a veth "
+                              f"pair and a neuron program each): run the plan with `pi2 simulate`")
+
+
 def _build(plan: FabricPlan, backend: str, run_id: str | None, purpose: str, progress: Progress | None,
            cluster: ClusterRequest | None = None, **cpus: Sequence[int] | None) -> Built:
     """Build `plan` with `backend` (or over a cluster) for a new run; a failed build removes what
     it made."""
     if cluster is not None and backend != "mininet":
         raise KernelError(f"--cluster builds with Mininet's cluster edition: use --backend mininet, not {backend}")
+    if cluster is None:
+        fits_one_machine(plan)
     build = _backend_build(backend) if cluster is None else _cluster_build(cluster)
     cleanup.require_root(f"{purpose} ({backend})")
     registry = RunRegistry.create(run_id)

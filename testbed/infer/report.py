@@ -150,8 +150,7 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
                  tau_choice: TauChoice | None = None, cluster: Any = None) -> InferenceReport:
     """`cluster`: a fabric spread over hosts (testbed.cluster.timing.ClusterLayout): the
     simulation adds its measured inter-host latencies to each port's arrivals."""
-    s = plan.constants["s"]
-    kernel_pred = (-s * run.y[-1]).argmax(axis=1)
+    kernel_pred = plan.scores(run.y[-1]).argmax(axis=1)
     offsets = None if cluster is None else cluster.port_offsets_us
     sim_pred = simulate(plan, x, port_offsets_us=offsets).predictions
     golden_pred = net.with_bits(plan.network["bits"]).predict(x)

@@ -10,7 +10,8 @@ and each port's neuron (testbed.kernel.gate) drops late spikes, counts the first
 kernel RX stamps and passes one neuron event per (port, sample). The receiver reads the events
 until the layer's deadline; a port that counted fewer than K passes none, and the relay reads its
 count and sum from the kernel then. The relay never filters by time nor sees a spike: it turns
-events into T±, y and ReLU(−s·y) (`testbed.traffic.decode`), and the next layer's events for that
+events into T±, y and the layer's re-encoding pool(ReLU(−s·y)) (`testbed.traffic.decode`,
+`LayerPlan.relay`), and the next layer's events for that
 sample are scheduled in the next slot. Nothing in user space delays, orders or drops a spike.
 """
 
@@ -214,7 +215,7 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 run.kth_us[li][sample, q[q >= 0]] = (mine["t_ns"][q >= 0] - origin_real[li]) / 1e3
                 events = np.concatenate([mine, _deadline_reads(fabric, li, sample, set(mine["ifindex"].tolist()))])
                 decoded = decode_layer(events, roles[li], samples=np.array([sample]), tau_ns=tau_ns, k=layer.k,
-                                       deadline=layer.window_us / plan.timing.tau_us, s=plan.constants["s"])
+                                       deadline=layer.window_us / plan.timing.tau_us, s=layer.s)
                 run.t_plus[li][sample] = decoded.t_plus[0]
                 run.t_minus[li][sample] = decoded.t_minus[0]
                 plus = port_sign[li] == SIGN_PLUS
@@ -223,7 +224,7 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 run.counts[li][sample] = counts
                 run.t_us[li][sample] = np.where(counts > 0, t * plan.timing.tau_us, np.nan)
                 if li + 1 < n_layers:
-                    run.inputs[li + 1][sample] = decoded.x_next[0]
+                    run.inputs[li + 1][sample] = layer.relay(decoded.y)[0]  # pool(ReLU(−s·y)), the plan's
                 elif progress is not None:
                     progress(1)
         run.wall_s = time.perf_counter() - began

@@ -14,6 +14,12 @@ through d⁺_ij (pi2-model.md, step 3). Where the delays are realised, `delay_li
 
 No two events of a sample share a class in either design, and every delay is independent.
 
+A convolution (unpadded) compiles as a layer whose neuron (channel, row, column) keeps only its
+receptive field's synapses, through its channel's kernel (`receptive_fields`): its ports are the
+neuron groups of the layer's shared lines, and each event's lines are its distinct delays over the
+fields that contain it. The layer records its s, its neuron grid and the pooling the relay applies
+before the next layer, and the plan whether the scores are rectified (testbed.plan.fabric_plan).
+
 Delays are realised as the profile's `delay` primitive can:
 
 - ``htb-primer`` (kernels without netem): an htb class of rate r with a minimal bucket passes
@@ -62,8 +68,8 @@ import numpy as np
 
 from testbed.errors import PlanError
 from testbed.model.encoding import delays
-from testbed.model.network import DenseLayer, Pi2Network
-from testbed.plan.fabric_plan import (DELAY_LINE_KINDS, MAX_CLASS_MINOR, MAX_LINES_PER_EVENT, MAX_PORTS_PER_LAYER,
+from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.plan.fabric_plan import (DELAY_LINE_KINDS, MAX_CLASS_MINOR, MAX_LINES_PER_EVENT,
                                       SIGN_MINUS, SIGN_PLUS, DelayLine, FabricPlan, LayerPlan, NeuronPort, Packets,
                                       Synapse, Timing, event_index)
 from testbed.plan.profiles import Profile
@@ -154,27 +160,59 @@ class Calibration:
     kth_arrival: tuple[float, ...]  # latest K-th earliest arrival of any port
     event_range: tuple[np.ndarray, ...]  # per layer (2n events): latest − earliest time of each event
     offset_mk: tuple[float, ...]
-    slack: tuple[np.ndarray, ...]  # per layer (neurons, port sign, 2n events): min over samples of
-    #                                 arrival − the port's K-th earliest (events: t⁺ of 0..n−1, then t⁻)
+    slack: tuple[np.ndarray, ...]  # per layer (neurons, port sign, 2f field events): min over samples of
+    #                                 arrival − the port's K-th earliest (`Fields`: t⁺ of the field, then t⁻)
+
+
+@dataclass(frozen=True, eq=False)
+class Fields:
+    """Which inputs each neuron of a layer sees, and through which model delays: a dense layer's
+    neurons see every input; a convolution's neuron (channel, row, column) sees its receptive
+    field, channel-major as im2col orders it, through its channel's kernel, the same delays at
+    every position. Row j of each array is neuron j (channel-major over the layer's grid)."""
+
+    inputs: np.ndarray  # (m, f) indexes into the layer's flattened (channel-major) inputs
+    d_plus: np.ndarray  # (m, f) d⁺ of each synapse
+    d_minus: np.ndarray  # (m, f) d⁻ = 2c − d⁺
+
+
+def receptive_fields(layer: DenseLayer | ConvLayer, c: float, bits: int | None) -> Fields:
+    """The `Fields` of a dense layer or an unpadded convolution (`compile_network` refuses padding)."""
+    if isinstance(layer, DenseLayer):
+        d_plus, d_minus = delays(layer.weight, c, bits)  # (n, m)
+        return Fields(np.broadcast_to(np.arange(layer.n_inputs), (layer.n_neurons, layer.n_inputs)), d_plus.T, d_minus.T)
+    cout, cin, kh, kw = layer.weight.shape
+    _, h, w = layer.in_shape
+    ho, wo = layer.conv_hw
+    ci, a, b = (g.ravel() for g in np.meshgrid(np.arange(cin), np.arange(kh), np.arange(kw), indexing="ij"))
+    rows = (np.arange(ho) * layer.stride)[:, None, None] + a  # (ho, 1, f)
+    cols = (np.arange(wo) * layer.stride)[None, :, None] + b  # (1, wo, f)
+    at = (ci * h * w + rows * w + cols).reshape(ho * wo, -1)  # (positions, f)
+    d_plus, d_minus = delays(layer.weight.reshape(cout, -1), c, bits)  # (cout, f)
+    return Fields(np.tile(at, (cout, 1)), np.repeat(d_plus, ho * wo, axis=0), np.repeat(d_minus, ho * wo, axis=0))
 
 
 def calibrate(net: Pi2Network, x: np.ndarray) -> Calibration:
     """Measure each layer's time extents by running the golden model on `x`."""
-    from testbed.model.layers import arrivals, kth_earliest
-
     kth, ranges, offs, slack = [], [], [], []
     for layer, trace in zip(net.layers, net.trace(x)):
-        d_plus, d_minus = delays(layer.weight, net.constants.c, net.bits)
+        fields = receptive_fields(layer, net.constants.c, net.bits)
+        t_plus, t_minus = trace.t_plus.reshape(len(x), -1), trace.t_minus.reshape(len(x), -1)
+        m, f = fields.inputs.shape
         worst = 0.0
-        least = np.full((layer.n_neurons, 2, 2 * layer.n_inputs), np.inf)
-        for lo in range(0, len(x), 256):
-            zp, zm = arrivals(trace.t_plus[lo:lo + 256], trace.t_minus[lo:lo + 256], d_plus, d_minus)
+        least = np.full((m, 2, 2 * f), np.inf)
+        rows = max(1, (1 << 22) // (m * 2 * f))  # samples per chunk: each z below is ≤ 32 MiB
+        for lo in range(0, len(x), rows):
+            at_plus, at_minus = t_plus[lo:lo + rows][:, fields.inputs], t_minus[lo:lo + rows][:, fields.inputs]
+            # z⁺: t⁺ through d⁺, t⁻ through d⁻;  z⁻: t⁺ through d⁻, t⁻ through d⁺ (b, m, 2f).
+            zp = np.concatenate([at_plus + fields.d_plus, at_minus + fields.d_minus], axis=2)
+            zm = np.concatenate([at_plus + fields.d_minus, at_minus + fields.d_plus], axis=2)
             for sign, z in ((SIGN_PLUS, zp), (SIGN_MINUS, zm)):
-                kz = kth_earliest(z, layer.k)  # (batch, m)
+                kz = np.partition(z, layer.k - 1, axis=2)[:, :, layer.k - 1]  # (b, m): the K-th earliest
                 worst = max(worst, float(kz.max()))
-                least[:, sign] = np.minimum(least[:, sign], (z - kz[:, None, :]).min(axis=0).T)
+                least[:, sign] = np.minimum(least[:, sign], (z - kz[:, :, None]).min(axis=0))
         kth.append(worst)
-        times = np.concatenate([trace.t_plus, trace.t_minus], axis=1)
+        times = np.concatenate([t_plus, t_minus], axis=1)
         ranges.append(times.max(axis=0) - times.min(axis=0))
         offs.append(float(trace.offset.max()))
         slack.append(least)
@@ -290,18 +328,20 @@ def _port_order(n_neurons: int) -> list[tuple[int, int]]:
 
 def _kept_synapses(net: Pi2Network, li: int, cal: Calibration, prune_margin: float | None,
                    tau_us: float) -> list[list[tuple[int, int, float]]]:
-    """Per port (plan order), the synapses it keeps as (source, event sign, model delay µs)."""
-    layer = net.layers[li]
-    d_plus, d_minus = delays(layer.weight, net.constants.c, net.bits)
+    """Per port (plan order), the synapses it keeps as (source, event sign, model delay µs): its
+    neuron's field (`receptive_fields`), less what pruning leaves out."""
+    fields = receptive_fields(net.layers[li], net.constants.c, net.bits)
+    f = fields.inputs.shape[1]
     out = []
-    for j, sign in _port_order(layer.n_neurons):
+    for j, sign in _port_order(net.layers[li].n_neurons):
         # z⁺: t⁺ through d⁺, t⁻ through d⁻;  z⁻: t⁺ through d⁻, t⁻ through d⁺.
-        via_plus, via_minus = (d_plus, d_minus) if sign == SIGN_PLUS else (d_minus, d_plus)
+        via_plus, via_minus = ((fields.d_plus[j], fields.d_minus[j]) if sign == SIGN_PLUS
+                               else (fields.d_minus[j], fields.d_plus[j]))
         slack = cal.slack[li][j, sign]
-        out.append([(i, ev_sign, float(d) * tau_us)
-                    for i in range(layer.n_inputs)
-                    for ev_sign, d in ((SIGN_PLUS, via_plus[i, j]), (SIGN_MINUS, via_minus[i, j]))
-                    if prune_margin is None or slack[event_index(i, ev_sign, layer.n_inputs)] <= prune_margin])
+        out.append([(int(i), ev_sign, float(d) * tau_us)
+                    for e, i in enumerate(fields.inputs[j].tolist())
+                    for ev_sign, d, at in ((SIGN_PLUS, via_plus[e], e), (SIGN_MINUS, via_minus[e], f + e))
+                    if prune_margin is None or slack[at] <= prune_margin])
     return out
 
 
@@ -355,22 +395,24 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         raise PlanError(f"lead must be ≥ 0 model units, got {lead}")
     if prune_margin is not None and not prune_margin >= 0:
         raise PlanError(f"prune margin must be ≥ 0 model units, got {prune_margin}")
-    if any(not isinstance(layer, DenseLayer) for layer in net.layers):
-        raise PlanError("the kernel fabric compiles dense π² layers only; this network has convolutions "
-                        "(evaluate it with `pi2 eval`, or flatten it into dense layers)")
-    if not net.uniform:
-        raise PlanError(f"the kernel fabric passes ReLU(−s·y) with one s = {net.constants.s:g} to every layer and "
-                        f"decodes linear scores; this network has per-layer constants (s {list(net.scales)}, "
-                        f"rectified scores {net.rectified}, affine or residual layers): evaluate it with `pi2 eval`")
     for i, layer in enumerate(net.layers):
-        if 2 * layer.n_neurons > MAX_PORTS_PER_LAYER:
-            raise PlanError(f"layer {i} has {layer.n_neurons} neurons = {2 * layer.n_neurons} ports; the kernel fabric "
-                            f"takes at most {MAX_PORTS_PER_LAYER} ports per layer")
-        if 2 * layer.n_inputs > MAX_CLASS_MINOR:
-            raise PlanError(f"layer {i} has {layer.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
+        if layer.affine is not None or layer.residual is not None:
+            raise PlanError(f"layer {i} has an affine map (a folded BatchNorm) or a residual addition, which the "
+                            "fabric's relay does not compute (it applies per-layer s, pooling and rectified scores): "
+                            "evaluate it with `pi2 eval`")
+        if isinstance(layer, ConvLayer) and layer.padding:
+            raise PlanError(f"layer {i} is a convolution with padding {layer.padding}: its padded border would be "
+                            "events at T0 that no layer sends; compile an unpadded network (e.g. `pi2 train --arch "
+                            "lenet5k`) or evaluate it with `pi2 eval`")
+    # A layer's inputs are every value the previous layer passes on (a conv neuron sees a field of them).
+    n_in = [int(np.prod(layer.in_shape)) if isinstance(layer, ConvLayer) else layer.n_inputs for layer in net.layers]
+    for i, n in enumerate(n_in):
+        if 2 * n > MAX_CLASS_MINOR:
+            raise PlanError(f"layer {i} has {n} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
     margin = max(real.margin_tau, real.margin_us_min / tau_us) if margin is None else margin
     loss_one_in = drop_one_in(loss, real)
-    cal = calibrate(net, np.asarray(calibration_x, dtype=np.float64))
+    x_cal = np.asarray(calibration_x, dtype=np.float64)
+    cal = calibrate(net, x_cal.reshape((len(x_cal),) + tuple(net.input_shape)))
     c = net.constants
     kept = [_kept_synapses(net, li, cal, prune_margin, tau_us) for li in range(len(net.layers))]
     # Whole µs: the gates time out after exactly this window (testbed.kernel.gate), the simulator too.
@@ -385,7 +427,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     # all the lead the period leaves it (at least `lead`), as far as the profile's longest delay
     # allows.
     def drain_us(li: int, source: int, sign: int, delay_us: float) -> float:
-        spread = cal.event_range[li][event_index(source, sign, net.layers[li].n_inputs)]
+        spread = cal.event_range[li][event_index(source, sign, n_in[li])]
         return (spread + margin) * tau_us + delay_us * (1 + recover)
 
     drains = [max(drain_us(li, i, ev_sign, d) for port in ports for i, ev_sign, d in port)
@@ -402,13 +444,13 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                             f"the {real.max_delay_us:g} µs profile {real.profile} realises; use a smaller --tau or --lead")
         fits = min((period_us - drains[li]) / (1 + recover), period_us - decodes[li], room)
         spread = max(lead * tau_us, fits) if lead else 0.0
-        leads = event_leads(layer.n_inputs, spread)
+        leads = event_leads(n_in[li], spread)
         shared = delay_lines == "shared"
         ports, port_targets = [], []
         for (j, sign), synapses_of in zip(_port_order(layer.n_neurons), kept[li]):
             events, targets, synapses = [], [], []
             for i, ev_sign, d in synapses_of:
-                target = d + leads[event_index(i, ev_sign, layer.n_inputs)]
+                target = d + leads[event_index(i, ev_sign, n_in[li])]
                 realised, rate = realise_delay(target, real)
                 events.append((i, ev_sign, rate))
                 targets.append(target)
@@ -418,11 +460,14 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
             port_targets.append([(i, ev_sign, t) for (i, ev_sign, _), t in zip(events, targets)])
             tag = f"{li}n{j}{'p' if sign == SIGN_PLUS else 'm'}"
             ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
-                                    TcTree() if shared else _port_tc(li, events, real, targets, 2 * layer.n_inputs),
+                                    TcTree() if shared else _port_tc(li, events, real, targets, 2 * n_in[li]),
                                     _gate_tc(layer.k, windows[li], loss_one_in, real.loss_kind)))
-        lines, line_tc, fanout_tc = _shared_lines(li, layer.n_inputs, port_targets, real) if shared else ((), TcTree(), TcTree())
-        layers.append(LayerPlan(li, layer.n_inputs, layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
-                                cal.offset_mk[li], tuple(ports), tuple(leads.tolist()), lines, line_tc, fanout_tc))
+        lines, line_tc, fanout_tc = _shared_lines(li, n_in[li], port_targets, real) if shared else ((), TcTree(), TcTree())
+        # The relay pools a hidden conv layer's outputs (the golden model never pools the scores).
+        pool = layer.pool if isinstance(layer, ConvLayer) and li < len(net.layers) - 1 else 1
+        layers.append(LayerPlan(li, n_in[li], layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],
+                                cal.offset_mk[li], tuple(ports), tuple(leads.tolist()), net.scales[li],
+                                tuple(int(d) for d in layer.conv_shape), pool, lines, line_tc, fanout_tc))
     # The realised delays (rate granularity) may hold a class a little longer than the targets.
     period_us = max([period_us] + [drain_us(li, s.source, s.sign, s.delay_us)
                                    for li, layer in enumerate(layers) for p in layer.ports for s in p.synapses])
@@ -432,4 +477,4 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     return FabricPlan(real.profile, real.delay_kind, real.gate_kind, {"t0": c.t0, "c": c.c, "s": c.s}, network,
                       Timing(tau_us, period_us, relay_us, real.flood_copy_us),
                       Packets(SPIKE_FRAME_BYTES, real.primer_bytes if real.delay_kind == "htb-primer" else 0),
-                      tuple(layers), delay_lines)
+                      tuple(layers), delay_lines, net.rectified)

@@ -26,6 +26,15 @@ sample) and is read by the relay.
     shaped. Each port still gets its own copy of each kept synapse, delayed by that synapse's
     delay (the line's), and its neuron counts the copy's kernel RX stamp.
 
+A convolution compiles to a layer like any other: its neurons are (channel, row, column), its
+ports' synapses its receptive fields (the channel's kernel at every position), so with shared lines
+an input event's lines are its distinct delays over the neurons whose fields hold it. Between
+layers the relay re-encodes: x' = pool(ReLU(−s·y)) with the layer's own s and pooling, flattened
+channel-major (`LayerPlan.relay`), and the scores are −s·y, rectified if the plan says so
+(`FabricPlan.scores`); the simulator applies the same two methods. A plan may describe layers of up
+to `MAX_PLAN_PORTS_PER_LAYER` ports (LeNet-5's conv1 has 6912); a kernel fabric on one machine
+builds at most `MAX_PORTS_PER_LAYER` (testbed.fabric.live).
+
 Interface names are logical suffixes; the builder prefixes ``p2<run id>``.
 Times: `tau_us` maps one model unit to microseconds; layer windows are in µs from the layer's
 model time zero, its origin: the slot's base plus the longest of its events' leads. An event of
@@ -47,13 +56,17 @@ import numpy as np
 from testbed.atomic_file import write_atomic
 from testbed.errors import PlanError
 from testbed.model.encoding import encode
+from testbed.model.layers import max_pool
 from testbed.plan.tc import TcTree, drop_probability
 
 PLAN_FORMAT = "pi2-fabric-plan"
-PLAN_VERSION = 5  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets;
-#                 4: spikes carry their origin (wire time_ns), gates time out; 5: shared delay lines
+PLAN_VERSION = 6  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets;
+#                 4: spikes carry their origin (wire time_ns), gates time out; 5: shared delay lines;
+#                 6: per-layer s, neuron grids and pooling, rectified scores (convolutions)
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
-MAX_PORTS_PER_LAYER = 512  # 2m veth pairs per switch; beyond this, building and flooding cost too much
+MAX_PORTS_PER_LAYER = 512  # what a kernel fabric builds: 2m veth pairs per layer; beyond this, building and
+#                           flooding cost too much (testbed.fabric.live refuses larger plans)
+MAX_PLAN_PORTS_PER_LAYER = 1 << 16  # what a plan may describe (LeNet-5's conv1 has 6912): the simulator runs it
 MAX_CLASS_MINOR = 0xFFFE  # htb class minors 2i + sign + 1 per input i; netem leaves take handle minor + 1
 MAX_LAYERS = 64
 MAX_TIME_US = 3.6e9  # one hour: any plan time beyond this is a mistake (and Infinity overflows timers)
@@ -158,7 +171,14 @@ class NeuronPort:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One π²_K layer as a switch, its ports and its time window."""
+    """One π²_K layer as a switch, its ports and its time window, and what the relay makes of its
+    outputs: x' = pool(ReLU(−s·y)) over the neuron grid `shape` for the next layer (`relay`).
+
+    A convolution is a layer like any other: neuron j = (channel, row, column) of `shape` (C, H, W),
+    channel-major, and its ports' synapses are its receptive field's inputs only, through its
+    channel's kernel (the same delays at every position). With shared delay lines, an input event's
+    lines are its distinct delays over the neurons whose fields contain it (testbed.plan.compiler).
+    """
 
     index: int
     n_inputs: int
@@ -170,6 +190,9 @@ class LayerPlan:
     offset_mk: float  # causal offset M_K (model units) measured on the calibration data
     ports: tuple[NeuronPort, ...]
     leads_us: tuple[float, ...]  # per event (t⁺ of inputs 0..n−1, then t⁻): sent this long before its time
+    s: float  # the relay's scale: a hidden layer passes ReLU(−s·y), the last one scores −s·y
+    shape: tuple[int, ...]  # the neurons' grid: (m,) dense, (C, H, W) conv; neuron j is its channel-major index
+    pool: int  # the relay max-pools ReLU(−s·y) over pool×pool windows of each channel (1: none), then flattens
     lines: tuple[DelayLine, ...] = ()  # shared delay lines (empty: a delay class per synapse on each port)
     line_tc: TcTree = TcTree()  # shared lines: on the injector link's fabric end (splitter, line classes)
     fanout_tc: TcTree = TcTree()  # shared lines: on the injector end's ingress (the fan-out)
@@ -178,9 +201,10 @@ class LayerPlan:
         where = f"layer {self.index}"
         if not (self.n_inputs >= 1 and self.n_neurons >= 1 and self.k >= 1):
             raise PlanError(f"{where}: n_inputs, n_neurons and k must be ≥ 1")
-        if 2 * self.n_neurons > MAX_PORTS_PER_LAYER:
-            raise PlanError(f"{where} has {self.n_neurons} neurons = {2 * self.n_neurons} ports; the kernel fabric "
-                            f"takes at most {MAX_PORTS_PER_LAYER} ports per layer")
+        if 2 * self.n_neurons > MAX_PLAN_PORTS_PER_LAYER:
+            raise PlanError(f"{where} has {self.n_neurons} neurons = {2 * self.n_neurons} ports; a plan "
+                            f"describes at most {MAX_PLAN_PORTS_PER_LAYER} ports per layer")
+        self._check_relay(where)
         if 2 * self.n_inputs > MAX_CLASS_MINOR:
             raise PlanError(f"{where} has {self.n_inputs} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
         if len(self.ports) != 2 * self.n_neurons:
@@ -201,6 +225,36 @@ class LayerPlan:
                             f"(one per event), got {len(self.leads_us)}")
         if self.lines:
             self._check_lines(where)
+
+    def _check_relay(self, where: str) -> None:
+        if not (_is_number(self.s) and math.isfinite(self.s) and self.s > 0):
+            raise PlanError(f"{where}: s must be a finite number > 0, got {self.s!r}")
+        shape = self.shape
+        if not (isinstance(shape, tuple) and len(shape) in (1, 3) and all(type(d) is int and d >= 1 for d in shape)
+                and math.prod(shape) == self.n_neurons):
+            raise PlanError(f"{where}: shape {shape!r} must be (m,) or (C, H, W), integers ≥ 1 whose product is the "
+                            f"layer's {self.n_neurons} neurons")
+        if type(self.pool) is not int or self.pool < 1 or (self.pool > 1 and (
+                len(shape) != 3 or self.pool > min(shape[1:]))):
+            raise PlanError(f"{where}: pool {self.pool!r} must be an integer ≥ 1, and 1 unless the layer's shape is "
+                            f"(C, H, W) with H, W ≥ pool")
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The grid the relay passes on: `shape`, pooled."""
+        if self.pool == 1:
+            return self.shape
+        c, h, w = self.shape
+        return (c, h // self.pool, w // self.pool)
+
+    def relay(self, y: np.ndarray) -> np.ndarray:
+        """The next layer's inputs (batch, out size) from this layer's y (batch, m):
+        pool(ReLU(−s·y)), flattened channel-major. User space re-encodes between layers; within
+        the layer, the kernel decided every arrival and drop."""
+        x = np.maximum(-self.s * np.asarray(y, dtype=np.float64), 0.0)
+        if self.pool > 1:
+            x = max_pool(x.reshape((len(x),) + self.shape), self.pool)
+        return x.reshape(len(x), -1)
 
     def _check_lines(self, where: str) -> None:
         """Shared lines must give each port exactly its synapses, at their delays, and nothing else:
@@ -246,21 +300,37 @@ class LayerPlan:
         leads = np.asarray(self.leads_us).reshape(2, self.n_inputs).T  # leads_us lists t⁺ events, then t⁻
         return np.stack([t_plus, t_minus], axis=-1) * tau_us - leads[None]
 
-    def port_delays_us(self) -> np.ndarray:
-        """(ports, n, 2) realised delay of event (i, sign) on each port; inf where the port drops it
-        (a pruned synapse). With shared lines, the delay of the line the port is a member of."""
-        out = np.full((len(self.ports), self.n_inputs, 2), np.inf)
+    def port_events_us(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each port's arrivals, sparse: (events (ports, F), delays (ports, F)), event 2·source +
+        sign of every synapse the port keeps (shared lines: of every line it is a member of), in
+        event order, with its realised delay; a port with fewer than the widest port's F ends in
+        (0, inf): nothing arrives. A conv layer's port costs its receptive field, not the layer's
+        2n events."""
+        per_port: list[list[tuple[int, float]]] = [[] for _ in self.ports]
         if self.lines:
             for line in self.lines:
-                out[list(line.members), line.source, line.sign] = line.delay_us
-            return out
-        for q, port in enumerate(self.ports):
-            for syn in port.synapses:
-                if syn.source >= self.n_inputs:
-                    raise PlanError(f"layer {self.index}: a synapse of port {port.switch_if} names source "
-                                    f"{syn.source}; the layer has {self.n_inputs} inputs")
-                out[q, syn.source, syn.sign] = syn.delay_us
-        return out
+                for q in line.members:
+                    per_port[q].append((2 * line.source + line.sign, line.delay_us))
+        else:
+            for q, port in enumerate(self.ports):
+                per_port[q] = [(2 * syn.source + syn.sign, syn.delay_us) for syn in port.synapses]
+        width = max(len(pairs) for pairs in per_port)
+        events = np.zeros((len(self.ports), width), dtype=np.int64)
+        delays_us = np.full((len(self.ports), width), np.inf)
+        for q, pairs in enumerate(per_port):
+            pairs.sort()
+            events[q, :len(pairs)] = [e for e, _ in pairs]
+            delays_us[q, :len(pairs)] = [d for _, d in pairs]
+        return events, delays_us
+
+    def port_delays_us(self) -> np.ndarray:
+        """(ports, n, 2) realised delay of event (i, sign) on each port (`port_events_us`, dense);
+        inf where the port gets no copy (a pruned synapse, an input outside its receptive field)."""
+        events, delays_us = self.port_events_us()
+        out = np.full((len(self.ports), 2 * self.n_inputs), np.inf)
+        rows, cols = np.nonzero(np.isfinite(delays_us))
+        out[rows, events[rows, cols]] = delays_us[rows, cols]
+        return out.reshape(len(self.ports), self.n_inputs, 2)
 
     def flood_offsets_us(self, copy_us: float) -> np.ndarray:
         """(ports,) when each port's copy of an event leaves the switch, after the first copy, for a
@@ -323,6 +393,7 @@ class FabricPlan:
     packets: Packets
     layers: tuple[LayerPlan, ...]
     delay_lines: str = "per-synapse"  # "shared": a delay line per (event, distinct delay); else a class per synapse
+    rectified: bool = False  # class scores ReLU(−s·y) of the last layer instead of −s·y (`scores`)
     version: int = PLAN_VERSION
 
     def __post_init__(self) -> None:
@@ -348,8 +419,11 @@ class FabricPlan:
         for i, layer in enumerate(self.layers):
             if layer.index != i:
                 raise PlanError(f"layer {i} has index {layer.index}")
-            if i and layer.n_inputs != self.layers[i - 1].n_neurons:
-                raise PlanError(f"layer {i} has {layer.n_inputs} inputs but layer {i - 1} has {self.layers[i - 1].n_neurons} neurons")
+            if i and layer.n_inputs != math.prod(self.layers[i - 1].out_shape):
+                raise PlanError(f"layer {i} has {layer.n_inputs} inputs but layer {i - 1} passes on "
+                                f"{math.prod(self.layers[i - 1].out_shape)} values (shape {self.layers[i - 1].out_shape})")
+        if not isinstance(self.rectified, bool):
+            raise PlanError(f"rectified must be true or false, got {self.rectified!r}")
         names = [n for layer in self.layers for n in (layer.switch, layer.inject_if)] + [
             n for layer in self.layers for p in layer.ports for n in (p.switch_if, p.host_if)]
         bad = [n for n in names if len(n) > NAME_SUFFIX_MAX or not NAME_SUFFIX_RE.match(n)]
@@ -357,6 +431,12 @@ class FabricPlan:
             raise PlanError(f"interface names {bad[:4]}: expected 1..{NAME_SUFFIX_MAX} characters of [a-z0-9._-]")
         if len(set(names)) != len(names):
             raise PlanError("interface names (switches, injector and port ends) must be unique in a plan")
+
+    def scores(self, y: np.ndarray) -> np.ndarray:
+        """Class scores (batch, classes) from the last layer's y: −s·y, rectified if the plan says
+        so (ties at zero then go to the first class, as the golden model's argmax)."""
+        v = -self.layers[-1].s * np.asarray(y, dtype=np.float64)
+        return np.maximum(v, 0.0) if self.rectified else v
 
     @property
     def packets_per_sample(self) -> dict[str, int]:
@@ -390,6 +470,7 @@ class FabricPlan:
                            "gates": sum(f.kind == "bpf" for p in layer.ports for f in p.gate_tc.filters),
                            "loss": max(drop_probability(p.gate_tc) for p in layer.ports),
                            "lines": len(layer.lines), "window_us": layer.window_us, "origin_us": layer.origin_us,
+                           "shape": list(layer.shape), "pool": layer.pool, "s": layer.s,
                            "offset_mk": layer.offset_mk})
         return {"profile": self.profile, "delay": self.delay_kind, "gate": self.gate_kind,
                 "delay_lines": self.delay_lines,
@@ -402,6 +483,7 @@ class FabricPlan:
     def to_dict(self) -> dict[str, Any]:
         out = {"format": PLAN_FORMAT, "version": self.version, "profile": self.profile,
                "delay_kind": self.delay_kind, "gate_kind": self.gate_kind, "delay_lines": self.delay_lines,
+               "rectified": self.rectified,
                "constants": dict(self.constants), "network": dict(self.network),
                "timing": asdict(self.timing), "packets": asdict(self.packets), "layers": []}
         for layer in self.layers:
@@ -414,7 +496,8 @@ class FabricPlan:
             out["layers"].append({"index": layer.index, "n_inputs": layer.n_inputs, "n_neurons": layer.n_neurons,
                                   "k": layer.k, "switch": layer.switch, "inject_if": layer.inject_if,
                                   "window_us": layer.window_us, "offset_mk": layer.offset_mk,
-                                  "leads_us": list(layer.leads_us), "ports": ports,
+                                  "leads_us": list(layer.leads_us), "s": layer.s, "shape": list(layer.shape),
+                                  "pool": layer.pool, "ports": ports,
                                   "lines": [[ln.source, ln.sign, ln.line, ln.target_us, ln.delay_us, ln.classid,
                                              list(ln.members)] for ln in layer.lines],
                                   "line_tc": layer.line_tc.to_dict(), "fanout_tc": layer.fanout_tc.to_dict()})
@@ -456,6 +539,12 @@ def _num(value: Any, where: str) -> float:
     if not _is_number(value) or not math.isfinite(value):
         raise PlanError(f"{where}: expected a finite number, got {value!r:.40}")
     return float(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"{where}: expected true or false, got {value!r:.40}")
+    return value
 
 
 def _str(value: Any, where: str) -> str:
@@ -500,11 +589,11 @@ def _tc_tree(raw: Any, where: str) -> TcTree:
     return TcTree.from_dict(tree)
 
 
-PLAN_KEYS = frozenset({"format", "version", "profile", "delay_kind", "gate_kind", "delay_lines", "constants",
-                       "network", "timing", "packets", "layers"})
+PLAN_KEYS = frozenset({"format", "version", "profile", "delay_kind", "gate_kind", "delay_lines", "rectified",
+                       "constants", "network", "timing", "packets", "layers"})
 NETWORK_KEYS = frozenset({"path", "sha256", "k", "bits", "input_shape"})
 LAYER_KEYS = frozenset({"index", "n_inputs", "n_neurons", "k", "switch", "inject_if", "window_us", "offset_mk",
-                        "leads_us", "ports", "lines", "line_tc", "fanout_tc"})
+                        "leads_us", "s", "shape", "pool", "ports", "lines", "line_tc", "fanout_tc"})
 PORT_KEYS = frozenset({"neuron", "sign", "k", "switch_if", "host_if", "synapses", "delay_tc", "gate_tc"})
 
 
@@ -567,9 +656,9 @@ def plan_from_dict(raw: Any, where: str = "plan") -> FabricPlan:
             lw = f"{where}: layers[{li}]"
             layer = _obj(lraw, LAYER_KEYS, lw)
             ports_raw = _list(layer["ports"], f"{lw}.ports")
-            if len(ports_raw) > MAX_PORTS_PER_LAYER:  # before building thousands of objects
-                raise PlanError(f"{lw}: {len(ports_raw)} ports; the kernel fabric takes at most "
-                                f"{MAX_PORTS_PER_LAYER} ports per layer")
+            if len(ports_raw) > MAX_PLAN_PORTS_PER_LAYER:  # before building a million objects
+                raise PlanError(f"{lw}: {len(ports_raw)} ports; a plan describes at most "
+                                f"{MAX_PLAN_PORTS_PER_LAYER} ports per layer")
             ports = []
             for pi, praw in enumerate(ports_raw):
                 pw = f"{lw}.ports[{pi}]"
@@ -587,6 +676,9 @@ def plan_from_dict(raw: Any, where: str = "plan") -> FabricPlan:
                                     _str(layer["switch"], f"{lw}.switch"), _str(layer["inject_if"], f"{lw}.inject_if"),
                                     _num(layer["window_us"], f"{lw}.window_us"),
                                     _num(layer["offset_mk"], f"{lw}.offset_mk"), tuple(ports), leads,
+                                    _num(layer["s"], f"{lw}.s"),
+                                    tuple(_int(d, f"{lw}.shape") for d in _list(layer["shape"], f"{lw}.shape")),
+                                    _int(layer["pool"], f"{lw}.pool"),
                                     tuple(_line(ln, f"{lw}.lines[{i}]") for i, ln in
                                           enumerate(_list(layer["lines"], f"{lw}.lines"))),
                                     _tc_tree(layer["line_tc"], f"{lw}.line_tc"),
@@ -598,7 +690,8 @@ def plan_from_dict(raw: Any, where: str = "plan") -> FabricPlan:
                           {k: _num(v, f"{where}: constants.{k}") for k, v in constants.items()}, network,
                           _dataclass(Timing, top["timing"], f"{where}: timing"),
                           _dataclass(Packets, top["packets"], f"{where}: packets"), tuple(layers),
-                          _str(top["delay_lines"], f"{where}: delay_lines"), top["version"])
+                          _str(top["delay_lines"], f"{where}: delay_lines"),
+                          _bool(top["rectified"], f"{where}: rectified"), top["version"])
     except PlanError as exc:
         message = str(exc)
         raise PlanError(message if message.startswith(where) else f"{where}: {message}") from None

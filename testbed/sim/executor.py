@@ -38,7 +38,12 @@ realisations' semantics:
   deadline (the relay reads the kernel's count and sum then);
 - relay: T± = the ports' events (model units from the layer's origin), by the model's time-out
   rule (`testbed.model.layers.mean_k_earliest`; `testbed.traffic.decode` reads the kernel's);
-  y = T⁺ − T⁻, and the next layer's inputs are ReLU(−s·y).
+  y = T⁺ − T⁻, and the next layer's inputs are the layer's re-encoding, pool(ReLU(−s·y)) with its
+  own s and pooling (`LayerPlan.relay`, which the kernel's relay applies too); the scores are
+  −s·y of the last layer, rectified if the plan says so (`FabricPlan.scores`).
+
+A port's arrivals are gathered from its own synapses (`LayerPlan.port_events_us`), so a
+convolution's port costs its receptive field, not the layer's inputs.
 
 With no quantisation and zero flood cost the simulation equals the golden model.
 """
@@ -55,6 +60,8 @@ from testbed.model.layers import mean_k_earliest
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan, LayerPlan
 from testbed.plan.tc import drop_probability
 from testbed.sim.fabric_cpu import fabric_waits
+
+CHUNK_VALUES = 1 << 22  # arrival times held at once (32 MiB): LeNet-5's conv1 has 6912 ports of 50
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class LayerResult:
 @dataclass(frozen=True)
 class SimResult:
     layers: tuple[LayerResult, ...]
-    scores: np.ndarray  # (batch, classes): −s·y of the last layer
+    scores: np.ndarray  # (batch, classes): the plan's scores of the last layer (FabricPlan.scores)
     predictions: np.ndarray
 
 
@@ -87,23 +94,29 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.ra
     y (its T⁺), to predict what a kernel that errs so does to the decisions (`pi2 infer --tau auto`).
     y, not each port's T: a late burst delays a neuron's z⁺ and z⁻ alike, which cancels in y.
     `port_offsets_us` (ports,): a latency added to every arrival at each port, before its
-    deadline (a fabric spread over hosts: testbed.cluster.timing). `waits_us` (batch, ports, n, 2):
-    how late a busy fabric CPU stamps each arrival (testbed.sim.fabric_cpu), added likewise."""
+    deadline (a fabric spread over hosts: testbed.cluster.timing). `waits_us` (batch, ports, F), laid
+    out as `LayerPlan.port_events_us`: how late a busy fabric CPU stamps each arrival
+    (testbed.sim.fabric_cpu), added likewise."""
     tau = plan.timing.tau_us
     inject = layer.inject_us(x, plan.constants["t0"], tau)  # (batch, n, 2)
-    flood = layer.flood_offsets_us(plan.timing.flood_copy_us)
-    arrive = inject[:, None] + layer.port_delays_us()[None] + flood[None, :, None, None]
-    if waits_us is not None:
-        arrive = arrive + waits_us
-    arrive = arrive.reshape(len(x), len(layer.ports), -1)
+    events, delays_us = layer.port_events_us()  # (ports, F): each port's own synapses only
+    delays_us = delays_us + layer.flood_offsets_us(plan.timing.flood_copy_us)[:, None]
     if port_offsets_us is not None:
-        arrive = arrive + np.asarray(port_offsets_us, dtype=np.float64)[None, :, None]
+        delays_us = delays_us + np.asarray(port_offsets_us, dtype=np.float64)[:, None]
     loss = np.array([drop_probability(p.gate_tc) for p in layer.ports])
     if loss.any():
         rng = np.random.default_rng(0) if rng is None else rng
-        arrive = np.where(rng.random(arrive.shape) < loss[None, :, None], np.inf, arrive)
     k = layer.k
-    earliest = np.sort(arrive, axis=2)[:, :, :k]
+    flat = inject.reshape(len(x), -1)  # event 2·source + sign
+    earliest = np.empty((len(x), len(layer.ports), k))
+    rows = max(1, CHUNK_VALUES // delays_us.size)  # samples at a time: a conv layer has many ports
+    for lo in range(0, len(x), rows):
+        arrive = flat[lo:lo + rows][:, events] + delays_us[None]  # (b, ports, F)
+        if waits_us is not None:
+            arrive = arrive + waits_us[lo:lo + rows]
+        if loss.any():
+            arrive = np.where(rng.random(arrive.shape) < loss[None, :, None], np.inf, arrive)
+        earliest[lo:lo + rows] = np.sort(arrive, axis=2)[:, :, :k]
     # The gates drop late spikes before counting, so the first K on time are the K earliest that
     # made the deadline (arrivals are sorted): the same spikes pass.
     late = earliest > layer.window_us
@@ -148,11 +161,11 @@ def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[
             results.append(simulate_layer(plan, layer, layer_x, rng, None if noise_us is None else noise_us[li],
                                           noise_rng, None if port_offsets_us is None else port_offsets_us[li],
                                           waits[li]))
-            layer_x = np.maximum(-plan.constants["s"] * results[-1].y, 0.0)
+            layer_x = layer.relay(results[-1].y)
         return results, inputs
 
     results, inputs = run([None] * len(plan.layers))
     if packet_us is not None:  # the waits of the inputs the closed form gives each layer
         results, _ = run(fabric_waits(plan, inputs, packet_us))
-    scores = -plan.constants["s"] * results[-1].y
+    scores = plan.scores(results[-1].y)
     return SimResult(tuple(results), scores, scores.argmax(axis=1))

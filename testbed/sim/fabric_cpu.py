@@ -58,14 +58,13 @@ def _layer_jobs(plan: FabricPlan, li: int, x: np.ndarray,
     a copy reaches, the release that carries it or −1 for an unshaped copy)."""
     layer = plan.layers[li]
     tau, period = plan.timing.tau_us, plan.timing.period_us
-    sent = layer.inject_us(x, plan.constants["t0"], tau)  # (batch, n, 2)
-    events = sent.transpose(0, 2, 1).reshape(len(x), -1)  # event index sign·n + source
+    events = layer.inject_us(x, plan.constants["t0"], tau).reshape(len(x), -1)  # event 2·source + sign
     slot = (np.arange(len(x)) + li) * period + layer.origin_us
     copies = np.zeros(2 * layer.n_inputs)
     release_event, release_delay, targets = [], [], []
     if layer.lines:
         for line in layer.lines:
-            e = line.sign * layer.n_inputs + line.source
+            e = 2 * line.source + line.sign
             copies[e] += 1 + (line.classid is not None)
             members = np.asarray(line.members)
             if line.classid is None:
@@ -77,7 +76,7 @@ def _layer_jobs(plan: FabricPlan, li: int, x: np.ndarray,
     else:
         for q, port in enumerate(layer.ports):
             for syn in port.synapses:
-                e = syn.sign * layer.n_inputs + syn.source
+                e = 2 * syn.source + syn.sign
                 copies[e] += 2
                 if syn.classid is None:
                     targets.append((e, np.array([q]), -1))
@@ -105,11 +104,11 @@ def _serve(due: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 def fabric_waits(plan: FabricPlan, layer_inputs: Sequence[np.ndarray], packet_us: float) -> list[np.ndarray]:
-    """Per layer, (batch, ports, n, 2): how long after its closed-form time each arrival is
-    stamped, for the inputs each layer sees (`layer_inputs`, one (batch, n_l) array per layer,
-    the same samples in order) streamed through the plan's slots on one fabric CPU spending
-    `packet_us` µs per packet (module docstring). 0 where nothing waited; arrivals that never
-    happen keep 0 (the simulator's inf stays inf)."""
+    """Per layer, (batch, ports, F) laid out as `LayerPlan.port_events_us`: how long after its
+    closed-form time each arrival is stamped, for the inputs each layer sees (`layer_inputs`, one
+    (batch, n_l) array per layer, the same samples in order) streamed through the plan's slots on
+    one fabric CPU spending `packet_us` µs per packet (module docstring). 0 where nothing waited;
+    arrivals that never happen keep 0 (the simulator's inf stays inf)."""
     if not packet_us >= 0:
         raise PlanError(f"packet cost must be ≥ 0 µs, got {packet_us}")
     if len(layer_inputs) != len(plan.layers):
@@ -142,10 +141,11 @@ def fabric_waits(plan: FabricPlan, layer_inputs: Sequence[np.ndarray], packet_us
         # was copied): its whole lateness, copying included, is start − (event due + delay).
         release_wait = release_start - (jobs.inject_due[:, jobs.release_event] + jobs.release_delay[None])
         r_off += n_release
-        waits = np.zeros((batch, len(layer.ports), layer.n_inputs, 2))
+        port_events, _ = layer.port_events_us()  # (ports, F), each row's events in ascending order
+        waits = np.zeros((batch,) + port_events.shape)
         for e, ports, r in targets:
-            source, sign = e % layer.n_inputs, e // layer.n_inputs
-            waits[:, ports, source, sign] = (event_wait[:, e] if r < 0 else release_wait[:, r])[:, None]
+            column = [int(np.searchsorted(port_events[q], e)) for q in ports]
+            waits[:, ports, column] = (event_wait[:, e] if r < 0 else release_wait[:, r])[:, None]
         out.append(waits)
     return out
 

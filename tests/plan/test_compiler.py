@@ -5,7 +5,7 @@ import pytest
 
 from testbed.errors import PlanError
 from testbed.model.encoding import delays
-from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.model.network import Affine, ConvLayer, DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network, primer_delay_us, realise_delay, synapse_classid
 from testbed.plan.fabric_plan import SIGN_MINUS, SIGN_PLUS, load_plan, plan_from_dict
 
@@ -87,20 +87,70 @@ def test_windows_cover_the_calibration_data():
     assert plan.timing.period_us >= max(layer.window_us for layer in plan.layers) - 0.5 * 1000.0
 
 
-def test_convolutions_are_refused_with_a_reason():
-    conv = Pi2Network((ConvLayer(np.ones((2, 1, 3, 3)), 1, (1, 4, 4)),), (1, 4, 4))
-    with pytest.raises(PlanError, match="dense π² layers only"):
-        compile_network(conv, SHAPER, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0)
+def hand_conv(**layer):
+    # 1×4×4 inputs, 2 channels of 3×3 kernels: channel 0 all w = 0 (d⁺ = d⁻ = 3), channel 1 all
+    # w = 1 (d⁺ = 4, d⁻ = 2), so each event meets 3 distinct delays: 2, 3 and 4 model units.
+    weight = np.stack([np.zeros((1, 3, 3)), np.ones((1, 3, 3))])
+    return Pi2Network((ConvLayer(weight, 4, (1, 4, 4), **layer),), (1, 4, 4))
 
 
-@pytest.mark.parametrize("change", [
-    lambda net: replace(net, layers=(replace(net.layers[0], s=1.0), net.layers[1])),
-    lambda net: replace(net, rectified=True),
-], ids=["per-layer s", "rectified scores"])
-def test_per_layer_constants_are_refused_with_a_reason(change):
-    # the fabric's relay and the simulator apply the plan's one s and decode linear scores
-    with pytest.raises(PlanError, match="per-layer constants .*evaluate it with `pi2 eval`"):
-        compile_network(change(tiny()), SHAPER, 1000.0, np.zeros((1, 3)))
+def test_conv_plan_counts_of_a_hand_made_conv_layer():
+    plan = compile_network(hand_conv(), NETEM, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0)
+    layer = plan.layers[0]
+    assert (layer.n_inputs, layer.n_neurons, layer.shape, len(layer.ports)) == (16, 8, (2, 2, 2), 16)
+    # Each port keeps exactly its receptive field: neuron (channel, row, col) sees pixels
+    # (row + a, col + b), a, b in 0..2, both events of each.
+    for port in layer.ports:
+        row, col = divmod(port.neuron % 4, 2)
+        assert sorted((s.source, s.sign) for s in port.synapses) == sorted(
+            ((row + a) * 4 + col + b, sign) for a in range(3) for b in range(3) for sign in (SIGN_PLUS, SIGN_MINUS))
+    # Pixel (r, c) lies in a(r)·a(c) fields, a = (1, 2, 2, 1). Each of its events has three
+    # lines: 3τ to channel 0's z⁺ and z⁻ ports (2·a(r)·a(c) members), 2τ and 4τ to channel 1's
+    # ports (t⁺: 2τ to z⁻, 4τ to z⁺; t⁻ the other way round), a(r)·a(c) members each.
+    fields = np.outer([1, 2, 2, 1], [1, 2, 2, 1]).ravel()
+    ch1 = {q for q, p in enumerate(layer.ports) if p.neuron >= 4}
+    for pixel, npos in enumerate(fields.tolist()):
+        for sign in (SIGN_PLUS, SIGN_MINUS):
+            lines = [ln for ln in layer.lines if (ln.source, ln.sign) == (pixel, sign)]
+            assert [(ln.line, ln.target_us, len(ln.members)) for ln in lines] == [
+                (1, 2000.0, npos), (2, 3000.0, 2 * npos), (3, 4000.0, npos)]
+            for line, port_sign in ((lines[0], 1 - sign), (lines[2], sign)):
+                assert set(line.members) <= ch1 and {layer.ports[q].sign for q in line.members} == {port_sign}
+            assert not set(lines[1].members) & ch1
+    assert len(layer.lines) == 16 * 2 * 3
+    # 96 lines shape one copy each (netem: no primers); the fan-out copies 288 = 16 ports × 18 synapses.
+    assert plan.packets_per_sample == {"injected": 32, "port_copies": 288, "pruned": 0, "shaped": 96,
+                                       "line_copies": 96}
+    # A class per synapse shapes all 288 and floods 32 events × 16 ports, dropping the 224 copies
+    # outside each port's field before its shaper.
+    per_synapse = compile_network(hand_conv(), NETEM, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0,
+                                  delay_lines="per-synapse").packets_per_sample
+    assert (per_synapse["shaped"], per_synapse["port_copies"], per_synapse["pruned"]) == (288, 512, 224)
+
+
+def test_conv_plans_carry_the_relays_scale_pooling_and_rectified_scores(tmp_path):
+    rng = np.random.default_rng(3)
+    conv = ConvLayer(rng.normal(size=(2, 1, 3, 3)), 3, (1, 6, 6), pool=2, s=1.0)
+    net = Pi2Network((conv, DenseLayer(rng.normal(size=(8, 3)), 4)), (1, 6, 6), rectified=True)
+    plan = compile_network(net, NETEM, 1000.0, rng.random((5, 1, 6, 6)), prune_margin=None, lead=0.0)
+    assert [(ly.shape, ly.pool, ly.s, ly.out_shape) for ly in plan.layers] == [
+        ((2, 4, 4), 2, 1.0, (2, 2, 2)), ((3,), 1, 10.0, (3,))]
+    assert plan.rectified and plan.layers[1].n_inputs == 8
+    assert load_plan(plan.save(tmp_path / "plan.json")) == plan
+    y = rng.normal(size=(4, 32))
+    np.testing.assert_array_equal(plan.layers[0].relay(y), net.hidden_output(0, y.reshape(4, 2, 4, 4), []).reshape(4, -1))
+    np.testing.assert_array_equal(plan.scores(y[:, :3]), net.output_scores(y[:, :3]))
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda layer: replace(layer, padding=1), "padding 1"),
+    (lambda layer: replace(layer, affine=Affine(np.ones(2), np.zeros(2))), "affine map"),
+], ids=["padding", "affine"])
+def test_what_the_relay_cannot_compute_is_refused_with_a_reason(change, words):
+    net = hand_conv()
+    net = replace(net, layers=(change(net.layers[0]),))
+    with pytest.raises(PlanError, match=f"{words}.*`pi2 eval`"):
+        compile_network(net, NETEM, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0)
 
 
 def test_bad_tau_is_refused():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from testbed.errors import PlanError
-from testbed.model.network import DenseLayer, Pi2Network
+from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.plan.fabric_plan import load_plan, plan_from_dict
 
@@ -61,7 +61,18 @@ def test_not_json(tmp_path):
     (lambda d: d.update(delay_kind="magic"), "delay_kind 'magic'"),
     (lambda d: d.update(layers=[]), "1..64 layers"),
     (lambda d: d.update(layers={"0": 1}), "layers: expected a list"),
-    (lambda d: d["layers"][0].update(ports=d["layers"][0]["ports"] * 300), "at most 512 ports"),
+    (lambda d: d["layers"][0].update(ports=[{}] * 65537), "at most 65536 ports"),  # refused before any is read
+    # the relay's re-encoding (issue 14: convolutions)
+    (lambda d: d["layers"][0].pop("pool"), "missing field 'pool'"),
+    (lambda d: d["layers"][0].update(s=0), "s must be a finite number > 0"),
+    (lambda d: d["layers"][0].update(s="10"), r"s: expected a finite number"),
+    (lambda d: d["layers"][0].update(shape=[3]), r"shape \(3,\) must be .* product is the layer's 2 neurons"),
+    (lambda d: d["layers"][0].update(shape=[1, 2]), r"shape \(1, 2\) must be \(m,\) or \(C, H, W\)"),
+    (lambda d: d["layers"][0].update(shape=[2.0]), "shape: expected an integer"),
+    (lambda d: d["layers"][0].update(pool=2), "pool 2 must be .* 1 unless the layer's shape is"),
+    (lambda d: d["layers"][0].update(pool=0), "pool 0 must be an integer ≥ 1"),
+    (lambda d: d.update(rectified=1), "rectified: expected true or false"),
+    (lambda d: d.pop("rectified"), "missing field 'rectified'"),
 ])
 def test_each_validation_error_is_one_line(plan_dict, edit, message):
     edit(plan_dict)
@@ -104,3 +115,16 @@ def test_name_suffix_cap_is_the_kernels():
     from testbed.plan.fabric_plan import NAME_SUFFIX_MAX
 
     assert NAME_SUFFIX_MAX == SUFFIX_MAX
+
+
+def test_a_layers_inputs_must_be_what_the_previous_layer_passes_on():
+    net = Pi2Network((ConvLayer(np.ones((2, 1, 2, 2)), 1, (1, 5, 5), pool=2), DenseLayer(np.ones((8, 2)), 1)), (1, 5, 5))
+    raw = compile_network(net, Realisation("shaper", "htb-primer"), 1000.0, np.zeros((1, 1, 5, 5)),
+                          prune_margin=None, lead=0.0).to_dict()
+    assert plan_from_dict(json.loads(json.dumps(raw))).layers[0].out_shape == (2, 2, 2)
+    raw["layers"][0]["pool"] = 1  # 2×4×4 = 32 values would reach a layer of 8 inputs
+    with pytest.raises(PlanError, match=r"layer 1 has 8 inputs but layer 0 passes on 32 values \(shape \(2, 4, 4\)\)"):
+        plan_from_dict(raw)
+    raw["layers"][0]["pool"] = 5  # wider than the 4×4 grid
+    with pytest.raises(PlanError, match="pool 5"):
+        plan_from_dict(raw)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from testbed.model.network import DenseLayer, Pi2Network
+from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.sim.executor import simulate
 
@@ -137,3 +137,23 @@ def test_shared_lines_deliver_what_a_class_per_synapse_delivers():
     for line in layer.lines:
         fed[list(line.members), line.source, line.sign] = True
     assert (~fed).any() and np.array_equal(np.isfinite(layer.port_delays_us()), fed)
+
+
+def test_simulation_of_a_conv_plan_equals_the_golden_model():
+    # A LeNet in small: conv (s = 1) and 2×2 pooling, conv, then dense with rectified scores (LeNet5_K's recipe).
+    rng = np.random.default_rng(8)
+    layers = (ConvLayer(rng.normal(size=(3, 1, 3, 3)), 5, (1, 10, 10), pool=2, s=1.0),
+              ConvLayer(rng.normal(size=(4, 3, 2, 2)), 6, (3, 4, 4), pool=3),
+              DenseLayer(rng.normal(size=(4, 5)), 3))
+    net = Pi2Network(layers, (1, 10, 10), rectified=True)
+    x = rng.random((40, 1, 10, 10))
+    plan = compile_network(net, IDEAL, 1e6, x, margin=1.0, prune_margin=None, lead=0.0)
+    assert [len(layer.ports) for layer in plan.layers] == [2 * 3 * 8 * 8, 2 * 4 * 3 * 3, 10]
+    result = simulate(plan, x.reshape(len(x), -1))
+    np.testing.assert_allclose(result.scores, net.scores(x), atol=1e-3)
+    golden = net.trace(x)
+    for sim_layer, gold in zip(result.layers, golden):
+        np.testing.assert_allclose(sim_layer.y, gold.y.reshape(len(x), -1), atol=1e-5)
+    assert (result.scores == 0).any() and (result.scores > 0).any()  # the rectifier is in play
+    clear = np.diff(np.sort(net.scores(x), axis=1)[:, -2:], axis=1)[:, 0] > 1e-2
+    assert clear.mean() > 0.5 and (result.predictions == net.predict(x))[clear].all()

@@ -37,21 +37,21 @@ def test_a_burst_of_events_waits_its_turn_copy_by_copy(delay_lines):
     plan = one_layer_plan(delay_lines)
     layer = plan.layers[0]
     x = np.zeros((1, 6))  # every input fires both events at T0 at once (no leads)
-    copies = np.zeros(12)  # what the fabric CPU copies per event, in event order
+    copies = np.zeros(12)  # what the fabric CPU copies per event, in event order (2·source + sign)
     if layer.lines:
         for line in layer.lines:
-            copies[line.sign * 6 + line.source] += 1 + (line.classid is not None)
+            copies[2 * line.source + line.sign] += 1 + (line.classid is not None)
     else:
         for port in layer.ports:
             for syn in port.synapses:
-                copies[syn.sign * 6 + syn.source] += 2
-    waits = fabric_waits(plan, [x], 2.0)[0][0]  # (ports, n, 2)
+                copies[2 * syn.source + syn.sign] += 2
+    events, delays = layer.port_events_us()  # (ports, F)
+    waits = fabric_waits(plan, [x], 2.0)[0][0]  # (ports, F)
     before = np.concatenate([[0.0], np.cumsum(copies)[:-1]]) * 2.0  # copies served ahead of each event
-    delays = layer.port_delays_us()
     for e in range(12):
-        source, sign = e % 6, e // 6
-        for d in np.unique(delays[:, source, sign][np.isfinite(delays[:, source, sign])]):
-            group = np.sort(waits[delays[:, source, sign] == d, source, sign])
+        held = (events == e) & np.isfinite(delays)
+        for d in np.unique(delays[held]):
+            group = np.sort(waits[held & (delays == d)])
             # Releases of one delay are due as far apart as their events' copying, and ≥ 1 ms after
             # the burst, so they never queue behind another event's: a copy is late by its event's
             # turn in the burst, and with a class per synapse, by the ports of the same delay
