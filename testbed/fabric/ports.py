@@ -152,14 +152,17 @@ def gate_loader(run_id: str, port: NeuronPort, loaded: list[GateProgram]) -> Cal
 CARRIER_STATES = frozenset({"UP", "UNKNOWN"})
 
 
-def wait_until_up(ns: str | None, names: Sequence[str], timeout_s: float = 3.0) -> None:
+def wait_until_up(ns: str | None, names: Sequence[str], timeout_s: float | None = None) -> None:
     """Return once every link in `names` (namespace `ns`) reports operstate UP (or UNKNOWN: tunnels).
 
     A veth's carrier change reaches the bridge (which forwards only through ports with carrier)
     via linkwatch, immediately when the event is "urgent", else batched up to 1 s later. A veth
     counts as urgent when its ifindex differs from its peer's, so a pair whose ends got equal
     indexes in their two namespaces would silently drop a second of spikes: wait instead.
+    Linkwatch takes the links one after another: 310 of them (a conv layer's 288 ports and
+    more) took 6.5 s on this 2-core machine at load 4, so the default wait grows with the links.
     """
+    timeout_s = 3.0 + 0.02 * len(names) if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
     wanted = set(names)
     with netns.iproute(ns) as ipr:

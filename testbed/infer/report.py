@@ -153,7 +153,7 @@ def build_report(plan: FabricPlan, net: Pi2Network, run: KernelRun, x: np.ndarra
     kernel_pred = plan.scores(run.y[-1]).argmax(axis=1)
     offsets = None if cluster is None else cluster.port_offsets_us
     sim_pred = simulate(plan, x, port_offsets_us=offsets).predictions
-    golden_pred = net.with_bits(plan.network["bits"]).predict(x)
+    golden_pred = net.with_bits(plan.network["bits"]).predict(x.reshape((len(x),) + tuple(net.input_shape)))  # x is flat
     layers = tuple(layer_stats(plan, run, li, None if offsets is None else offsets[li]) for li in range(len(plan.layers)))
     loss = plan_loss(plan)
     events = sum(2 * layer.n_inputs * len(layer.ports) for layer in plan.layers)
