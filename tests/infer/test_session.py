@@ -21,7 +21,7 @@ from testbed.fabric.live import build_fabric
 from testbed.infer.pipeline import InferOptions, cpu_placement, write_outputs
 from testbed.infer.session import run_inference
 from testbed.kernel import netns
-from testbed.model.network import DenseLayer, Pi2Network
+from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
 from testbed.plan.compiler import DEFAULT_LEAD, Realisation, compile_network
 from testbed.plan.profiles import load_profile
 from testbed.sim.executor import simulate_layer
@@ -81,3 +81,25 @@ def test_kernel_decisions_equal_the_simulation(tiny, tmp_path):
     if shutil.which("tcpdump"):
         out = subprocess.run(["tcpdump", "-nr", str(tmp_path / "injected.pcap")], capture_output=True, text=True)
         assert out.returncode == 0 and "UDP" in out.stdout and ".5402" in out.stdout
+
+
+def test_a_conv_layer_computes_on_real_packets():
+    # conv 2@2×2 over 1×5×5 (s = 1) → 2×2 max-pooling by the relay → dense 8-3: 64 + 6 neuron ports.
+    rng = np.random.default_rng(11)
+    net = Pi2Network((ConvLayer(rng.normal(0, 1.5, (2, 1, 2, 2)), 3, (1, 5, 5), pool=2, s=1.0),
+                      DenseLayer(rng.normal(0, 1.5, (8, 3)), 4)), (1, 5, 5), bits=4)
+    x = rng.uniform(0, 1.5, size=(40, 25))
+    # 5 τ: 132 events fan out to 64 ports here, and on a loaded machine the injector alone is up to
+    # ≈7 ms late (p99); at this τ that is a third of a model unit.
+    plan = compile_network(net, Realisation.from_profile(load_profile(PROFILE)), 5 * TAU_US, x, prune_margin=None,
+                           lead=DEFAULT_LEAD)
+    with build_fabric(plan, "netns", **cpu_placement(0)) as fabric:
+        run = run_inference(plan, fabric, x[:6], inject_cpu=0)
+    conv = simulate_layer(plan, plan.layers[0], x[:6])
+    # Each conv neuron's y where the plan puts it > 0.5 model units from 0 (92 of its 192 here): a
+    # port fed outside its receptive field, or at another channel's delays, would flip signs.
+    clear = np.abs(conv.y) > 0.5
+    assert clear.sum() >= 50 and (np.sign(run.y[0]) == np.sign(conv.y))[clear].all()
+    assert (run.counts[0] == plan.layers[0].k).all()
+    # The relay fed the dense layer the pooled ReLU(−y) of what the kernel computed.
+    np.testing.assert_array_equal(run.inputs[1], plan.layers[0].relay(run.y[0]))

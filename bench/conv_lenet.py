@@ -1,0 +1,178 @@
+"""LeNet-5 on the kernel fabric: what its plan needs, and what one machine runs out of (issue 14, item 4).
+
+Compiles a π² LeNet5_K (conv1 6@5×5 → pool 2 → conv2 16@5×5 → pool 2 → dense 256-120-84-10, the
+authors' per-layer s and rectified scores, n-bit delays) with shared delay lines, and reports per
+layer what the plan needs: neurons, neuron ports, delay lines, shaped packets and fan-out copies per
+sample, and the kernel map memory of its neurons, splitter and fan-out; and for the whole fabric
+the veth pairs and the file descriptors a run holds. It simulates the first --limit test images
+(plan simulator vs golden model, the agreement a kernel would be measured against), asks the
+one-machine builder whether it would build the plan (testbed.fabric.live.fits_one_machine), and,
+given a measured kernel run of a conv network that fits (bench/infer.py JSON, --measured),
+extrapolates the kernel CPU per sample from that run's kernel CPU per handled packet (shaped +
+fan-out copies). No root needed.
+
+    python bench/conv_lenet.py --net LENET.npz [--limit 200] [--tau 6ms] [--prune off] [--measured infer.json] [-o out.json]
+
+`--make-small NET` writes instead the conv network that fits one machine, for bench/infer.py to run
+on the kernel (`sudo python bench/infer.py --net NET --limit 360 --tau 6ms --backends netns`): LeNet
+in small on 8×8 digits, conv 4@3×3 (s = 1, K 6 of 18) → 2×2 max-pooling → dense 36-10 (K 12), 4-bit
+delays, seeded random weights (agreement is what it measures, not accuracy): 288 + 20 neuron ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from testbed.cli.params import DURATION, PRUNE_MARGIN, argparse_type
+from testbed.errors import KernelError
+from testbed.fabric.live import fits_one_machine
+from testbed.infer.inputs import network_inputs
+from testbed.model.netfile import load_network, save_network
+from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
+from testbed.plan.compiler import DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, compile_network
+from testbed.plan.fabric_plan import MAX_PORTS_PER_LAYER, FabricPlan, LayerPlan
+from testbed.plan.select import realisation_for
+from testbed.sim.executor import simulate
+
+GATE_SLOTS = 16  # testbed.kernel.gate: a neuron's state ring (16-byte entries)
+GATE_FDS = 3  # program, state map, counters, while the run reads the neuron's state (testbed.kernel.gate)
+
+
+def small_conv_network() -> Pi2Network:
+    """The `--make-small` network (module docstring)."""
+    rng = np.random.default_rng(14)
+    conv = ConvLayer(rng.normal(0, 1.5, (4, 1, 3, 3)), 6, (1, 8, 8), pool=2, s=1.0)
+    dense = DenseLayer(rng.normal(0, 1.5, (36, 10)), 12)
+    return Pi2Network((conv, dense), (1, 8, 8), bits=4, provenance={
+        "dataset": {"name": "digits", "scale": 0.0625, "offset": 0.0},
+        "command": "python bench/conv_lenet.py --make-small NET (seeded random weights)"})
+
+
+def layer_needs(plan: FabricPlan, layer: LayerPlan) -> dict:
+    """What one layer's shared-lines fabric holds and moves per sample."""
+    primers = 2 if plan.packets.primer_bytes else 1
+    lines_per_event: dict[tuple[int, int], int] = {}
+    for line in layer.lines:
+        lines_per_event[(line.source, line.sign)] = max(lines_per_event.get((line.source, line.sign), 0), line.line)
+    widest_event = max(lines_per_event.values())
+    widest_line = max(len(line.members) for line in layer.lines)
+    events = 2 * layer.n_inputs
+    maps = {"neuron_states": len(layer.ports) * GATE_SLOTS * 16,  # testbed.kernel.gate: one ring per port
+            "splitter": events * (4 + 4 * widest_event),  # testbed.kernel.lines: count + a classid per line
+            "fanout": events * widest_event * (4 + 8 * widest_line)}  # count + (ifindex, port) per member
+    return {"layer": layer.index, "shape": list(layer.shape), "pool": layer.pool, "s": layer.s, "k": layer.k,
+            "inputs": layer.n_inputs, "neurons": layer.n_neurons, "ports": len(layer.ports),
+            "fits_one_machine": len(layer.ports) <= MAX_PORTS_PER_LAYER,
+            "synapses": sum(len(p.synapses) for p in layer.ports), "lines": len(layer.lines),
+            "lines_per_event_max": widest_event, "members_per_line_max": widest_line,
+            "shaped_packets_per_sample": primers * sum(line.classid is not None for line in layer.lines),
+            "fanout_copies_per_sample": sum(len(line.members) for line in layer.lines),
+            "fanout_copies_per_sample_at_least": layer.k * len(layer.ports),  # the fan-out skips a neuron after K
+            "per_synapse_flood_copies_per_sample": primers * events * len(layer.ports),
+            "map_bytes": maps, "window_us": layer.window_us}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", type=Path)
+    parser.add_argument("--make-small", type=Path, metavar="NET", help="write the small conv network and exit")
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--calibration", type=int, default=100, help="training images that set the windows")
+    parser.add_argument("--tau", type=argparse_type(DURATION), default=6000.0)
+    parser.add_argument("--profile", default="shaper")
+    parser.add_argument("--measured", type=Path, help="bench/infer.py JSON of a conv network run on the kernel")
+    parser.add_argument("-o", "--out", type=Path)
+    parser.add_argument("--prune", type=argparse_type(PRUNE_MARGIN), default=DEFAULT_PRUNE_MARGIN,
+                        help="prune margin (model units) or 'off'")
+    args = parser.parse_args()
+    if args.make_small is not None:
+        print(save_network(small_conv_network(), args.make_small))
+        return
+    if args.net is None:
+        parser.error("--net LENET.npz (or --make-small NET) is required")
+    load_before = os.getloadavg()
+    net = load_network(args.net)
+    x_cal = network_inputs(net, args.dataset, "train", args.calibration).x
+    began = time.perf_counter()
+    plan = compile_network(net, realisation_for(args.profile, None), args.tau, x_cal, args.net, relay_us=DEFAULT_RELAY_US,
+                           prune_margin=args.prune)
+    compile_s = time.perf_counter() - began
+    plan_bytes = len(json.dumps(plan.to_dict(), separators=(",", ":")))
+    layers = [layer_needs(plan, layer) for layer in plan.layers]
+    ports = sum(row["ports"] for row in layers)
+    try:
+        fits_one_machine(plan)
+        refusal = None
+    except KernelError as exc:
+        refusal = str(exc)
+    test = network_inputs(net, args.dataset, "test", args.limit)
+    began = time.perf_counter()
+    sim = simulate(plan, test.x)
+    sim_s = time.perf_counter() - began
+    golden = net.with_bits(plan.network["bits"]).predict(test.x)
+    scores = sim.scores
+    result = {
+        "benchmark": "conv_lenet", "network": str(args.net), "k": list(net.k), "bits": net.bits,
+        "command": net.provenance.get("command"), "prune_margin": args.prune, "profile": plan.profile, "tau_us": plan.timing.tau_us,
+        "period_us": plan.timing.period_us, "samples_per_s_bound": 1e6 / plan.timing.period_us,
+        "compile_s": compile_s, "plan_json_bytes": plan_bytes, "layers": layers,
+        "fabric": {"ports": ports, "veth_pairs": ports + len(plan.layers),
+                   "fds_while_running": GATE_FDS * ports, "fd_limit": _fd_limit(),
+                   "map_bytes": sum(sum(row["map_bytes"].values()) for row in layers),
+                   "shaped_packets_per_sample": plan.packets_per_sample["shaped"],
+                   "fanout_copies_per_sample": plan.packets_per_sample["port_copies"],
+                   "one_machine_builder": refusal or "builds it"},
+        "simulation": {"samples": len(test.y), "dataset": test.dataset, "seconds": sim_s,
+                       "sim_accuracy": float(np.mean(sim.predictions == test.y)),
+                       "golden_accuracy": float(np.mean(golden == test.y)),
+                       "sim_golden_agreement": float(np.mean(sim.predictions == golden)),
+                       "samples_all_scores_zero": int((scores.max(axis=1) == 0).sum()),
+                       "timed_out_spikes": int(sum(layer.timed_out.sum() for layer in sim.layers))},
+        "load": {"before": load_before, "after": os.getloadavg()},
+    }
+    if args.measured is not None:
+        result["extrapolated"] = extrapolate(json.loads(args.measured.read_text()), result)
+    text = json.dumps(result, indent=2, default=float)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+
+
+def extrapolate(measured: dict, lenet: dict) -> dict:
+    """LeNet's kernel CPU per sample at the measured run's kernel CPU per handled packet (each shaped
+    packet, primers included, and each fan-out copy): a linear estimate, not a measurement."""
+    out = {}
+    for name, run in measured["runs"].items():
+        if run["delay_lines"] != "shared":
+            continue
+        handled = run["packets_per_sample"]["shaped"] + run["packets_per_sample"]["port_copies"]
+        per_packet_us = run["kernel_cpu_ms_per_sample"] * 1e3 / handled
+        lenet_handled = lenet["fabric"]["shaped_packets_per_sample"] + lenet["fabric"]["fanout_copies_per_sample"]
+        cpu_ms = per_packet_us * lenet_handled / 1e3
+        out[name] = {"measured_kernel_cpu_us_per_handled_packet": per_packet_us,
+                     "measured_load_after": run.get("load_after"),
+                     "lenet_handled_packets_per_sample": lenet_handled,
+                     "lenet_kernel_cpu_ms_per_sample": cpu_ms,
+                     "lenet_samples_per_s_per_fabric_cpu": 1e3 / cpu_ms,
+                     "lenet_kernel_cpu_ms_per_window": {str(row["layer"]): per_packet_us * (
+                         row["shaped_packets_per_sample"] + row["fanout_copies_per_sample"]) / 1e3
+                         for row in lenet["layers"]}}
+    return out
+
+
+def _fd_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+if __name__ == "__main__":
+    main()
