@@ -11,9 +11,14 @@ given a measured kernel run of a conv network that fits (bench/infer.py JSON, --
 extrapolates the kernel CPU per sample from that run's kernel CPU per handled packet (shaped +
 fan-out copies). No root needed.
 
-    python bench/conv_lenet.py --net LENET.npz [--limit 200] [--tau 6ms] [--prune off] [--measured infer.json] [-o out.json]
+    python bench/conv_lenet.py --net LENET.npz [--limit 200] [--tau 6ms] [--prune off] [--measured infer.json ...] [-o out.json]
 
-`--make-small NET` writes instead the conv network that fits one machine, for bench/infer.py to run
+`--build NET` (root) builds NET's fabric once and reports what it held: kernel memory (MemAvailable,
+Slab and Percpu of /proc/meminfo, before and while built: machine-wide, so other processes' churn
+shows too), this process's open fds, the ports and the build time, per port. `--kernel NET` (root)
+classifies NET's test split (--limit) on the kernel at --tau and reports kernel-vs-simulation
+agreement by the simulated top-two margin (model units of the last layer's y), the simulation given
+the inputs the relay actually injected into the last layer, so only that layer's timing counts there. `--make-small NET` writes instead the conv network that fits one machine, for bench/infer.py to run
 on the kernel (`sudo python bench/infer.py --net NET --limit 360 --tau 6ms --backends netns`): LeNet
 in small on 8×8 digits, conv 4@3×3 (s = 1, K 6 of 18) → 2×2 max-pooling → dense 36-10 (K 12), 4-bit
 delays, seeded random weights (agreement is what it measures, not accuracy): 288 + 20 neuron ports.
@@ -82,18 +87,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", type=Path)
     parser.add_argument("--make-small", type=Path, metavar="NET", help="write the small conv network and exit")
+    parser.add_argument("--build", type=Path, metavar="NET", help="build NET's fabric once and report what it held")
+    parser.add_argument("--kernel", type=Path, metavar="NET", help="run NET on the kernel: agreement by margin")
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--calibration", type=int, default=100, help="training images that set the windows")
     parser.add_argument("--tau", type=argparse_type(DURATION), default=6000.0)
     parser.add_argument("--profile", default="shaper")
-    parser.add_argument("--measured", type=Path, help="bench/infer.py JSON of a conv network run on the kernel")
+    parser.add_argument("--measured", type=Path, action="append", default=[],
+                        help="bench/infer.py JSON of a conv network run on the kernel (repeatable)")
     parser.add_argument("-o", "--out", type=Path)
     parser.add_argument("--prune", type=argparse_type(PRUNE_MARGIN), default=DEFAULT_PRUNE_MARGIN,
                         help="prune margin (model units) or 'off'")
     args = parser.parse_args()
     if args.make_small is not None:
         print(save_network(small_conv_network(), args.make_small))
+        return
+    if args.build is not None or args.kernel is not None:
+        result = (build_cost(args.build, args.tau, args.profile) if args.build is not None
+                  else agreement_by_margin(args.kernel, args.tau, args.profile, args.limit))
+        text = json.dumps(result, indent=2, default=float)
+        if args.out:
+            args.out.write_text(text)
+        print(text)
         return
     if args.net is None:
         parser.error("--net LENET.npz (or --make-small NET) is required")
@@ -134,11 +150,12 @@ def main() -> None:
                        "golden_accuracy": float(np.mean(golden == test.y)),
                        "sim_golden_agreement": float(np.mean(sim.predictions == golden)),
                        "samples_all_scores_zero": int((scores.max(axis=1) == 0).sum()),
+                       "samples_by_margin": margin_histogram(scores, plan.layers[-1].s),
                        "timed_out_spikes": int(sum(layer.timed_out.sum() for layer in sim.layers))},
         "load": {"before": load_before, "after": os.getloadavg()},
     }
-    if args.measured is not None:
-        result["extrapolated"] = extrapolate(json.loads(args.measured.read_text()), result)
+    if args.measured:
+        result["extrapolated"] = {str(path): extrapolate(json.loads(path.read_text()), result) for path in args.measured}
     text = json.dumps(result, indent=2, default=float)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +174,7 @@ def extrapolate(measured: dict, lenet: dict) -> dict:
         per_packet_us = run["kernel_cpu_ms_per_sample"] * 1e3 / handled
         lenet_handled = lenet["fabric"]["shaped_packets_per_sample"] + lenet["fabric"]["fanout_copies_per_sample"]
         cpu_ms = per_packet_us * lenet_handled / 1e3
-        out[name] = {"measured_kernel_cpu_us_per_handled_packet": per_packet_us,
+        out[name] = {"measured_tau_us": run["tau_us"], "measured_kernel_cpu_us_per_handled_packet": per_packet_us,
                      "measured_load_after": run.get("load_after"),
                      "lenet_handled_packets_per_sample": lenet_handled,
                      "lenet_kernel_cpu_ms_per_sample": cpu_ms,
@@ -166,6 +183,80 @@ def extrapolate(measured: dict, lenet: dict) -> dict:
                          row["shaped_packets_per_sample"] + row["fanout_copies_per_sample"]) / 1e3
                          for row in lenet["layers"]}}
     return out
+
+
+def meminfo_kb() -> dict[str, int]:
+    wanted = ("MemAvailable", "Slab", "Percpu")
+    rows = (line.split() for line in Path("/proc/meminfo").read_text().splitlines())
+    return {row[0].rstrip(":"): int(row[1]) for row in rows if row[0].rstrip(":") in wanted}
+
+
+def build_cost(path: Path, tau_us: float, profile: str) -> dict:
+    """Build `path`'s fabric once (the one-machine netns backend, CPUs placed as `pi2 infer` does)
+    and measure what it holds while built (module docstring)."""
+    from testbed.fabric.live import build_fabric
+    from testbed.infer.pipeline import compile_for, cpu_placement
+
+    plan = compile_for(path, profile, tau_us, DEFAULT_RELAY_US, None, 200)
+    ports = sum(len(layer.ports) for layer in plan.layers)
+    load_before, before, fds_before = os.getloadavg(), meminfo_kb(), len(os.listdir("/proc/self/fd"))
+    began = time.perf_counter()
+    with build_fabric(plan, "netns", **cpu_placement(0)):
+        build_s = time.perf_counter() - began
+        time.sleep(1.0)  # let deferred frees and RCU callbacks of the build settle before reading
+        held, fds = meminfo_kb(), len(os.listdir("/proc/self/fd"))
+    delta = {key: before[key] - held[key] if key == "MemAvailable" else held[key] - before[key] for key in before}
+    return {"benchmark": "conv_lenet --build", "network": str(path), "ports": ports,
+            "veth_pairs": ports + len(plan.layers), "lines": sum(len(layer.lines) for layer in plan.layers),
+            "build_s": build_s, "build_ms_per_port": build_s / ports * 1e3,
+            "kernel_kb": delta, "kernel_kb_per_port": {key: value / ports for key, value in delta.items()},
+            "fds_held": fds - fds_before, "fds_per_port": (fds - fds_before) / ports,
+            "load": {"before": load_before, "after": os.getloadavg()}}
+
+
+MARGIN_BINS = (0.0, 0.05, 0.1, 0.2, 0.5, np.inf)  # model units of the last layer's y
+
+
+def margins(scores: np.ndarray, s: float) -> np.ndarray:
+    """Each sample's top-two score gap in model units of y (scores are s·y, rectified or not)."""
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) / s
+
+
+def margin_histogram(scores: np.ndarray, s: float) -> list[dict]:
+    gap = margins(scores, s)
+    return [{"margin_units": [lo, hi], "samples": int(((gap >= lo) & (gap < hi)).sum())}
+            for lo, hi in zip(MARGIN_BINS[:-1], MARGIN_BINS[1:])]
+
+
+def agreement_by_margin(path: Path, tau_us: float, profile: str, limit: int) -> dict:
+    """Kernel vs simulation on `path`'s first `limit` test samples, overall and by margin (module docstring)."""
+    from testbed.fabric.live import build_fabric
+    from testbed.infer.pipeline import compile_for, cpu_placement
+    from testbed.infer.session import run_inference
+    from testbed.sim.executor import simulate_layer
+
+    plan = compile_for(path, profile, tau_us, DEFAULT_RELAY_US, None, 200)
+    test = network_inputs(load_network(path), None, "test", limit)
+    x = test.x.reshape(len(test.x), -1)
+    load_before = os.getloadavg()
+    with build_fabric(plan, "netns", **cpu_placement(0)) as fabric:
+        run = run_inference(plan, fabric, x, inject_cpu=0)
+    kernel = plan.scores(run.y[-1]).argmax(axis=1)
+    whole = simulate(plan, x).predictions
+    last = plan.scores(simulate_layer(plan, plan.layers[-1], run.inputs[-1]).y)
+    margin = margins(last, plan.layers[-1].s)
+    by_margin = []
+    for lo, hi in zip(MARGIN_BINS[:-1], MARGIN_BINS[1:]):
+        inside = (margin >= lo) & (margin < hi)
+        by_margin.append({"margin_units": [lo, hi], "samples": int(inside.sum()),
+                          "agreement": float(np.mean(kernel[inside] == last.argmax(axis=1)[inside])) if inside.any() else None})
+    lateness = np.concatenate([np.asarray(v) for v in run.lateness_us])
+    return {"benchmark": "conv_lenet --kernel", "network": str(path), "tau_us": tau_us, "samples": len(x),
+            "kernel_sim_agreement": float(np.mean(kernel == whole)),
+            "last_layer_agreement": float(np.mean(kernel == last.argmax(axis=1))), "by_margin": by_margin,
+            "inject_late_us_p50_p99": np.percentile(lateness, [50, 99]).tolist(), "late_slots": run.late_slots,
+            "samples_per_s": len(x) / run.wall_s, "load": {"before": load_before, "after": os.getloadavg()}}
 
 
 def _fd_limit() -> int:
