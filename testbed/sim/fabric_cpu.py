@@ -141,11 +141,12 @@ def fabric_waits(plan: FabricPlan, layer_inputs: Sequence[np.ndarray], packet_us
         # was copied): its whole lateness, copying included, is start − (event due + delay).
         release_wait = release_start - (jobs.inject_due[:, jobs.release_event] + jobs.release_delay[None])
         r_off += n_release
-        port_events, _ = layer.port_events_us()  # (ports, F), each row's events in ascending order
+        port_events, port_delays = layer.port_events_us()  # (ports, F); a short row ends in (0, inf)
+        column = [{int(e): f for f, (e, d) in enumerate(zip(row, row_delays)) if np.isfinite(d)}
+                  for row, row_delays in zip(port_events, port_delays)]
         waits = np.zeros((batch,) + port_events.shape)
         for e, ports, r in targets:
-            column = [int(np.searchsorted(port_events[q], e)) for q in ports]
-            waits[:, ports, column] = (event_wait[:, e] if r < 0 else release_wait[:, r])[:, None]
+            waits[:, ports, [column[q][e] for q in ports]] = (event_wait[:, e] if r < 0 else release_wait[:, r])[:, None]
         out.append(waits)
     return out
 
