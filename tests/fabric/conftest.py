@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,6 +88,24 @@ def inject(host_netns: str, inject_if: str, schedule: Schedule, expected_spikes:
     return report, Capture(arrivals, None, capture.dropped + extra.dropped, capture.others + extra.others)
 
 
+def one_event_per_sample(fab: Any, plan: FabricPlan, events: list[tuple[int, int]], origin_ns: int,
+                         first_sample: int = 300) -> dict[tuple[tuple[int, int], int], tuple[int, int]]:
+    """Send each (source, sign) event of layer 0 as a sample of its own (sample first_sample + n,
+    10 ms after the one before) and read each port's neuron state of that sample back:
+    {(event, port index): (spikes counted, their kernel stamps' sum − the spike's TX stamp, ns)}."""
+    pairs = []
+    for n, event in enumerate(events):
+        pairs += [(10_000_000 * n, f) for f in event_frames(plan, first_sample + n, [event], seq0=n, origin_ns=origin_ns)]
+    report, _ = inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs(pairs), 0, wait_s=0.1)
+    states = {}
+    for n, event in enumerate(events):
+        tx = int(report.tx_real_ns[2 * n + 1])  # primer, then spike, per sample
+        for q, live in enumerate(fab.ports[0]):
+            state = live.gate.partial(first_sample + n)
+            states[(event, q)] = (state.count, state.sum_ns + origin_ns - tx)
+    return states
+
+
 def leftovers(run_id: str) -> list[str]:
     """Every trace of run `run_id` still in the kernel or on disk."""
     tag = f"p2{run_id}"
@@ -108,4 +127,5 @@ def leftovers(run_id: str) -> list[str]:
 @pytest.fixture
 def spikes() -> SimpleNamespace:
     """The helpers above, for tests (a fixture: test modules cannot import a conftest by name)."""
-    return SimpleNamespace(event_frames=event_frames, inject=inject, leftovers=leftovers)
+    return SimpleNamespace(event_frames=event_frames, inject=inject, one_event_per_sample=one_event_per_sample,
+                           leftovers=leftovers)

@@ -134,21 +134,15 @@ def test_shared_lines_on_another_host_feed_exactly_their_members_across_the_tunn
             kinds = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
                      for link in ipr.get_links() if link.get_attr("IFLA_LINKINFO")}
         assert kinds[fab.inject_ifs[0]] == "vxlan" and {kinds[p.ifname] for p in fab.ports[0]} == {"veth"}
-        pairs = []
-        for n, event in enumerate(events):  # sample 300 + n carries event n alone, 10 ms after the one before
-            pairs += [(10_000_000 * n, f) for f in spikes.event_frames(plan, 300 + n, [event], seq0=n, origin_ns=origin)]
-        report, _ = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs(pairs), 0, wait_s=0.1)
+        states = spikes.one_event_per_sample(fab, plan, events, origin)
         rtt_us = fab.cluster.timing.links[0].rtt_us
-        for n, event in enumerate(events):
-            tx = int(report.tx_real_ns[2 * n + 1])  # primer, then spike, per sample
-            for q, live in enumerate(fab.ports[0]):
-                state = live.gate.partial(300 + n)
-                line = member_of.get((*event, q))
-                assert state.count == (0 if line is None else 1), (event, q)
-                if line is not None:  # the copy took its line's delay (lines 1 ms apart) and the round trip
-                    took_us = (state.sum_ns + origin - tx) / 1e3 - rtt_us
-                    delays = sorted({ln.delay_us for ln in layer.lines})
-                    assert min(delays, key=lambda d: abs(d - took_us)) == line.delay_us, (event, q, took_us)
+        delays = sorted({ln.delay_us for ln in layer.lines})
+        for (event, q), (count, latency_ns) in states.items():
+            line = member_of.get((*event, q))
+            assert count == (0 if line is None else 1), (event, q)
+            if line is not None:  # the copy took its line's delay (lines 1 ms apart) and the round trip
+                took_us = latency_ns / 1e3 - rtt_us
+                assert min(delays, key=lambda d: abs(d - took_us)) == line.delay_us, (event, q, took_us)
     assert _settled(run, spikes) == []
 
 

@@ -20,7 +20,6 @@ from testbed.kernel import netns
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.plan.profiles import load_profile
-from testbed.traffic.inject import Schedule
 
 WEIGHTS = np.array([[0.5, 0.5], [1.5, -1.5], [2.5, 2.5]])
 EVENTS = [(i, s) for s in (0, 1) for i in range(3)]
@@ -51,19 +50,13 @@ def test_a_shared_line_feeds_exactly_its_member_neurons(plan, spikes):
                 assert not [c for c in ipr.get_classes(index) if c.get_attr("TCA_KIND") == "htb"]
         fab_links = {name for _, name in netns.run_in(fabric_ns, socket.if_nameindex)}
         assert f"p2{run}fin0" in fab_links
-        pairs = []
-        for n, event in enumerate(EVENTS):  # sample 300 + n carries event n alone, 10 ms after the one before
-            pairs += [(10_000_000 * n, f) for f in spikes.event_frames(plan, 300 + n, [event], seq0=n, origin_ns=origin)]
-        report, _ = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs(pairs), 0, wait_s=0.1)
+        states = spikes.one_event_per_sample(fab, plan, EVENTS, origin)
         stamps: dict[tuple[int, int], list[tuple[int, int]]] = {}  # event → (RX − TX ns, port)
-        for n, event in enumerate(EVENTS):
-            tx = int(report.tx_real_ns[2 * n + 1])  # primer, then spike, per sample
-            for q, live in enumerate(fab.ports[0]):
-                state = live.gate.partial(300 + n)
-                line = member_of.get((*event, q))
-                assert state.count == (0 if line is None else 1), (event, q)
-                if line is not None:
-                    stamps.setdefault(event, []).append((state.sum_ns + origin - tx, q))
+        for (event, q), (count, latency_ns) in states.items():
+            line = member_of.get((*event, q))
+            assert count == (0 if line is None else 1), (event, q)
+            if line is not None:
+                stamps.setdefault(event, []).append((latency_ns, q))
         counters = fab.gate_counters()[0]
     for q, c in enumerate(counters):
         assert c["spikes_counted"] == sum(1 for event in EVENTS if (*event, q) in member_of)
