@@ -66,7 +66,7 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
     """Compile the π² network NET into a FabricPlan (plan.json).
 
     Every neuron becomes two gated ports; its synapses' delays become shared delay lines (one
-    htb class per event and distinct delay, copied to the member ports) or, with --delay-lines
+    htb class per event and distinct delay, counted by the member ports' neurons) or, with --delay-lines
     per-synapse, a delay class per synapse on its port behind the layer's switch. The plan is what both `pi2 simulate` and `pi2 up`/`pi2 infer` execute.
 
     \b

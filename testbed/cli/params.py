@@ -136,8 +136,10 @@ def compile_options(command=None, *, auto_tau: bool = False):  # type: ignore[no
         click.option("--delay-lines", "delay_lines", type=click.Choice(DELAY_LINE_KINDS), default=DEFAULT_DELAY_LINES,
                      show_default=True,
                      help="shared: delay each event once per distinct delay its synapses need (an htb class per "
-                          "line on the layer's injector link) and copy the delayed spike to the member neurons; "
-                          "per-synapse: a delay class per synapse on every neuron port, behind a bridge flood."),
+                          "line on the layer's injector link) and count the delayed spike in each member neuron "
+                          "where it arrives (eBPF membership table); shared-clone: the same lines, the delayed spike "
+                          "copied into each member neuron's port; per-synapse: a delay class per synapse on every "
+                          "neuron port, behind a bridge flood."),
     )):
         command = option(command)
     return command

@@ -5,10 +5,11 @@ then hands `program_ports` the full names of what it made, per layer (`LayerLink
 every link up, builds each port's delay tree on its switch end (testbed.kernel.tc, the synapse
 programs of testbed.kernel.classifier) and its first-K gate on its host end (testbed.kernel.gate),
 and, for shared delay lines, the layer's line tree on the injector link's switch end and its
-fan-out on the injector's host end (testbed.kernel.lines), one netlink batch per namespace, waits
+membership table (or clone fan-out) on the injector's host end (testbed.kernel.lines), one netlink
+batch per namespace, waits
 until every switch-side link has carrier, and steers the packet work onto the requested CPUs (RPS):
 
-    host side:    inject_host (shared: fan-out) ........... port_host[q]  (gate on clsact ingress)
+    host side:    inject_host (shared: table/fan-out) ..... port_host[q]  (gate on clsact ingress)
                       │ veth                                    │ veth
     switch side:  inject_switch (shared: splitter, lines) ── bridge (flood) ── port_switch[q]
                                                            (per synapse: delay classes on egress)
@@ -27,7 +28,7 @@ from testbed.fabric.handle import LivePort, Progress
 from testbed.kernel import netns
 from testbed.kernel.classifier import SynapseFilter, load_synapse_classifier
 from testbed.kernel.gate import GateProgram, load_first_k_gate
-from testbed.kernel.lines import LineFanout, LineProgram, load_line_fanout, load_line_splitter
+from testbed.kernel.lines import LineFanout, LineNeurons, LineProgram, load_line_fanout, load_line_neurons, load_line_splitter
 from testbed.kernel.names import SUFFIX_MAX, object_name
 from testbed.kernel.netlink import NetlinkBatch
 from testbed.kernel.tc import parse_handle, queue_tree
@@ -37,7 +38,8 @@ from testbed.plan.tc import FilterSpec
 GATE_PROGRAM = "first_k_gate"  # the bpf program a plan's gate_tc names (testbed.plan.compiler)
 CLASSIFIER_PROGRAM = "synapse_classifier"  # the bpf programs a plan's delay_tc names
 FILTER_PROGRAM = "synapse_filter"
-SPLITTER_PROGRAM, FANOUT_PROGRAM = "line_splitter", "line_fanout"  # a shared-lines layer's programs
+# a shared-lines layer's programs: the splitter, and the membership table or the clone fan-out
+SPLITTER_PROGRAM, NEURONS_PROGRAM, FANOUT_PROGRAM = "line_splitter", "line_neurons", "line_fanout"
 
 
 @dataclass(frozen=True)
@@ -91,19 +93,23 @@ class ClassifierCache:
         self.filters.clear()
 
 
-def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int], loaded: list[LineProgram | LineFanout],
+LinePrograms = list[LineProgram | LineFanout | LineNeurons]
+
+
+def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int], loaded: LinePrograms,
                 gates: Sequence[GateProgram] = ()) -> Callable[[FilterSpec], int]:
     """The `bpf_loader` for a layer's line tree and fan-out tree: loads the splitter (event →
-    its lines' classids) or the fan-out ((event, line) → its members' ifindexes, `member_ifindex`
-    per port in plan order, and the state of their neurons, `gates` in plan order) from the plan's
-    delay lines, named ``p2<run>s<l>`` / ``p2<run>o<l>``, and appends it to `loaded` (the caller
-    closes it once the filters are attached)."""
+    its lines' classids), the membership table or the clone fan-out ((event, line) → its members'
+    ifindexes, `member_ifindex` per port in plan order, and their neurons, `gates` in plan order)
+    from the plan's delay lines, named ``p2<run>s<l>`` / ``p2<run>o<l>``, and appends it to
+    `loaded` (the caller closes it once the filters are attached)."""
 
     def load(spec: FilterSpec) -> int:
         program, params = spec.params.get("program"), spec.params
-        if program not in (SPLITTER_PROGRAM, FANOUT_PROGRAM) or params.get("layer") != layer.index:
+        if program not in (SPLITTER_PROGRAM, NEURONS_PROGRAM, FANOUT_PROGRAM) or params.get("layer") != layer.index:
             raise KernelError(f"layer {layer.index}: line tree names bpf program {program!r} for layer "
-                              f"{params.get('layer')!r}; expected {SPLITTER_PROGRAM!r} or {FANOUT_PROGRAM!r}; "
+                              f"{params.get('layer')!r}; expected {SPLITTER_PROGRAM!r}, {NEURONS_PROGRAM!r} or "
+                              f"{FANOUT_PROGRAM!r}; "
                               f"recompile the plan with `pi2 compile`")
         events, width = int(params["events"]), int(params["lines"])
         if program == SPLITTER_PROGRAM:
@@ -119,8 +125,12 @@ def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int], lo
                                   f"first, got {len(gates)}")
             members = {(2 * line.source + line.sign) * width + line.line - 1:
                        [(member_ifindex[q], q) for q in line.members] for line in layer.lines}
-            loaded.append(load_line_fanout(layer.index, events, width, members, [g.state_fd for g in gates],
-                                           layer.k, gates[0].slots, object_name(run_id, f"o{layer.index}")))
+            name = object_name(run_id, f"o{layer.index}")
+            if program == NEURONS_PROGRAM:
+                loaded.append(load_line_neurons(layer.index, events, width, members, gates, name))
+            else:
+                loaded.append(load_line_fanout(layer.index, events, width, members, [g.state_fd for g in gates],
+                                               layer.k, gates[0].slots, name))
         return loaded[-1].fd
 
     return load
@@ -265,7 +275,7 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
     # waits for.
     if progress is not None:
         progress("tc", 0, 2)
-    line_programs: list[LineProgram | LineFanout] = []
+    line_programs: LinePrograms = []
     try:
         first = len(gates)
         built = program_gates(run_id, host_ns, [names.inject_host for names in links],
@@ -287,11 +297,11 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
 
 
 def program_lines(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], switch_ns: str | None, host_ns: str,
-                  gates: Sequence[GateProgram], loaded: list[LineProgram | LineFanout],
+                  gates: Sequence[GateProgram], loaded: LinePrograms,
                   gate_cpus: Sequence[int] | None = None) -> None:
     """Shared delay lines: each such layer's line tree (splitter and one htb class per line) on its
-    injector link's switch end and its fan-out on the injector's host end, after the gates it reads
-    (`gates`: every port's, in plan order), one netlink batch per namespace; the fan-out's RPS goes
+    injector link's switch end and its membership table or fan-out on the injector's host end, after
+    the gates it reads (`gates`: every port's, in plan order), one netlink batch per namespace; its RPS goes
     with the gates it feeds. Loaded programs are appended to `loaded` (the caller closes them)."""
     shared = [(layer, names, q) for layer, names, q in zip(plan.layers, links, _offsets(plan)) if layer.lines]
     if not shared:

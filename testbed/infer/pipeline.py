@@ -83,7 +83,7 @@ class InferOptions:
     prune_margin: float | None = DEFAULT_PRUNE_MARGIN
     lead: float = DEFAULT_LEAD
     loss: float = 0.0  # drop probability per spike at each neuron port
-    delay_lines: str = DEFAULT_DELAY_LINES  # "shared" or "per-synapse" (testbed.plan.compiler)
+    delay_lines: str = DEFAULT_DELAY_LINES  # "shared", "shared-clone" or "per-synapse" (testbed.plan.compiler)
     calibration: int = 500
     inject_cpu: int | None = 0
     pcap_dir: Path | None = None

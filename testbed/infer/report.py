@@ -70,7 +70,7 @@ class InferenceReport:
     gates: tuple[dict[str, int], ...]  # per layer, summed over ports: why spikes were dropped
     warnings: tuple[str, ...]  # signs that the kernel could not keep up with the plan, and what to do
     tau_choice: dict[str, Any] | None = None  # how --tau auto chose τ (testbed.infer.autotau.TauChoice), None if given
-    delay_lines: str = "per-synapse"  # the plan's design: "shared" delay lines or a class per synapse
+    delay_lines: str = "per-synapse"  # the plan's design: "shared" (membership table), "shared-clone" or "per-synapse"
     cluster: dict[str, Any] | None = None  # --cluster: placement and measured inter-host latencies
 
     def to_dict(self) -> dict[str, Any]:

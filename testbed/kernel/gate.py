@@ -111,7 +111,7 @@ class NeuronState:
 
 
 COUNTER_NAMES = tuple(f.name for f in fields(GateCounters))
-_COUNTER_OFFSET = {name: 8 * i for i, name in enumerate(COUNTER_NAMES)}  # u64 each in one map value
+COUNTER_OFFSET = {name: 8 * i for i, name in enumerate(COUNTER_NAMES)}  # u64 each in one map value
 
 
 def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None,
@@ -141,54 +141,12 @@ def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None
         bpf.ld_map_fd(R1, state_fd), bpf.mov64(R2, FP), bpf.alu64(ADD, R2, -4),
         bpf.call(bpf.HELPER_MAP_LOOKUP_ELEM), bpf.jmp(JEQ, R0, 0, "other"),  # never NULL: key < slots
         bpf.mov64(R9, R0),
-        bpf.mov64(R5, CAS_RETRIES),
     )
-    a.label("read_slot")  # R1 = old word, R3 = its count, R2 = its sample
-    a.emit(
-        bpf.ldx(DW, R1, R9, 0),
-        bpf.jmp(JSGT, R1, -1, "unlocked"),  # bit 63 clear: nobody holds the entry
-        bpf.ja("retry"),
-    )
-    a.label("unlocked")
-    a.emit(
-        bpf.mov64(R3, R1), bpf.alu64(RSH, R3, 32), bpf.jmp(JEQ, R3, 0, "claim"),
-        bpf.mov32(R2, R1), bpf.jmp(JEQ, R2, R7, "same_sample"),
-        # Serial-number order on u32 ids: s is newer than t iff (s32)(s - t) > 0.
-        bpf.mov32(R4, R7), bpf.alu32(SUB, R4, R2), bpf.jmp32(JSGT, R4, 0, "claim"),
-        bpf.ja("stale"),
-    )
-    a.label("claim")  # R3 = the new count (1), R2 = the locked word; on success the sum restarts
-    a.emit(
-        bpf.mov64(R3, 1), *_locked_word(R2, R3, R7),
-        bpf.mov64(R0, R1), bpf.atomic(DW, R9, R2, 0, CMPXCHG), bpf.jmp(JNE, R0, R1, "retry"),
-        bpf.stx(DW, R9, R8, 8), bpf.mov64(R4, R8), bpf.ja("release"),
-    )
-    a.label("same_sample")
-    a.emit(
-        bpf.jmp(JGE, R3, k, "after_k"),
-        bpf.alu64(ADD, R3, 1), *_locked_word(R2, R3, R7),
-        bpf.mov64(R0, R1), bpf.atomic(DW, R9, R2, 0, CMPXCHG), bpf.jmp(JNE, R0, R1, "retry"),
-        bpf.ldx(DW, R4, R9, 8), bpf.alu64(ADD, R4, R8), bpf.stx(DW, R9, R4, 8),
-    )
-    a.label("release")  # holding the entry: R3 = count, R4 = sum. Unlock with a full barrier.
-    a.emit(
-        bpf.mov64(R2, R3), bpf.alu64(LSH, R2, 32), bpf.alu64(OR, R2, R7),
-        bpf.atomic(DW, R9, R2, 0, XCHG),
-        bpf.jmp(JNE, R3, k, "counted"),
-    )
-    # The K-th spike becomes the neuron event: seq = K, kind = event, time_ns = the sum. The
-    # verifier asks for the packet bounds again (the helper calls above may have moved data).
-    a.emit(
-        bpf.ldx(W, R2, R6, bpf.SKB_DATA), bpf.ldx(W, R1, R6, bpf.SKB_DATA_END),
-        bpf.mov64(R0, R2), bpf.alu64(ADD, R0, SPIKE_FRAME_MIN_BYTES), bpf.jmp(JGT, R0, R1, "other"),
-        bpf.mov64(R1, k), bpf.to_be(R1, 16), bpf.stx(H, R2, R1, wire.FRAME_SEQ_OFFSET),
-        bpf.st(B, R2, wire.FRAME_KIND_OFFSET, wire.KIND_EVENT),
-        bpf.to_be(R4, 64), bpf.stx(DW, R2, R4, wire.FRAME_TIME_OFFSET),
-        bpf.ja("event"),
-    )
-    a.label("retry")
-    a.emit(bpf.alu64(SUB, R5, 1), bpf.jmp(JNE, R5, 0, "read_slot"), bpf.ja("contended"))
-
+    emit_neuron_count(a, k, "", counted="counted", after_k="after_k", stale="stale", contended="contended",
+                      kth="kth")
+    a.label("kth")  # R3 = K, R4 = the sum
+    emit_event_rewrite(a, k, "other")
+    a.emit(bpf.ja("event"))
     a.label("other")
     a.emit(bpf.mov64(R0, bpf.TC_ACT_UNSPEC), bpf.exit_insn())
 
@@ -209,7 +167,7 @@ def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None
         verdicts.append(("late", "spikes_dropped_late", bpf.TC_ACT_SHOT))
     for label, counter, verdict in verdicts:
         a.label(label)
-        a.emit(bpf.mov64(R6, _COUNTER_OFFSET[counter]), bpf.mov64(R7, verdict), bpf.ja("verdict"))
+        a.emit(bpf.mov64(R6, COUNTER_OFFSET[counter]), bpf.mov64(R7, verdict), bpf.ja("verdict"))
     a.label("verdict")
     if counter_fd is not None:
         # Per-CPU map: this CPU's copy, so a plain add is safe (tc runs with BH off, no migration).
@@ -218,13 +176,73 @@ def build_first_k_gate(k: int, slots: int, state_fd: int, counter_fd: int | None
             bpf.call(bpf.HELPER_MAP_LOOKUP_ELEM), bpf.jmp(JEQ, R0, 0, "return"),
             bpf.mov64(R1, R0), bpf.alu64(ADD, R1, R6), bpf.ldx(DW, R2, R1, 0), bpf.alu64(ADD, R2, 1),
             bpf.stx(DW, R1, R2, 0),
-            bpf.jmp(JNE, R6, _COUNTER_OFFSET["events_passed"], "return"),
-            bpf.ldx(DW, R2, R0, _COUNTER_OFFSET["spikes_counted"]), bpf.alu64(ADD, R2, 1),
-            bpf.stx(DW, R0, R2, _COUNTER_OFFSET["spikes_counted"]),
+            bpf.jmp(JNE, R6, COUNTER_OFFSET["events_passed"], "return"),
+            bpf.ldx(DW, R2, R0, COUNTER_OFFSET["spikes_counted"]), bpf.alu64(ADD, R2, 1),
+            bpf.stx(DW, R0, R2, COUNTER_OFFSET["spikes_counted"]),
         )
     a.label("return")
     a.emit(bpf.mov64(R0, R7), bpf.exit_insn())
     return a.assemble()
+
+
+def emit_neuron_count(a: bpf.Assembler, k: int, prefix: str, *, counted: str, after_k: str, stale: str,
+                      contended: str, kth: str, retries: int = CAS_RETRIES) -> None:
+    """Count one spike of sample R7 (u32, zero-extended), arriving R8 ns after its origin, on the
+    state entry R9 points at (module docstring: claim, count, or drop as stale or after K, under
+    the entry's lock). Jumps to `kth` with R3 = K and R4 = the sum when this spike's count reaches
+    K, else to the label of its verdict, after `retries` tries for the lock `contended`. Uses
+    R0–R5; `prefix` keeps the labels of several counts in one program apart (the membership
+    table's, testbed.kernel.lines, counts once per member)."""
+    p = prefix
+    a.emit(bpf.mov64(R5, retries))
+    a.label(f"{p}read_slot")  # R1 = old word, R3 = its count, R2 = its sample
+    a.emit(
+        bpf.ldx(DW, R1, R9, 0),
+        bpf.jmp(JSGT, R1, -1, f"{p}unlocked"),  # bit 63 clear: nobody holds the entry
+        bpf.ja(f"{p}retry"),
+    )
+    a.label(f"{p}unlocked")
+    a.emit(
+        bpf.mov64(R3, R1), bpf.alu64(RSH, R3, 32), bpf.jmp(JEQ, R3, 0, f"{p}claim"),
+        bpf.mov32(R2, R1), bpf.jmp(JEQ, R2, R7, f"{p}same_sample"),
+        # Serial-number order on u32 ids: s is newer than t iff (s32)(s - t) > 0.
+        bpf.mov32(R4, R7), bpf.alu32(SUB, R4, R2), bpf.jmp32(JSGT, R4, 0, f"{p}claim"),
+        bpf.ja(stale),
+    )
+    a.label(f"{p}claim")  # R3 = the new count (1), R2 = the locked word; on success the sum restarts
+    a.emit(
+        bpf.mov64(R3, 1), *_locked_word(R2, R3, R7),
+        bpf.mov64(R0, R1), bpf.atomic(DW, R9, R2, 0, CMPXCHG), bpf.jmp(JNE, R0, R1, f"{p}retry"),
+        bpf.stx(DW, R9, R8, 8), bpf.mov64(R4, R8), bpf.ja(f"{p}release"),
+    )
+    a.label(f"{p}same_sample")
+    a.emit(
+        bpf.jmp(JGE, R3, k, after_k),
+        bpf.alu64(ADD, R3, 1), *_locked_word(R2, R3, R7),
+        bpf.mov64(R0, R1), bpf.atomic(DW, R9, R2, 0, CMPXCHG), bpf.jmp(JNE, R0, R1, f"{p}retry"),
+        bpf.ldx(DW, R4, R9, 8), bpf.alu64(ADD, R4, R8), bpf.stx(DW, R9, R4, 8),
+    )
+    a.label(f"{p}release")  # holding the entry: R3 = count, R4 = sum. Unlock with a full barrier.
+    a.emit(
+        bpf.mov64(R2, R3), bpf.alu64(LSH, R2, 32), bpf.alu64(OR, R2, R7),
+        bpf.atomic(DW, R9, R2, 0, XCHG),
+        bpf.jmp(JNE, R3, k, counted), bpf.ja(kth),
+    )
+    a.label(f"{p}retry")
+    a.emit(bpf.alu64(SUB, R5, 1), bpf.jmp(JNE, R5, 0, f"{p}read_slot"), bpf.ja(contended))
+
+
+def emit_event_rewrite(a: bpf.Assembler, k: int, short: str) -> None:
+    """Rewrite the frame of skb R6 in place into a neuron event: seq = K, kind = event, time_ns =
+    R4 (the sum). The verifier asks for the packet bounds again (helper calls may have moved the
+    data); a frame shorter than a spike jumps to `short`. Uses R0–R2, R4."""
+    a.emit(
+        bpf.ldx(W, R2, R6, bpf.SKB_DATA), bpf.ldx(W, R1, R6, bpf.SKB_DATA_END),
+        bpf.mov64(R0, R2), bpf.alu64(ADD, R0, SPIKE_FRAME_MIN_BYTES), bpf.jmp(JGT, R0, R1, short),
+        bpf.mov64(R1, k), bpf.to_be(R1, 16), bpf.stx(H, R2, R1, wire.FRAME_SEQ_OFFSET),
+        bpf.st(B, R2, wire.FRAME_KIND_OFFSET, wire.KIND_EVENT),
+        bpf.to_be(R4, 64), bpf.stx(DW, R2, R4, wire.FRAME_TIME_OFFSET),
+    )
 
 
 def _locked_word(dst: bpf.Reg, count: bpf.Reg, sample: bpf.Reg) -> tuple[bpf.Insn, ...]:
@@ -272,6 +290,13 @@ class GateProgram(bpf.LoadedProgram):
         if self._state.fd is None:
             raise KernelError(f"first-K gate {self.name!r} is closed")
         return self._state.fd
+
+    @property
+    def counters_fd(self) -> int:
+        """The per-CPU counters' map fd: a shared line's membership table counts into it (testbed.kernel.lines)."""
+        if self._counters is None or self._counters.fd is None:
+            raise KernelError(f"first-K gate {self.name!r} is closed or has no counters")
+        return self._counters.fd
 
     def counters(self) -> GateCounters:
         """Totals over all CPUs, read from the counter map."""

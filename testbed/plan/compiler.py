@@ -4,11 +4,13 @@ For layer l with weights W (n×m), neuron j gets two ports. Port z⁺_j receives
 through delay d⁺_ij and t⁻_i through d⁻_ij; port z⁻_j receives t⁺_i through d⁻_ij and t⁻_i
 through d⁺_ij (pi2-model.md, step 3). Where the delays are realised, `delay_lines` says:
 
-- ``shared`` (the default): the synapses of one event that need the same delay share one delay
-  line, an htb class on the layer's injector link, whose delayed copy the kernel then copies to
-  each member port (testbed.plan.fabric_plan, testbed.kernel.lines). With n-bit delays an event
-  has at most 2ⁿ distinct delays (plus the model's two ±c ends), so the shaped copies per sample
-  grow with events × levels, not events × 2m ports.
+- ``shared`` (the default) and ``shared-clone``: the synapses of one event that need the same
+  delay share one delay line, an htb class on the layer's injector link (testbed.plan.fabric_plan,
+  testbed.kernel.lines). Where the delayed copy arrives, ``shared``'s membership table counts it
+  in each member port's neuron state and sends a port its neuron event at the K-th;
+  ``shared-clone``'s fan-out copies it to each member port, whose neuron counts it. With n-bit
+  delays an event has at most 2ⁿ distinct delays (plus the model's two ±c ends), so the shaped
+  copies per sample grow with events × levels, not events × 2m ports.
 - ``per-synapse``: each (port, event source) pair is one delay class on the port, so no two
   synapses ever share a class.
 
@@ -33,7 +35,9 @@ Delays are realised as the profile's `delay` primitive can:
 Loss (optional, `loss`, a drop probability): each neuron port drops every arriving spike with
 probability 1/N before its gate counts it, as the profile's loss kind says: ``bpf-drop``, the gate
 program itself (its ``drop_one_in``, testbed.kernel.gate), or ``gact-random``, a u32 filter with a
-gact action in front of the gate (testbed.plan.tc). The simulator drops with the same probability.
+gact action in front of the gate (testbed.plan.tc). With ``shared`` lines no spike reaches a port,
+and the membership table draws the same 1/N for each member's copy (the gate's N), so only
+``bpf-drop`` builds there. The simulator drops with the same probability.
 
 Time windows come from calibration data: a layer's deadline is the latest K-th arrival seen on
 that data plus a margin, in whole µs after the layer's origin. Each port's gate drops a spike the
@@ -70,7 +74,7 @@ from testbed.errors import PlanError
 from testbed.model.encoding import delays
 from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
 from testbed.plan.fabric_plan import (DELAY_LINE_KINDS, MAX_CLASS_MINOR, MAX_LINES_PER_EVENT,
-                                      SIGN_MINUS, SIGN_PLUS, DelayLine, FabricPlan, LayerPlan, NeuronPort, Packets,
+                                      SHARED_LINE_KINDS, SIGN_MINUS, SIGN_PLUS, DelayLine, FabricPlan, LayerPlan, NeuronPort, Packets,
                                       Synapse, Timing, event_index)
 from testbed.plan.profiles import Profile
 from testbed.plan.tc import CLSACT_EGRESS, CLSACT_INGRESS, MAX_DROP_ONE_IN, ClassSpec, FilterSpec, QdiscSpec, TcTree
@@ -263,11 +267,12 @@ def _delay_class(minor: int, rate: int | None, target_us: float, real: Realisati
 
 
 def _shared_lines(li: int, n_inputs: int, port_synapses: list[list[tuple[int, int, float]]],
-                  real: Realisation) -> tuple[tuple[DelayLine, ...], TcTree, TcTree]:
+                  real: Realisation, fanout: str) -> tuple[tuple[DelayLine, ...], TcTree, TcTree]:
     """A layer's delay lines, from each port's (source, sign, target µs) synapses: one line per
     (event, distinct target), numbered 1.. per event by rising delay, members in port order; the
-    line tree (htb with a class per shaped line, the splitter at clsact ingress) and the fan-out
-    tree. Lines are listed in the layer's event order (t⁺ of inputs 0..n−1, then t⁻)."""
+    line tree (htb with a class per shaped line, the splitter at clsact ingress) and the tree of
+    the `fanout` program (line_neurons: the membership table; line_fanout: a copy per member).
+    Lines are listed in the layer's event order (t⁺ of inputs 0..n−1, then t⁻)."""
     by_event: dict[tuple[int, int], dict[float, list[int]]] = {}
     for q, synapses in enumerate(port_synapses):
         for source, sign, target in synapses:
@@ -296,7 +301,7 @@ def _shared_lines(li: int, n_inputs: int, port_synapses: list[list[tuple[int, in
     line_tc = TcTree(tuple(qdiscs), tuple(classes),
                      (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "line_splitter", **params}),))
     fanout_tc = TcTree((QdiscSpec("clsact", "ffff:", "root"),), (),
-                       (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "line_fanout", **params}),))
+                       (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": fanout, **params}),))
     return tuple(lines), line_tc, fanout_tc
 
 
@@ -384,7 +389,8 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     `loss` (a probability, 1/N) is dropped at every neuron port's ingress, where the profile realises loss.
     `lead` (model units; 0: off) spreads each layer's events ahead of their times over at least
     this span, and over all the slack the slowest layer leaves a faster one (module docstring).
-    `delay_lines`: "shared" (a delay line per event and distinct delay) or "per-synapse" (a class
+    `delay_lines`: "shared" (a delay line per event and distinct delay, counted in a membership
+    table), "shared-clone" (the same lines, copied to each member port) or "per-synapse" (a class
     per synapse on each port). The defaults are `pi2 compile`'s.
     """
     if delay_lines not in DELAY_LINE_KINDS:
@@ -411,6 +417,10 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
             raise PlanError(f"layer {i} has {n} inputs; a port holds at most {MAX_CLASS_MINOR // 2}")
     margin = max(real.margin_tau, real.margin_us_min / tau_us) if margin is None else margin
     loss_one_in = drop_one_in(loss, real)
+    if loss_one_in is not None and delay_lines == "shared" and real.loss_kind != "bpf-drop":
+        raise PlanError(f"profile {real.profile}: its loss ({real.loss_kind}) drops at a port's ingress, which "
+                        "shared delay lines' membership table never sends spikes to; compile with --delay-lines "
+                        "shared-clone or per-synapse, or use --profile shaper (the neuron drops)")
     x_cal = np.asarray(calibration_x, dtype=np.float64)
     cal = calibrate(net, x_cal.reshape((len(x_cal),) + tuple(net.input_shape)))
     c = net.constants
@@ -445,7 +455,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         fits = min((period_us - drains[li]) / (1 + recover), period_us - decodes[li], room)
         spread = max(lead * tau_us, fits) if lead else 0.0
         leads = event_leads(n_in[li], spread)
-        shared = delay_lines == "shared"
+        shared = delay_lines in SHARED_LINE_KINDS
         ports, port_targets = [], []
         for (j, sign), synapses_of in zip(_port_order(layer.n_neurons), kept[li]):
             events, targets, synapses = [], [], []
@@ -462,7 +472,9 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
             ports.append(NeuronPort(li, j, sign, layer.k, f"s{tag}", f"l{tag}", tuple(synapses),
                                     TcTree() if shared else _port_tc(li, events, real, targets, 2 * n_in[li]),
                                     _gate_tc(layer.k, windows[li], loss_one_in, real.loss_kind)))
-        lines, line_tc, fanout_tc = _shared_lines(li, n_in[li], port_targets, real) if shared else ((), TcTree(), TcTree())
+        fanout = "line_neurons" if delay_lines == "shared" else "line_fanout"
+        lines, line_tc, fanout_tc = (_shared_lines(li, n_in[li], port_targets, real, fanout) if shared
+                                     else ((), TcTree(), TcTree()))
         # The relay pools a hidden conv layer's outputs (the golden model never pools the scores).
         pool = layer.pool if isinstance(layer, ConvLayer) and li < len(net.layers) - 1 else 1
         layers.append(LayerPlan(li, n_in[li], layer.n_neurons, layer.k, f"sw{li}", f"in{li}", windows[li],

@@ -15,16 +15,19 @@ sample) and is read by the relay.
     each port's switch end s<l>n<j><p|m> carries the delay classes on egress (one class per
     synapse event source (i, sign)): 2n·2m shaped copies per sample, less the pruned ones.
 
-``shared`` (a delay line per (event, distinct delay))::
+``shared`` and ``shared-clone`` (a delay line per (event, distinct delay))::
 
     host:in<l> ──► f<in l> ingress: line splitter ── one copy per line of the event ──► f<in l>
-    egress: htb, one class per line (`DelayLine`) ──► in<l> ingress: line fan-out ── a copy per
-    member port ──► the member's host end (its neuron)
+    egress: htb, one class per line (`DelayLine`) ──► in<l> ingress, either
+      shared:       the membership table: counts the line's delayed copy in each member's neuron
+                    state ── one neuron event per (member, sample) at its K-th ──► the member's host end
+      shared-clone: the line fan-out ── a copy per member port ──► the member's host end (its neuron)
 
     With n-bit delays an event meets at most 2ⁿ distinct delays over the layer's 2m ports, so a
-    sample shapes ≤ 2n·2ⁿ copies however many neurons there are; the fan-out copies are not
-    shaped. Each port still gets its own copy of each kept synapse, delayed by that synapse's
-    delay (the line's), and its neuron counts the copy's kernel RX stamp.
+    sample shapes ≤ 2n·2ⁿ copies however many neurons there are. Every member counts the RX stamp
+    the line's delayed copy got from the kernel: ``shared`` counts it where the copy arrives and
+    sends a port only its neuron event; ``shared-clone`` copies the frame into each member's host
+    end, whose neuron counts it there (unshaped copies: one per kept synapse).
 
 A convolution compiles to a layer like any other: its neurons are (channel, row, column), its
 ports' synapses its receptive fields (the channel's kernel at every position), so with shared lines
@@ -62,7 +65,8 @@ from testbed.plan.tc import TcTree, drop_probability
 PLAN_FORMAT = "pi2-fabric-plan"
 PLAN_VERSION = 6  # 2: per-event leads; 3: gates without drop_primers, netem leaves with limit_packets;
 #                 4: spikes carry their origin (wire time_ns), gates time out; 5: shared delay lines;
-#                 6: per-layer s, neuron grids and pooling, rectified scores (convolutions)
+#                 6: per-layer s, neuron grids and pooling, rectified scores (convolutions); shared lines
+#                    count in a membership table ("shared"), the clone fan-out is "shared-clone"
 SIGN_PLUS, SIGN_MINUS = 0, 1  # z⁺ port / z⁻ port; also t⁺ / t⁻ events on the wire
 MAX_PORTS_PER_LAYER = 512  # what a kernel fabric builds: 2m veth pairs per layer; beyond this, building and
 #                           flooding cost too much (testbed.fabric.live refuses larger plans)
@@ -73,7 +77,8 @@ MAX_TIME_US = 3.6e9  # one hour: any plan time beyond this is a mistake (and Inf
 MAX_PLAN_BYTES = 512 << 20  # a 512-port layer of 32k inputs is ≈ 100 MB of JSON
 DELAY_KINDS = ("htb-primer", "netem")
 GATE_KINDS = ("bpf-first-k",)
-DELAY_LINE_KINDS = ("shared", "per-synapse")  # the first is what `pi2 compile` builds by default
+DELAY_LINE_KINDS = ("shared", "shared-clone", "per-synapse")  # the first is what `pi2 compile` builds by default
+SHARED_LINE_KINDS = ("shared", "shared-clone")  # the designs with delay lines (`DelayLine`)
 MAX_LINES_PER_EVENT = 255  # the wire's line byte numbers an event's lines 1..255
 # Interface-name suffixes: the kernel prefixes p2 + a 4-character run id and caps names at 15
 # bytes (testbed.kernel.names.SUFFIX_MAX, which a test keeps equal to this).
@@ -118,8 +123,9 @@ class DelayLine:
     The splitter sends one copy of the event (and of its primer, if shaped) down the line, marked
     with `line` (1..the event's number of lines) on the wire; the line's htb class `classid` on the
     injector link's fabric end holds it `delay_us` (None: unshaped, the copy passes at once); the
-    fan-out then copies it to each port in `members` (indexes into the layer's ports, in the order
-    the copies are made). `target_us` is the model's delay plus the event's lead, as for a Synapse.
+    membership table or fan-out then gives it to each port in `members` (indexes into the layer's
+    ports, in the order they are served). `target_us` is the model's delay plus the event's lead,
+    as for a Synapse.
     """
 
     source: int
@@ -195,7 +201,7 @@ class LayerPlan:
     pool: int  # the relay max-pools ReLU(−s·y) over pool×pool windows of each channel (1: none), then flattens
     lines: tuple[DelayLine, ...] = ()  # shared delay lines (empty: a delay class per synapse on each port)
     line_tc: TcTree = TcTree()  # shared lines: on the injector link's fabric end (splitter, line classes)
-    fanout_tc: TcTree = TcTree()  # shared lines: on the injector end's ingress (the fan-out)
+    fanout_tc: TcTree = TcTree()  # shared lines: on the injector end's ingress (membership table or fan-out)
 
     def __post_init__(self) -> None:
         where = f"layer {self.index}"
@@ -392,7 +398,7 @@ class FabricPlan:
     timing: Timing
     packets: Packets
     layers: tuple[LayerPlan, ...]
-    delay_lines: str = "per-synapse"  # "shared": a delay line per (event, distinct delay); else a class per synapse
+    delay_lines: str = "per-synapse"  # SHARED_LINE_KINDS: a delay line per (event, distinct delay); else a class per synapse
     rectified: bool = False  # class scores ReLU(−s·y) of the last layer instead of −s·y (`scores`)
     version: int = PLAN_VERSION
 
@@ -407,7 +413,7 @@ class FabricPlan:
                             f"{DELAY_KINDS} / {GATE_KINDS}")
         if self.delay_lines not in DELAY_LINE_KINDS:
             raise PlanError(f"delay_lines {self.delay_lines!r}: expected one of {DELAY_LINE_KINDS}")
-        if any(bool(layer.lines) != (self.delay_lines == "shared") for layer in self.layers):
+        if any(bool(layer.lines) != (self.delay_lines in SHARED_LINE_KINDS) for layer in self.layers):
             raise PlanError(f"delay_lines {self.delay_lines!r}: shared plans need delay lines in every layer, "
                             "per-synapse plans none")
         if (self.delay_kind == "htb-primer") != (self.packets.primer_bytes > 0):
@@ -441,17 +447,19 @@ class FabricPlan:
     @property
     def packets_per_sample(self) -> dict[str, int]:
         """Frames one sample puts through the fabric: injected; copied towards neuron ports (per
-        synapse: the bridge's flood of spikes and primers; shared: the fan-out's spike copies, one
-        per kept synapse); dropped before shaping (pruned synapses' flooded copies; shared lines
+        synapse: the bridge's flood of spikes and primers; shared-clone: the fan-out's spike copies,
+        one per kept synapse; shared: none, the membership table counts each line copy for its
+        members where it arrives); dropped before shaping (pruned synapses' flooded copies; shared lines
         never copy them); shaped (through a delay class, primers included); and, shared, copies
         the splitter sent down lines."""
         per_event = 2 if self.packets.primer_bytes else 1
         injected = sum(2 * layer.n_inputs * per_event for layer in self.layers)
         kept = sum(len(p.synapses) for layer in self.layers for p in layer.ports)
-        if self.delay_lines == "shared":
+        if self.delay_lines in SHARED_LINE_KINDS:
             lines = [line for layer in self.layers for line in layer.lines]
             shaped = sum(per_event if line.classid is not None else 0 for line in lines)
-            return {"injected": injected, "port_copies": kept, "pruned": 0, "shaped": shaped,
+            copies = kept if self.delay_lines == "shared-clone" else 0
+            return {"injected": injected, "port_copies": copies, "pruned": 0, "shaped": shaped,
                     "line_copies": shaped + sum(line.classid is None for line in lines)}
         port_copies = sum(2 * layer.n_inputs * per_event * len(layer.ports) for layer in self.layers)
         shaped = sum(per_event * sum(s.classid is not None for p in layer.ports for s in p.synapses) for layer in self.layers)

@@ -18,8 +18,9 @@ realisations' semantics:
   (origin_l: the layer's model time zero, which all times below count from);
 - broadcast: per-synapse plans: the bridge floods the port attached last first: of P ports
   attached in plan order, port q's copy leaves (P − 1 − q)·flood_copy_us after the first
-  (`LayerPlan.flood_offsets_us`); shared delay lines: the fan-out's copies all carry the stamp
-  of the line's delayed copy, so no offset;
+  (`LayerPlan.flood_offsets_us`); shared delay lines: every member counts the stamp of the
+  line's delayed copy (the membership table where it arrives, or the fan-out's copies, which
+  keep it), so no offset;
 - delay: per-synapse plans: each port's class for (i, sign) holds the event its realised
   `delay_us` (the model's delay plus the event's lead; primer arithmetic and rate granularity
   already folded in by the compiler); shared delay lines: each line holds its event its realised

@@ -16,7 +16,7 @@ from testbed.plan.tc import drop_probability
 
 def test_loss_reaches_every_port_of_the_plan(tmp_path):
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--profile", "full", "--tau", "20ms",
+    result = CliRunner().invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--profile", "shaper", "--tau", "20ms",
                                       "--calibration", "50", "--loss", "0.1", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert [layer["loss"] for layer in json.loads(result.output)["layers"]] == [0.1, 0.1]
@@ -25,7 +25,7 @@ def test_loss_reaches_every_port_of_the_plan(tmp_path):
 
 
 def test_show_prints_every_layer_and_the_loss_within_80_columns():
-    result = CliRunner(env={"COLUMNS": "80"}).invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--profile", "full",
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(pi2, ["compile", str(BUNDLED_NETWORK), "--profile", "shaper",
                                                            "--tau", "20ms", "--calibration", "50", "--loss", "0.1"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

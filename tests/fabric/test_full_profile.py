@@ -43,7 +43,7 @@ WEIGHTS = np.array([[0.5, -1.5], [1.5, 2.5], [2.5, 0.5]])  # conftest's: delays 
 def _plan(loss: float) -> FabricPlan:
     net = Pi2Network((DenseLayer(WEIGHTS, 1),), (3,))
     return compile_network(net, Realisation.from_profile(load_profile("full")), 1000.0, np.zeros((1, 3)), loss=loss,
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines="shared-clone")
 
 
 def _frames(plan: FabricPlan) -> Schedule:

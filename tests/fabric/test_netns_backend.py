@@ -20,7 +20,7 @@ from testbed.kernel import cleanup, netns
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.plan.profiles import load_profile
-from testbed.plan.wire import KIND_EVENT, KIND_PRIMER, KIND_SPIKE
+from testbed.plan.wire import FRAME_LINE_OFFSET, KIND_EVENT, KIND_PRIMER, KIND_SPIKE
 from testbed.traffic.capture import Receiver
 from testbed.traffic.sockets import packet_socket
 from testbed.traffic.inject import Schedule
@@ -133,17 +133,20 @@ def test_the_kernel_deadline_drops_late_spikes(tiny_plan, spikes):
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("delay_lines", ["per-synapse", "shared"])
+@pytest.mark.parametrize("delay_lines", ["per-synapse", "shared-clone", "shared"])
 def test_each_port_passes_one_event_whose_t_is_the_mean_of_its_k_earliest_kernel_stamps(delay_lines, spikes):
     # K = 3 of each port's six synapses (delays 0.5 … 5.5 ms). A tap in the host namespace sees
-    # every spike at the ports' host ends with its kernel RX stamp, before the neurons; the relay's
-    # socket sees only what they pass: one event per port carrying K and the exact sum of the
-    # three earliest stamps after the origin.
+    # every spike with its kernel RX stamp before any program: at the ports' host ends (per
+    # synapse, shared-clone) or, where the membership table counts them (shared), the line copies
+    # at the injector end, each standing for its line's members. The relay's socket sees only
+    # what the neurons pass: one event per port carrying K and the exact sum of the three
+    # earliest stamps after the origin.
     k = 3
     plan = compile_network(Pi2Network((DenseLayer(WEIGHTS, k),), (3,)), Realisation.from_profile(load_profile("shaper")),
                            1000.0, np.zeros((1, 3)), prune_margin=None, delay_lines=delay_lines)
     with build_fabric(plan, fabric_cpus=[max(os.sched_getaffinity(0))]) as fab:
         run = fab.run_id
+        inject_index = netns.run_in(fab.host_netns, socket.if_nametoindex, fab.inject_ifs[0])
         origin = time.clock_gettime_ns(time.CLOCK_REALTIME) + 10**9  # every arrival early: never late
         frames = spikes.event_frames(plan, 300, EVENTS, origin_ns=origin)
         tap_sock = packet_socket(fab.host_netns, ETH_P_ALL)
@@ -152,19 +155,30 @@ def test_each_port_passes_one_event_whose_t_is_the_mean_of_its_k_earliest_kernel
             tap.discard()
             _, capture = spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs([(0, f) for f in frames]),
                                        len(fab.ports[0]))
-            tapped = tap.collect(time.monotonic_ns() + 200_000_000).arrivals
+            tapped = tap.collect(time.monotonic_ns() + 200_000_000, keep_frames=True)
         finally:
             tap_sock.close()
         counters = fab.gate_counters()[0]
     got = capture.arrivals
-    for live, c in zip(fab.ports[0], counters):
+    line_copies = [(row, frame[FRAME_LINE_OFFSET]) for row, frame in zip(tapped.arrivals, tapped.frames)
+                   if row["ifindex"] == inject_index and row["kind"] == KIND_SPIKE and frame[FRAME_LINE_OFFSET]]
+    for q, (live, c) in enumerate(zip(fab.ports[0], counters)):
         events = got[got["ifindex"] == live.ifindex]
         assert events["kind"].tolist() == [KIND_EVENT] and events["seq"].tolist() == [k]
-        seen = tapped[(tapped["ifindex"] == live.ifindex) & (tapped["kind"] == KIND_SPIKE)]
-        # Every synapse's spike reached the port (shared lines: all but those the fan-out no longer
-        # copied once the neuron had K); the neuron kept three.
-        assert len(seen) == len(EVENTS) if delay_lines == "per-synapse" else k <= len(seen) <= len(EVENTS)
-        earliest = np.sort(seen["t_ns"] - origin)[:k]
+        at_port = tapped.arrivals[(tapped.arrivals["ifindex"] == live.ifindex)
+                                  & (tapped.arrivals["kind"] == KIND_SPIKE)]["t_ns"]
+        if delay_lines == "shared":
+            assert len(at_port) == 0  # no spike reaches a port: only its event
+            lines = {(ln.source, ln.sign, ln.line) for ln in plan.layers[0].lines if q in ln.members}
+            seen = np.array([row["t_ns"] for row, line in line_copies if (row["source"], row["sign"], line) in lines])
+            assert len(seen) == len(EVENTS)  # one line of each event feeds the port...
+            assert len(line_copies) == len(plan.layers[0].lines)  # ...and every line was delayed once
+        else:
+            seen = at_port
+            # Every synapse's spike reached the port (shared-clone: all but those the fan-out no
+            # longer copied once the neuron had K); the neuron kept three.
+            assert len(seen) == len(EVENTS) if delay_lines == "per-synapse" else k <= len(seen) <= len(EVENTS)
+        earliest = np.sort(seen - origin)[:k]
         assert int(events["time_ns"][0]) == int(earliest.sum())
         assert (c["spikes_counted"], c["events_passed"], c["spikes_dropped_after_k"]) == (k, 1, len(seen) - k)
     assert spikes.leftovers(run) == []

@@ -29,7 +29,7 @@ WEIGHTS = np.array([[0.5, -1.5], [1.5, 2.5], [2.5, 0.5]])  # conftest's
 
 
 @pytest.mark.parametrize("backend, delay_lines", [("netns", "per-synapse"), ("mininet", "per-synapse"),
-                                                 ("netns", "shared")])
+                                                 ("netns", "shared"), ("netns", "shared-clone")])
 def test_the_gate_loses_half_the_spikes_before_counting(backend, delay_lines, spikes):
     if backend == "mininet":
         pytest.importorskip("mininet")

@@ -70,3 +70,4 @@ def test_a_shared_line_feeds_exactly_its_member_neurons(plan, spikes):
         order = sorted(by_line, key=lambda r: next(iter(by_line[r])))
         assert order == sorted(by_line)  # lines are numbered by rising delay
     assert spikes.leftovers(run) == []
+

@@ -198,7 +198,7 @@ FULL = Realisation("full", "netem", min_delay_us=0.0, loss_kind="gact-random")
 def test_loss_puts_a_random_drop_before_every_gate():
     net = tiny()
     plan = compile_network(net, FULL, 1000.0, np.random.default_rng(0).random((20, 3)), loss=0.1,
-                           prune_margin=None, lead=0.0)
+                           prune_margin=None, lead=0.0, delay_lines="shared-clone")
     for layer in plan.layers:
         for port in layer.ports:
             drop, gate = port.gate_tc.filters
@@ -207,6 +207,12 @@ def test_loss_puts_a_random_drop_before_every_gate():
     assert [row["loss"] for row in plan.summary()["layers"]] == [0.1, 0.1]
     assert compile_network(net, FULL, 1000.0, np.zeros((1, 3)),
                            prune_margin=None, lead=0.0).summary()["layers"][0]["loss"] == 0.0
+
+
+def test_a_port_side_loss_is_refused_where_no_spike_reaches_a_port():
+    with pytest.raises(PlanError, match="membership table never sends spikes"):
+        compile_network(tiny(), FULL, 1000.0, np.zeros((1, 3)), loss=0.1, prune_margin=None, lead=0.0,
+                        delay_lines="shared")
 
 
 def test_bpf_drop_loss_is_the_gates_own_first_step():
@@ -220,7 +226,8 @@ def test_bpf_drop_loss_is_the_gates_own_first_step():
 
 
 def test_loss_survives_the_plan_json(tmp_path):
-    plan = compile_network(tiny(), FULL, 1000.0, np.zeros((1, 3)), loss=0.25, prune_margin=None, lead=0.0)
+    plan = compile_network(tiny(), FULL, 1000.0, np.zeros((1, 3)), loss=0.25, prune_margin=None, lead=0.0,
+                           delay_lines="shared-clone")
     assert load_plan(plan.save(tmp_path / "p.json")) == plan
 
 
@@ -323,7 +330,10 @@ def test_shared_lines_of_a_hand_made_layer():
     assert all(not p.delay_tc.classes and not p.delay_tc.filters for p in layer.ports)
     programs = [(f.params["program"], f.params["lines"], f.params["events"]) for f in
                 layer.line_tc.filters + layer.fanout_tc.filters]
-    assert programs == [("line_splitter", 2, 6), ("line_fanout", 2, 6)]
+    assert programs == [("line_splitter", 2, 6), ("line_neurons", 2, 6)]
+    clone = shared_plan("shared-clone")  # the same lines, copied to each member by the fan-out
+    assert clone.layers[0].lines == layer.lines and clone.layers[0].line_tc == layer.line_tc
+    assert [f.params["program"] for f in clone.layers[0].fanout_tc.filters] == ["line_fanout"]
     # Each port keeps its six synapses, delayed as its lines are.
     delays = layer.port_delays_us()
     for q, port in enumerate(layer.ports):
@@ -331,9 +341,11 @@ def test_shared_lines_of_a_hand_made_layer():
             (ln.source, ln.sign): ln.delay_us for ln in layer.lines if q in ln.members}
         for s in port.synapses:
             assert delays[q, s.source, s.sign] == s.delay_us
-    # Shaped copies per sample: 12 lines × (primer + spike), against 6 events × 4 ports × 2.
+    # Shaped copies per sample: 12 lines × (primer + spike), against 6 events × 4 ports × 2; the
+    # membership table copies nothing to a port, the fan-out one spike per synapse.
     shared, per_synapse = plan.packets_per_sample, shared_plan("per-synapse").packets_per_sample
-    assert (shared["shaped"], shared["port_copies"], shared["line_copies"]) == (24, 24, 24)
+    assert (shared["shaped"], shared["port_copies"], shared["line_copies"]) == (24, 0, 24)
+    assert clone.packets_per_sample == {**shared, "port_copies": 24}
     assert (per_synapse["shaped"], per_synapse["port_copies"]) == (48, 48)
     assert plan.summary()["layers"][0]["lines"] == 12
 
@@ -370,3 +382,4 @@ def test_more_distinct_delays_than_an_event_can_number_are_refused():
     with pytest.raises(PlanError, match="--delay-lines per-synapse"):
         compile_network(net, SHAPER, 1000.0, np.zeros((1, 1)), prune_margin=None, lead=0.0)
     compile_network(net, SHAPER, 1000.0, np.zeros((1, 1)), prune_margin=None, lead=0.0, delay_lines="per-synapse")
+
