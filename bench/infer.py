@@ -97,8 +97,10 @@ def background_kernel_s_per_s(seconds: float) -> float:
 
 
 def one_run(net: Path, backend: str, design: str, args: argparse.Namespace) -> dict:
+    lines, _, banks = design.partition("/banks")
     options = InferOptions(dataset=args.dataset, limit=args.limit, backend=backend, profile=args.profile,
-                           tau_us=args.tau, prune_margin=args.prune, lead=args.lead, delay_lines=design)
+                           tau_us=args.tau, prune_margin=args.prune, lead=args.lead, delay_lines=lines,
+                           banks=int(banks or 1))
     # CPU time between the first and the last sample's completion: the fabric streaming, without
     # compiling, building and tearing down (which a short run would otherwise charge to its samples).
     marks: list[tuple[int, dict[str, int], int]] = []
@@ -179,7 +181,8 @@ def main() -> None:
     parser.add_argument("--prune", type=argparse_type(PRUNE_MARGIN),
                         default=DEFAULT_PRUNE_MARGIN, help="prune margin (model units) or 'off'")
     parser.add_argument("--backends", default="netns,mininet")
-    parser.add_argument("--designs", default=",".join(DELAY_LINE_KINDS), help="delay-line designs, run in this order")
+    parser.add_argument("--designs", default=",".join(DELAY_LINE_KINDS),
+                        help="delay-line designs, run in this order; DESIGN/banksN: with N banks (e.g. shared/banks4)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per backend and design (designs alternate)")
     parser.add_argument("--background-s", type=float, default=3.0,
                         help="seconds of others' kernel CPU measured before each run (0: off)")

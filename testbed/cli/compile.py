@@ -61,7 +61,7 @@ def show_plan(plan: FabricPlan) -> None:
 @click.option("--show", is_flag=True, help="Print a readable summary of the plan.")
 @json_option
 def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, prune_margin: float | None, lead: float,
-                loss: float, delay_lines: str, dataset: str | None, calibration: int, output: Path | None, show: bool,
+                loss: float, delay_lines: str, banks: int, dataset: str | None, calibration: int, output: Path | None, show: bool,
                 as_json: bool) -> None:
     """Compile the π² network NET into a FabricPlan (plan.json).
 
@@ -75,7 +75,8 @@ def compile_cmd(net_path: Path, profile: str, tau_us: float, relay_us: float, pr
     """
     if output is not None:  # before compiling, not after (a minute of calibration lost)
         check_output_file(output, "-o/--output")
-    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead, delay_lines)
+    plan = compile_for(net_path, profile, tau_us, relay_us, dataset, calibration, prune_margin, loss, lead, delay_lines,
+                       banks)
     if output is not None:
         plan.save(output)
     if as_json:

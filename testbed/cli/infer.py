@@ -39,7 +39,7 @@ from testbed.infer.report import InferenceReport
 def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backend: str, cluster: ClusterSpec | None,
               placement: Path | None, split_ports: int | None, profile: str,
               tau_us: float | None, relay_us: float, prune_margin: float | None, lead: float, loss: float,
-              delay_lines: str, inject_cpu: int,
+              delay_lines: str, banks: int, inject_cpu: int,
               pcap_dir: Path | None, plots_dir: Path | None, as_json: bool) -> None:
     """Classify test samples with the Linux kernel doing the neural computation.
 
@@ -67,6 +67,7 @@ def infer_cmd(source: Path | None, dataset: str | None, limit: int | None, backe
             check_writable_dir(directory, option)
     options = InferOptions(dataset=dataset, limit=limit, backend=backend, profile=profile, tau_us=tau_us,
                            relay_us=relay_us, prune_margin=prune_margin, lead=lead, loss=loss, delay_lines=delay_lines,
+                           banks=banks,
                            inject_cpu=None if inject_cpu < 0 else inject_cpu,
                            pcap_dir=pcap_dir, plots_dir=plots_dir,
                            cluster=cluster_request(cluster, placement, split_ports))

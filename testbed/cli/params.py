@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import click
 
-from testbed.plan.compiler import DEFAULT_DELAY_LINES, DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, DEFAULT_TAU_US
+from testbed.plan.compiler import DEFAULT_BANKS, DEFAULT_DELAY_LINES, DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US, DEFAULT_TAU_US
 from testbed.plan.fabric_plan import DELAY_LINE_KINDS
 
 _UNITS_US = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
@@ -140,13 +140,19 @@ def compile_options(command=None, *, auto_tau: bool = False):  # type: ignore[no
                           "where it arrives (eBPF membership table); shared-clone: the same lines, the delayed spike "
                           "copied into each member neuron's port; per-synapse: a delay class per synapse on every "
                           "neuron port, behind a bridge flood."),
+        click.option("--banks", type=click.Choice(["1", "2", "4", "8"]), default=str(DEFAULT_BANKS), show_default=True,
+                     callback=lambda ctx, param, value: int(value),
+                     help="Shared delay lines: give every line this many classes of one delay and send sample s "
+                          "down bank s mod BANKS, so consecutive samples share no class and several samples are "
+                          "in flight per layer (the period shrinks below the classes' drain). 1: one sample per "
+                          "layer in flight."),
     )):
         command = option(command)
     return command
 
 
 COMPILE_OPTIONS = {"profile": "--profile", "tau_us": "--tau", "relay_us": "--relay", "prune_margin": "--prune",
-                   "lead": "--lead", "loss": "--loss", "delay_lines": "--delay-lines"}
+                   "lead": "--lead", "loss": "--loss", "delay_lines": "--delay-lines", "banks": "--banks"}
 
 
 def refuse_compile_options(ctx: click.Context, plan_path: Path) -> None:

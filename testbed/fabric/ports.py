@@ -113,12 +113,14 @@ def line_loader(run_id: str, layer: LayerPlan, member_ifindex: Sequence[int], lo
                               f"recompile the plan with `pi2 compile`")
         events, width = int(params["events"]), int(params["lines"])
         if program == SPLITTER_PROGRAM:
+            banks = int(params.get("banks", 1))
             classids: dict[int, list[int]] = {}
             for line in layer.lines:  # listed by event, then line number
-                classids.setdefault(2 * line.source + line.sign, []).append(
-                    0 if line.classid is None else parse_handle(line.classid, f"line {line.classid}"))
+                for bank in range(banks):
+                    classids.setdefault((2 * line.source + line.sign) * banks + bank, []).append(
+                        parse_handle(line.classids[bank], f"line {line.classids[bank]}") if line.classids else 0)
             loaded.append(load_line_splitter(layer.index, events, width, classids,
-                                             object_name(run_id, f"s{layer.index}")))
+                                             object_name(run_id, f"s{layer.index}"), banks))
         else:
             if len(gates) != len(layer.ports):
                 raise KernelError(f"layer {layer.index}: the fan-out needs its {len(layer.ports)} ports' neurons loaded "

@@ -17,7 +17,7 @@ from testbed.infer.report import InferenceReport, build_report
 from testbed.infer.session import KernelRun, run_inference
 from testbed.model.netfile import load_network
 from testbed.model.network import Pi2Network
-from testbed.plan.compiler import (DEFAULT_DELAY_LINES, DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US,
+from testbed.plan.compiler import (DEFAULT_BANKS, DEFAULT_DELAY_LINES, DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US,
                                    compile_network)
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.plan.select import realisation_for
@@ -36,7 +36,7 @@ def probed_capabilities(purpose: str):  # type: ignore[no-untyped-def]
 
 def compiler_for(net_path: Path, profile: str, relay_us: float, dataset: str | None, calibration: int,
                  prune_margin: float | None = DEFAULT_PRUNE_MARGIN, loss: float = 0.0,
-                 lead: float = DEFAULT_LEAD, delay_lines: str = DEFAULT_DELAY_LINES
+                 lead: float = DEFAULT_LEAD, delay_lines: str = DEFAULT_DELAY_LINES, banks: int = DEFAULT_BANKS
                  ) -> tuple[Callable[[float], FabricPlan], np.ndarray]:
     """(compile the network file at a τ, the calibration inputs): the profile is resolved and the
     calibration inputs (its data set's training split) loaded once, so several τ cost one probe."""
@@ -47,18 +47,19 @@ def compiler_for(net_path: Path, profile: str, relay_us: float, dataset: str | N
 
     def compile_at(tau_us: float) -> FabricPlan:
         return compile_network(net, real, tau_us, x, net_path, relay_us=relay_us, prune_margin=prune_margin,
-                               loss=loss, lead=lead, delay_lines=delay_lines)
+                               loss=loss, lead=lead, delay_lines=delay_lines, banks=banks)
 
     return compile_at, x
 
 
 def compile_for(net_path: Path, profile: str, tau_us: float, relay_us: float, dataset: str | None,
                 calibration: int, prune_margin: float | None = DEFAULT_PRUNE_MARGIN, loss: float = 0.0,
-                lead: float = DEFAULT_LEAD, delay_lines: str = DEFAULT_DELAY_LINES) -> FabricPlan:
+                lead: float = DEFAULT_LEAD, delay_lines: str = DEFAULT_DELAY_LINES,
+                banks: int = DEFAULT_BANKS) -> FabricPlan:
     """Compile a network file, calibrating windows (and pruning) on its data set's training split;
     `loss`: drop probability per spike at each neuron port (profiles whose loss kind the compiler builds)."""
     compile_at, _ = compiler_for(net_path, profile, relay_us, dataset, calibration, prune_margin, loss, lead,
-                                 delay_lines)
+                                 delay_lines, banks)
     return compile_at(tau_us)
 
 
@@ -84,6 +85,7 @@ class InferOptions:
     lead: float = DEFAULT_LEAD
     loss: float = 0.0  # drop probability per spike at each neuron port
     delay_lines: str = DEFAULT_DELAY_LINES  # "shared", "shared-clone" or "per-synapse" (testbed.plan.compiler)
+    banks: int = DEFAULT_BANKS  # delay-line banks: samples in flight per layer (testbed.plan.compiler)
     calibration: int = 500
     inject_cpu: int | None = 0
     pcap_dir: Path | None = None
@@ -110,7 +112,7 @@ def infer(source: Path, options: InferOptions, progress: Callable[[int], None] |
         net = load_network(source)
         compile_at, x_calibration = compiler_for(source, options.profile, options.relay_us, options.dataset,
                                                  options.calibration, options.prune_margin, options.loss,
-                                                 options.lead, options.delay_lines)
+                                                 options.lead, options.delay_lines, options.banks)
         if options.tau_us is None:
             measure = trial_runner(x_calibration[:TRIAL_SAMPLES], options.backend, options.inject_cpu, options.cluster)
             choice = choose_tau(compile_at, measure, x_calibration, tried)

@@ -1,18 +1,22 @@
 """The live inference loop: inject, let the kernel compute, capture, decode, re-encode.
 
-Samples move through the layers in a pipeline of fixed slots. Slot q starts at
-``start + q·period``; in it, layer l works on sample q − l, so a network of L layers has L
-samples in flight. For every active layer the injector sends that sample's events (a primer
-and its spike where the delay realisation needs primers) at its time t·τ after the layer's origin
-less the event's lead (testbed.plan.fabric_plan), on the layer's injector link, each spike
-stamped with the sample's origin in the layer; the kernel floods and delays them (lead included),
-and each port's neuron (testbed.kernel.gate) drops late spikes, counts the first K, sums their
-kernel RX stamps and passes one neuron event per (port, sample). The receiver reads the events
-until the layer's deadline; a port that counted fewer than K passes none, and the relay reads its
-count and sum from the kernel then. The relay never filters by time nor sees a spike: it turns
-events into T±, y and the layer's re-encoding pool(ReLU(−s·y)) (`testbed.traffic.decode`,
-`LayerPlan.relay`), and the next layer's events for that
-sample are scheduled in the next slot. Nothing in user space delays, orders or drops a spike.
+Samples move through the layers in a pipeline of fixed slots (`Timing`). Slot q starts at
+``start + q·period``; in it, layer l takes sample q − D·l (D = `layer_slots`), so each layer has D
+samples in flight and a network of L layers D·L. For every layer it takes a sample, the injector
+sends that sample's events (a primer and its spike where the delay realisation needs primers) at
+its time t·τ after the layer's origin less the event's lead (testbed.plan.fabric_plan), on the
+layer's injector link, each spike stamped with the sample's origin in the layer; frames due after
+the next slot's start go out in that slot, interleaved with its own (with overlapping samples a
+layer's events outlast a period). The kernel delays them (lead included; shared lines in the
+classes of the sample's bank) and each port's neuron (testbed.kernel.gate, or the membership
+table, testbed.kernel.lines) drops late spikes, counts the first K, sums their kernel RX stamps
+and passes one neuron event per (port, sample). Between sends the receiver reads events, and once
+a (layer, sample)'s deadline has passed the relay decodes it; a port that counted fewer than K
+passed none, and the relay reads its count and sum from the kernel then. The relay never filters
+by time nor sees a spike: it turns events into T±, y and the layer's re-encoding pool(ReLU(−s·y))
+(`testbed.traffic.decode`, `LayerPlan.relay`),
+and the next layer takes the sample D slots later (waiting for the decode if it is late). Nothing
+in user space delays, orders or drops a spike.
 """
 
 from __future__ import annotations
@@ -51,6 +55,17 @@ def injector_mac(layer: int) -> str:
 
 def injector_ip(layer: int) -> tuple[str, str]:
     return f"198.18.{layer}.1", f"198.18.{layer}.255"
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A frame the loop will send: at `mono_ns` (CLOCK_MONOTONIC), ties broken by `rank`."""
+
+    mono_ns: int
+    rank: float
+    frame: bytes
+    ifname: str
+    layer: int
 
 
 @dataclass
@@ -156,6 +171,66 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
     port_neuron = [np.array([port.neuron for port in fabric.ports[li]]) for li in range(n_layers)]
     port_sign = [np.array([port.sign for port in fabric.ports[li]]) for li in range(n_layers)]
     port_index = [{port.ifindex: q for q, port in enumerate(fabric.ports[li])} for li in range(n_layers)]
+    stride = plan.timing.layer_slots
+    # (layer, sample) in flight → (its origin, CLOCK_REALTIME ns; its deadline, CLOCK_MONOTONIC ns)
+    in_flight: dict[tuple[int, int], tuple[int, int]] = {}
+    events_of: dict[tuple[int, int], list[np.ndarray]] = {}
+    pending: list[_Frame] = []  # frames due at or after the slot that follows the one that built them
+
+    def finish(li: int, sample: int) -> None:
+        """Decode the neuron events of (layer, sample), its deadline passed: T±, y, the next layer's inputs."""
+        origin_real, _ = in_flight.pop((li, sample))
+        layer = plan.layers[li]
+        got = events_of.pop((li, sample), [])
+        mine = np.concatenate(got) if got else np.zeros(0, dtype=ARRIVAL_DTYPE)
+        q = np.array([port_index[li].get(i, -1) for i in mine["ifindex"].tolist()], dtype=np.int64)
+        run.kth_us[li][sample, q[q >= 0]] = (mine["t_ns"][q >= 0] - origin_real) / 1e3
+        events = np.concatenate([mine, _deadline_reads(fabric, li, sample, set(mine["ifindex"].tolist()))])
+        decoded = decode_layer(events, roles[li], samples=np.array([sample]), tau_ns=tau_ns, k=layer.k,
+                               deadline=layer.window_us / plan.timing.tau_us, s=layer.s)
+        run.t_plus[li][sample] = decoded.t_plus[0]
+        run.t_minus[li][sample] = decoded.t_minus[0]
+        plus = port_sign[li] == SIGN_PLUS
+        counts = np.where(plus, decoded.count_plus[0][port_neuron[li]], decoded.count_minus[0][port_neuron[li]])
+        t = np.where(plus, decoded.t_plus[0][port_neuron[li]], decoded.t_minus[0][port_neuron[li]])
+        run.counts[li][sample] = counts
+        run.t_us[li][sample] = np.where(counts > 0, t * plan.timing.tau_us, np.nan)
+        if li + 1 < n_layers:
+            run.inputs[li + 1][sample] = layer.relay(decoded.y)[0]  # pool(ReLU(−s·y)), the plan's
+        elif progress is not None:
+            progress(1)
+
+    def settle(until_mono_ns: int) -> None:
+        """Read neuron events until `until_mono_ns`, decoding every (layer, sample) whose deadline
+        comes by then, in deadline order."""
+        while True:
+            due = min(in_flight, key=lambda key: in_flight[key][1], default=None)
+            stop = until_mono_ns if due is None else min(until_mono_ns, in_flight[due][1])
+            capture = receiver.collect(stop, keep_frames=keep_frames)
+            run.receiver_drops += capture.dropped
+            run.arrivals.append(capture.arrivals)
+            if keep_frames and capture.frames:
+                run.frames += list(capture.frames)
+            got = capture.arrivals[capture.arrivals["kind"] == KIND_EVENT]
+            for key in set(zip(got["layer"].tolist(), got["sample"].tolist())):
+                events_of.setdefault(key, []).append(got[(got["layer"] == key[0]) & (got["sample"] == key[1])])
+            if due is None or stop < in_flight[due][1]:
+                return
+            finish(*due)
+
+    def send(frames: list[_Frame]) -> None:
+        if not frames:
+            return
+        start = frames[0].mono_ns
+        schedule = Schedule([f.mono_ns - start for f in frames], [f.frame for f in frames], [f.ifname for f in frames])
+        report = injector.send(schedule, start_mono_ns=start)
+        run.injector_refused += report.refused
+        late = (report.send_real_ns - start - real_minus_mono - schedule.offsets_ns) / 1e3
+        for f, lateness in zip(frames, late.tolist()):
+            run.lateness_us[f.layer].append(lateness)
+        if keep_frames:
+            run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
+
     # The whole loop (pacing, capture, decoding) stays on the injector's CPU: the kernel's packet
     # work is steered to the others, and must not wait there behind the relay's Python. No CPU
     # sleeps meanwhile, so timers release spikes without a wake-up's delay.
@@ -167,8 +242,11 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
         real_minus_mono = realtime_minus_monotonic_ns()
         next_base = time.monotonic_ns() + LEAD_NS
         began = time.perf_counter()
-        for slot in range(n_samples + n_layers - 1):
-            active = [(li, slot - li) for li in range(n_layers) if 0 <= slot - li < n_samples]
+        for slot in range(n_samples + stride * (n_layers - 1)):
+            active = [(li, slot - stride * li) for li in range(n_layers) if 0 <= slot - stride * li < n_samples]
+            for li, sample in active:  # a layer's inputs are the previous layer's result: decoded by now, or wait
+                if li and (li - 1, sample) in in_flight:
+                    settle(in_flight[(li - 1, sample)][1])
             pairs: list[tuple[int, bytes, str]] = []
             owner: list[int] = []
             spikes: list[int] = []
@@ -178,54 +256,33 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs, spikes, ranks,
                               earliest_us[li])
                 owner += [li] * (len(pairs) - before)
-            # Stable sort: a primer, with its spike's key, stays right before its spike.
-            order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], ranks[i]))
             # Slots start a period apart, or later when the loop falls behind: a slot never starts
-            # before the previous one's classes drained, so only throughput suffers, not timing.
-            # The frames are built and ordered first, so a late slot's lead is not spent on that;
-            # only the stamping of its spikes' origins (which need the slot's start) comes after.
+            # before its classes drained (banks included), so only throughput suffers, not timing.
+            # The frames are built first, so a late slot's lead is not spent on that; only the
+            # stamping of its spikes' origins (which need the slot's start) comes after.
             base = max(next_base, time.monotonic_ns() + SLOT_LEAD_NS + STAMP_NS * len(spikes))
             run.late_slots += base > next_base
             next_base = base + period_ns
             base_real = base + real_minus_mono
             origin_real = {li: base_real + int(round(plan.layers[li].origin_us * 1e3)) for li, _ in active}
+            for li, sample in active:
+                layer = plan.layers[li]
+                in_flight[(li, sample)] = (origin_real[li], base + int((layer.origin_us + layer.window_us) * 1e3))
             for i in spikes:
                 offset, frame, ifname = pairs[i]
                 pairs[i] = (offset, stamp_origin(frame, origin_real[owner[i]]), ifname)
-            schedule = Schedule([pairs[i][0] for i in order], [pairs[i][1] for i in order],
-                                [pairs[i][2] for i in order])
-            report = injector.send(schedule, start_mono_ns=base)
-            run.injector_refused += report.refused
-            late = (report.send_real_ns - base_real - schedule.offsets_ns) / 1e3
-            for j, i in enumerate(order):
-                run.lateness_us[owner[i]].append(float(late[j]))
-            if keep_frames:
-                run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
-            deadline = base + int(max(plan.layers[li].origin_us + plan.layers[li].window_us for li, _ in active) * 1e3)
-            capture = receiver.collect(deadline, keep_frames=keep_frames)
-            run.receiver_drops += capture.dropped
-            run.arrivals.append(capture.arrivals)
-            if keep_frames and capture.frames:
-                run.frames += list(capture.frames)
-            for li, sample in active:
-                layer = plan.layers[li]
-                got = capture.arrivals
-                mine = got[(got["layer"] == li) & (got["sample"] == sample) & (got["kind"] == KIND_EVENT)]
-                q = np.array([port_index[li].get(i, -1) for i in mine["ifindex"].tolist()], dtype=np.int64)
-                run.kth_us[li][sample, q[q >= 0]] = (mine["t_ns"][q >= 0] - origin_real[li]) / 1e3
-                events = np.concatenate([mine, _deadline_reads(fabric, li, sample, set(mine["ifindex"].tolist()))])
-                decoded = decode_layer(events, roles[li], samples=np.array([sample]), tau_ns=tau_ns, k=layer.k,
-                                       deadline=layer.window_us / plan.timing.tau_us, s=layer.s)
-                run.t_plus[li][sample] = decoded.t_plus[0]
-                run.t_minus[li][sample] = decoded.t_minus[0]
-                plus = port_sign[li] == SIGN_PLUS
-                counts = np.where(plus, decoded.count_plus[0][port_neuron[li]], decoded.count_minus[0][port_neuron[li]])
-                t = np.where(plus, decoded.t_plus[0][port_neuron[li]], decoded.t_minus[0][port_neuron[li]])
-                run.counts[li][sample] = counts
-                run.t_us[li][sample] = np.where(counts > 0, t * plan.timing.tau_us, np.nan)
-                if li + 1 < n_layers:
-                    run.inputs[li + 1][sample] = layer.relay(decoded.y)[0]  # pool(ReLU(−s·y)), the plan's
-                elif progress is not None:
-                    progress(1)
+            # This slot's frames and those earlier slots left for it, in time order (stable: a
+            # primer, with its spike's key, stays right before its spike); frames due after the
+            # next slot's start wait for it (with overlapping samples a layer's events outlast a
+            # period).
+            frames = pending + [_Frame(base + pairs[i][0], ranks[i], pairs[i][1], pairs[i][2], owner[i])
+                                for i in range(len(pairs))]
+            frames.sort(key=lambda f: (f.mono_ns, f.rank))
+            cut = next((j for j, f in enumerate(frames) if f.mono_ns >= next_base), len(frames))
+            pending = frames[cut:]
+            send(frames[:cut])
+            settle(next_base - SLOT_LEAD_NS - STAMP_NS * len(spikes))  # read events until the next slot is due
+        send(pending)
+        settle(max((deadline for _, deadline in in_flight.values()), default=0))
         run.wall_s = time.perf_counter() - began
     return run

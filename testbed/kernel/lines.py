@@ -7,8 +7,9 @@ distinct delay its synapses need, instead of once per synapse. eBPF tc programs 
 clsact ingress) work around the line's htb class; none delays anything:
 
 - the **splitter**, on the fabric end of a layer's injector link: for a spike (or primer) of
-  event e = 2·source + sign it reads e's lines from an array map (count, then one htb classid per
-  line, 0 for an unshaped line) and, for line r = 1..count, writes r into the frame's line byte
+  event e = 2·source + sign of sample s it reads e's lines in s's bank, s mod B (B banks: each line
+  has B classes of one delay, so samples s and s + 1 … s + B − 1 share none), from an array map
+  (count, then one htb classid per line, 0 for an unshaped line) and, for line r = 1..count, writes r into the frame's line byte
   (`wire.FRAME_LINE_OFFSET`; primers need none), sets skb->priority to the line's classid and clones the frame to
   the *egress* of the same device (bpf_clone_redirect). htb takes a packet whose priority names
   one of its leaf classes straight into that class (net/sched/sch_htb.c, htb_classify, before any
@@ -74,6 +75,7 @@ BPF_F_INGRESS = 1
 SKB_PRIORITY = 32  # struct __sk_buff: priority (writable by tc programs)
 MAX_MEMBERS = 512  # a layer's ports (testbed.plan.fabric_plan.MAX_PORTS_PER_LAYER)
 MAX_LINES = 255  # the wire's line byte
+MAX_BANKS = 8  # testbed.plan.fabric_plan.MAX_BANKS
 COUNT_MASK = 0x7FFFFFFF  # a neuron state word's count, below its lock bit (testbed.kernel.gate)
 SPLITTER_NAME = "p2_split"
 FANOUT_NAME = "p2_fanout"
@@ -82,10 +84,13 @@ TABLE_CAS_RETRIES = 8
 NO_VERDICT = -1  # the membership table's stack word: count each member (else: every member's counter offset)
 
 
-def build_line_splitter(layer: int, events: int, lines: int, map_fd: int) -> bytes:
-    """Bytecode of the splitter (module docstring); `map_fd`: `events` entries of 4 + 4·`lines` B."""
+def build_line_splitter(layer: int, events: int, lines: int, map_fd: int, banks: int = 1) -> bytes:
+    """Bytecode of the splitter (module docstring); `map_fd`: `events`·`banks` entries of 4 + 4·`lines`
+    B, (event, bank) at event·banks + bank, a sample's bank being its id mod `banks` (a power of two)."""
     if not 1 <= lines <= MAX_LINES:
         raise KernelError(f"line splitter: {lines} lines per event; expected 1..{MAX_LINES}")
+    if not (1 <= banks <= MAX_BANKS and banks & (banks - 1) == 0):
+        raise KernelError(f"line splitter: {banks} banks; expected a power of two in 1..{MAX_BANKS}")
     a = bpf.Assembler()
     emit_event_index(a, layer, FRAME_MIN_BYTES, "other")  # R0 = event, R6 = skb, R7 = packet data
     a.emit(
@@ -93,7 +98,10 @@ def build_line_splitter(layer: int, events: int, lines: int, map_fd: int) -> byt
         bpf.ldx(B, R2, R7, wire.FRAME_KIND_OFFSET), bpf.mov64(R9, 1), bpf.jmp(JEQ, R2, wire.KIND_PRIMER, "known"),
         bpf.mov64(R9, 0), bpf.jmp(JNE, R2, wire.KIND_SPIKE, "other"),
     )
-    a.label("known")  # R9 = 1 for a primer
+    a.label("known")  # R9 = 1 for a primer; R0 = the map key: event·banks + the sample's bank
+    if banks > 1:
+        a.emit(bpf.ldx(W, R2, R7, wire.FRAME_SAMPLE_OFFSET), bpf.to_be(R2, 32), bpf.alu64(AND, R2, banks - 1),
+               bpf.alu64(MUL, R0, banks), bpf.alu64(ADD, R0, R2))
     a.emit(
         bpf.stx(W, FP, R0, -4), bpf.ld_map_fd(R1, map_fd), bpf.mov64(R2, FP), bpf.alu64(ADD, R2, -4),
         bpf.call(bpf.HELPER_MAP_LOOKUP_ELEM), bpf.jmp(JEQ, R0, 0, "drop"), bpf.mov64(R8, R0),
@@ -294,9 +302,11 @@ class LineProgram(bpf.LoadedProgram):
 
 
 def load_line_splitter(layer: int, events: int, lines: int, classids: dict[int, Sequence[int]],
-                       name: str = SPLITTER_NAME) -> LineProgram:
-    """The splitter of `layer`: `classids[e]` lists event e's lines' htb classids (0: unshaped)."""
-    return LineProgram(lambda fd: build_line_splitter(layer, events, lines, fd), events, lines, classids, name)
+                       name: str = SPLITTER_NAME, banks: int = 1) -> LineProgram:
+    """The splitter of `layer`: `classids[e·banks + b]` lists event e's lines' htb classids in bank b
+    (0: unshaped)."""
+    return LineProgram(lambda fd: build_line_splitter(layer, events, lines, fd, banks), events * banks, lines,
+                       classids, name)
 
 
 class LineFanout(bpf.LoadedProgram):

@@ -60,11 +60,21 @@ injector sends e at its model time minus a_e and every class of e holds a_e long
 times are unchanged; the bursts become a train. The layer's model time zero (`origin_us`, the
 largest lead) is that far after its slot's base. A layer that finishes sooner than the slowest
 one spreads its events over the difference too, at no cost in samples/s.
+
+Overlapping samples (optional, `banks` B > 1, shared lines): a sample's events go down the lines
+of its bank (sample id mod B), B classes per shaped line with the same delay, so a class serves
+every B-th sample and must only recover (its event's spread, margin, delay and token debt, the
+drain) over B periods: period = drain / B. A layer's result, decoded at its deadline plus the
+relay's time, is due when the next layer takes the sample `layer_slots` periods later (layer_slots
+= ⌈(deadline + relay + lead) / period⌉), so each layer has layer_slots samples in flight, kept
+apart by the neurons' per-sample state (testbed.kernel.gate) and by the deadline each spike
+carries. B = 1 is one sample per layer in flight: period = max(drain, deadline + relay).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +83,7 @@ import numpy as np
 from testbed.errors import PlanError
 from testbed.model.encoding import delays
 from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
-from testbed.plan.fabric_plan import (DELAY_LINE_KINDS, MAX_CLASS_MINOR, MAX_LINES_PER_EVENT,
+from testbed.plan.fabric_plan import (DELAY_LINE_KINDS, MAX_BANKS, MAX_CLASS_MINOR, MAX_LINES_PER_EVENT,
                                       SHARED_LINE_KINDS, SIGN_MINUS, SIGN_PLUS, DelayLine, FabricPlan, LayerPlan, NeuronPort, Packets,
                                       Synapse, Timing, event_index)
 from testbed.plan.profiles import Profile
@@ -91,6 +101,7 @@ DEFAULT_TAU_US = 6000.0
 DEFAULT_LEAD = 1.0  # model units over which a layer's events are spread ahead of their times
 DEFAULT_RELAY_US = 3000.0  # time the relay gets to decode a layer before the next layer's injections
 DEFAULT_DELAY_LINES = DELAY_LINE_KINDS[0]
+DEFAULT_BANKS = 1  # delay-line banks: 1 keeps one sample per layer in flight
 LOSS_KINDS = ("bpf-drop", "gact-random")  # the profile loss kinds the compiler builds
 
 
@@ -267,10 +278,11 @@ def _delay_class(minor: int, rate: int | None, target_us: float, real: Realisati
 
 
 def _shared_lines(li: int, n_inputs: int, port_synapses: list[list[tuple[int, int, float]]],
-                  real: Realisation, fanout: str) -> tuple[tuple[DelayLine, ...], TcTree, TcTree]:
+                  real: Realisation, fanout: str, banks: int) -> tuple[tuple[DelayLine, ...], TcTree, TcTree]:
     """A layer's delay lines, from each port's (source, sign, target µs) synapses: one line per
     (event, distinct target), numbered 1.. per event by rising delay, members in port order; the
-    line tree (htb with a class per shaped line, the splitter at clsact ingress) and the tree of
+    line tree (htb with `banks` classes per shaped line, one per sample bank, the splitter at
+    clsact ingress) and the tree of
     the `fanout` program (line_neurons: the membership table; line_fanout: a copy per member).
     Lines are listed in the layer's event order (t⁺ of inputs 0..n−1, then t⁻)."""
     by_event: dict[tuple[int, int], dict[float, list[int]]] = {}
@@ -288,18 +300,19 @@ def _shared_lines(li: int, n_inputs: int, port_synapses: list[list[tuple[int, in
                             f"`pi2 train --bits 4`, or compile with --delay-lines per-synapse)")
         for r, target in enumerate(targets, start=1):
             realised, rate = realise_delay(target, real)
-            classid = None
-            if target >= real.min_delay_us:
+            classids = []
+            for _ in range(banks if target >= real.min_delay_us else 0):
                 minor = len(classes) + 1
                 if minor + 1 > MAX_CLASS_MINOR:
-                    raise PlanError(f"layer {li}: more than {MAX_CLASS_MINOR - 1} shaped delay lines; compile with "
-                                    "--delay-lines per-synapse or quantise the delays to fewer bits")
-                classid = _delay_class(minor, rate, target, real, classes, qdiscs)
-            lines.append(DelayLine(event[0], event[1], r, target, realised, classid, tuple(by_event[event][target])))
+                    raise PlanError(f"layer {li}: more than {MAX_CLASS_MINOR - 1} shaped delay line classes; compile "
+                                    "with fewer --banks, --delay-lines per-synapse or delays quantised to fewer bits")
+                classids.append(_delay_class(minor, rate, target, real, classes, qdiscs))
+            lines.append(DelayLine(event[0], event[1], r, target, realised, tuple(classids),
+                                   tuple(by_event[event][target])))
     widest = max(line.line for line in lines)
     params = {"layer": li, "events": 2 * n_inputs, "lines": widest, "direct_action": 1}
     line_tc = TcTree(tuple(qdiscs), tuple(classes),
-                     (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "line_splitter", **params}),))
+                     (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": "line_splitter", "banks": banks, **params}),))
     fanout_tc = TcTree((QdiscSpec("clsact", "ffff:", "root"),), (),
                        (FilterSpec("bpf", CLSACT_INGRESS, 1, {"program": fanout, **params}),))
     return tuple(lines), line_tc, fanout_tc
@@ -377,7 +390,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                     network_path: str | Path | None = None, margin: float | None = None,
                     relay_us: float = DEFAULT_RELAY_US, prune_margin: float | None = DEFAULT_PRUNE_MARGIN,
                     loss: float = 0.0, lead: float = DEFAULT_LEAD,
-                    delay_lines: str = DEFAULT_DELAY_LINES) -> FabricPlan:
+                    delay_lines: str = DEFAULT_DELAY_LINES, banks: int = DEFAULT_BANKS) -> FabricPlan:
     """Compile `net` for a fabric realising `real`, one model unit lasting `tau_us` µs.
 
     `calibration_x` (a batch of network inputs) fixes every layer's deadline: its latest K-th
@@ -391,10 +404,16 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     this span, and over all the slack the slowest layer leaves a faster one (module docstring).
     `delay_lines`: "shared" (a delay line per event and distinct delay, counted in a membership
     table), "shared-clone" (the same lines, copied to each member port) or "per-synapse" (a class
-    per synapse on each port). The defaults are `pi2 compile`'s.
+    per synapse on each port). `banks` (shared lines; a power of two): samples s and s + 1 … use
+    different classes of each line, bank s mod `banks`, so a class is reused every `banks`
+    samples and the period only has to let it recover over that many (module docstring,
+    overlapping samples). The defaults are `pi2 compile`'s.
     """
     if delay_lines not in DELAY_LINE_KINDS:
         raise PlanError(f"delay lines {delay_lines!r}: expected one of {', '.join(DELAY_LINE_KINDS)}")
+    if not (1 <= banks <= MAX_BANKS and banks & (banks - 1) == 0) or (banks > 1 and delay_lines not in SHARED_LINE_KINDS):
+        raise PlanError(f"banks {banks}: expected a power of two in 1..{MAX_BANKS}, and 1 with --delay-lines per-synapse "
+                        "(its classes are per port, not per line)")
     if not tau_us > 0:
         raise PlanError(f"tau must be > 0 µs, got {tau_us}")
     if not lead >= 0:
@@ -443,8 +462,12 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
     drains = [max(drain_us(li, i, ev_sign, d) for port in ports for i, ev_sign, d in port)
               for li, ports in enumerate(kept)]
     decodes = [window + relay_us for window in windows]
-    period_us = max(max(drain + lead * tau_us * (1 + recover), decode + lead * tau_us)
-                    for drain, decode in zip(drains, decodes))
+    # A class serves one sample in `banks`: it needs drain + lead per `banks` periods; a layer's
+    # result is decoded `layer_slots` periods after its slot starts, when the next layer needs it.
+    reuse = max(drain + lead * tau_us * (1 + recover) for drain in drains) / banks
+    ready = max(decode + lead * tau_us for decode in decodes)
+    layer_slots = 1 if banks == 1 else min(MAX_BANKS, math.ceil(ready / reuse))
+    period_us = max(reuse, ready / layer_slots)
     layers = []
     for li, layer in enumerate(net.layers):
         longest = max(d for port in kept[li] for _, _, d in port)
@@ -452,7 +475,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
         if room < lead * tau_us:
             raise PlanError(f"layer {li}: its longest synapse delay {longest:g} µs plus a lead of {lead:g}·τ exceeds "
                             f"the {real.max_delay_us:g} µs profile {real.profile} realises; use a smaller --tau or --lead")
-        fits = min((period_us - drains[li]) / (1 + recover), period_us - decodes[li], room)
+        fits = min((banks * period_us - drains[li]) / (1 + recover), layer_slots * period_us - decodes[li], room)
         spread = max(lead * tau_us, fits) if lead else 0.0
         leads = event_leads(n_in[li], spread)
         shared = delay_lines in SHARED_LINE_KINDS
@@ -473,7 +496,7 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                                     TcTree() if shared else _port_tc(li, events, real, targets, 2 * n_in[li]),
                                     _gate_tc(layer.k, windows[li], loss_one_in, real.loss_kind)))
         fanout = "line_neurons" if delay_lines == "shared" else "line_fanout"
-        lines, line_tc, fanout_tc = (_shared_lines(li, n_in[li], port_targets, real, fanout) if shared
+        lines, line_tc, fanout_tc = (_shared_lines(li, n_in[li], port_targets, real, fanout, banks) if shared
                                      else ((), TcTree(), TcTree()))
         # The relay pools a hidden conv layer's outputs (the golden model never pools the scores).
         pool = layer.pool if isinstance(layer, ConvLayer) and li < len(net.layers) - 1 else 1
@@ -481,12 +504,12 @@ def compile_network(net: Pi2Network, real: Realisation, tau_us: float, calibrati
                                 cal.offset_mk[li], tuple(ports), tuple(leads.tolist()), net.scales[li],
                                 tuple(int(d) for d in layer.conv_shape), pool, lines, line_tc, fanout_tc))
     # The realised delays (rate granularity) may hold a class a little longer than the targets.
-    period_us = max([period_us] + [drain_us(li, s.source, s.sign, s.delay_us)
+    period_us = max([period_us] + [drain_us(li, s.source, s.sign, s.delay_us) / banks
                                    for li, layer in enumerate(layers) for p in layer.ports for s in p.synapses])
     network = {"path": None if network_path is None else str(network_path),
                "sha256": None if network_path is None else hashlib.sha256(Path(network_path).read_bytes()).hexdigest(),
                "k": list(net.k), "bits": net.bits, "input_shape": list(net.input_shape)}
     return FabricPlan(real.profile, real.delay_kind, real.gate_kind, {"t0": c.t0, "c": c.c, "s": c.s}, network,
-                      Timing(tau_us, period_us, relay_us, real.flood_copy_us),
+                      Timing(tau_us, period_us, relay_us, real.flood_copy_us, banks, layer_slots),
                       Packets(SPIKE_FRAME_BYTES, real.primer_bytes if real.delay_kind == "htb-primer" else 0),
                       tuple(layers), delay_lines, net.rectified)

@@ -80,6 +80,7 @@ GATE_KINDS = ("bpf-first-k",)
 DELAY_LINE_KINDS = ("shared", "shared-clone", "per-synapse")  # the first is what `pi2 compile` builds by default
 SHARED_LINE_KINDS = ("shared", "shared-clone")  # the designs with delay lines (`DelayLine`)
 MAX_LINES_PER_EVENT = 255  # the wire's line byte numbers an event's lines 1..255
+MAX_BANKS = 8  # delay-line banks (samples sharing no class) and slots per layer: neuron state rings hold 16 samples
 # Interface-name suffixes: the kernel prefixes p2 + a 4-character run id and caps names at 15
 # bytes (testbed.kernel.names.SUFFIX_MAX, which a test keeps equal to this).
 NAME_SUFFIX_MAX = 9
@@ -121,11 +122,11 @@ class DelayLine:
     """One shared delay line: every copy of event (source, sign) that needs `delay_us`.
 
     The splitter sends one copy of the event (and of its primer, if shaped) down the line, marked
-    with `line` (1..the event's number of lines) on the wire; the line's htb class `classid` on the
-    injector link's fabric end holds it `delay_us` (None: unshaped, the copy passes at once); the
-    membership table or fan-out then gives it to each port in `members` (indexes into the layer's
-    ports, in the order they are served). `target_us` is the model's delay plus the event's lead,
-    as for a Synapse.
+    with `line` (1..the event's number of lines) on the wire; on the injector link's fabric end the
+    line's htb class for the sample's bank, `classids[sample mod banks]` (`Timing.banks`), holds it
+    `delay_us` (no classids: unshaped, the copy passes at once); the membership table or fan-out
+    then gives it to each port in `members` (indexes into the layer's ports, in the order they are
+    served). `target_us` is the model's delay plus the event's lead, as for a Synapse.
     """
 
     source: int
@@ -133,7 +134,7 @@ class DelayLine:
     line: int
     target_us: float
     delay_us: float
-    classid: str | None
+    classids: tuple[str, ...]
     members: tuple[int, ...]
 
     def __post_init__(self) -> None:
@@ -269,13 +270,16 @@ class LayerPlan:
         seen: dict[tuple[int, int], list[int]] = {}
         given: dict[int, dict[tuple[int, int], float]] = {q: {} for q in range(len(self.ports))}
         classes = {c.classid for c in self.line_tc.classes}
+        banks = {len(line.classids) for line in self.lines} - {0}
+        if len(banks) > 1:
+            raise PlanError(f"{where}: shaped delay lines have {sorted(banks)} classes each; expected one per bank, alike")
         for line in self.lines:
             if line.source >= self.n_inputs or max(line.members) >= len(self.ports):
                 raise PlanError(f"{where}: delay line ({line.source}, {line.sign}, {line.line}) names an input or a "
                                 f"port the layer does not have")
-            if line.classid is not None and line.classid not in classes:
-                raise PlanError(f"{where}: delay line ({line.source}, {line.sign}, {line.line}) uses class "
-                                f"{line.classid}, which line_tc does not define")
+            if not set(line.classids) <= classes:
+                raise PlanError(f"{where}: delay line ({line.source}, {line.sign}, {line.line}) uses classes "
+                                f"{list(line.classids)}, which line_tc does not all define")
             seen.setdefault((line.source, line.sign), []).append(line.line)
             for q in line.members:
                 if (line.source, line.sign) in given[q]:
@@ -364,8 +368,16 @@ class Timing:
     period_us: float  # spacing of consecutive samples' injections (pipelined across layers)
     relay_us: float  # time a relay gets between a layer's deadline and the next layer's base time
     flood_copy_us: float  # bridge flood: each port's copy leaves this long after the one before (testbed.sim)
+    # Overlapping samples: sample s's layer l starts at slot s + layer_slots·l (a slot lasting
+    # period_us), and uses delay-line bank s mod banks, so a layer has layer_slots samples in flight
+    # and a class is reused every `banks` samples (testbed.plan.compiler derives both).
+    banks: int = 1
+    layer_slots: int = 1
 
     def __post_init__(self) -> None:
+        if not (1 <= self.banks <= MAX_BANKS and self.banks & (self.banks - 1) == 0 and 1 <= self.layer_slots <= MAX_BANKS):
+            raise PlanError(f"timing.banks {self.banks} and layer_slots {self.layer_slots}: expected a power of two "
+                            f"and a count, each in 1..{MAX_BANKS}")
         for name in ("tau_us", "period_us"):
             if not 0 < getattr(self, name) <= MAX_TIME_US:
                 raise PlanError(f"timing.{name} must be in (0, {MAX_TIME_US:g}] µs, got {getattr(self, name)}")
@@ -416,6 +428,10 @@ class FabricPlan:
         if any(bool(layer.lines) != (self.delay_lines in SHARED_LINE_KINDS) for layer in self.layers):
             raise PlanError(f"delay_lines {self.delay_lines!r}: shared plans need delay lines in every layer, "
                             "per-synapse plans none")
+        if any(len(line.classids) not in (0, self.timing.banks) for layer in self.layers for line in layer.lines) or (
+                self.timing.banks > 1 and self.delay_lines not in SHARED_LINE_KINDS):
+            raise PlanError(f"timing.banks {self.timing.banks}: every shaped delay line needs one class per bank "
+                            "(per-synapse plans have one bank); recompile the plan with `pi2 compile`")
         if (self.delay_kind == "htb-primer") != (self.packets.primer_bytes > 0):
             raise PlanError(f"packets.primer_bytes {self.packets.primer_bytes}: htb-primer plans need primers, netem "
                             f"plans none")
@@ -457,10 +473,10 @@ class FabricPlan:
         kept = sum(len(p.synapses) for layer in self.layers for p in layer.ports)
         if self.delay_lines in SHARED_LINE_KINDS:
             lines = [line for layer in self.layers for line in layer.lines]
-            shaped = sum(per_event if line.classid is not None else 0 for line in lines)
+            shaped = sum(per_event if line.classids else 0 for line in lines)
             copies = kept if self.delay_lines == "shared-clone" else 0
             return {"injected": injected, "port_copies": copies, "pruned": 0, "shaped": shaped,
-                    "line_copies": shaped + sum(line.classid is None for line in lines)}
+                    "line_copies": shaped + sum(not line.classids for line in lines)}
         port_copies = sum(2 * layer.n_inputs * per_event * len(layer.ports) for layer in self.layers)
         shaped = sum(per_event * sum(s.classid is not None for p in layer.ports for s in p.synapses) for layer in self.layers)
         return {"injected": injected, "port_copies": port_copies, "pruned": port_copies - per_event * kept,
@@ -506,7 +522,7 @@ class FabricPlan:
                                   "window_us": layer.window_us, "offset_mk": layer.offset_mk,
                                   "leads_us": list(layer.leads_us), "s": layer.s, "shape": list(layer.shape),
                                   "pool": layer.pool, "ports": ports,
-                                  "lines": [[ln.source, ln.sign, ln.line, ln.target_us, ln.delay_us, ln.classid,
+                                  "lines": [[ln.source, ln.sign, ln.line, ln.target_us, ln.delay_us, list(ln.classids),
                                              list(ln.members)] for ln in layer.lines],
                                   "line_tc": layer.line_tc.to_dict(), "fanout_tc": layer.fanout_tc.to_dict()})
         return out
@@ -630,11 +646,11 @@ def _synapse(raw: Any, where: str) -> Synapse:
 
 def _line(raw: Any, where: str) -> DelayLine:
     if not isinstance(raw, list) or len(raw) != 7:
-        raise PlanError(f"{where}: expected [source, sign, line, target_us, delay_us, classid, members]")
-    classid = raw[5] if raw[5] is None else _str(raw[5], f"{where}[5]")
+        raise PlanError(f"{where}: expected [source, sign, line, target_us, delay_us, classids, members]")
+    classids = tuple(_str(c, f"{where}[5]") for c in _list(raw[5], f"{where}[5]"))
     members = tuple(_int(q, f"{where}[6]") for q in _list(raw[6], f"{where}[6]"))
     return DelayLine(_int(raw[0], f"{where}[0]"), _int(raw[1], f"{where}[1]"), _int(raw[2], f"{where}[2]"),
-                     _num(raw[3], f"{where}[3]"), _num(raw[4], f"{where}[4]"), classid, members)
+                     _num(raw[3], f"{where}[3]"), _num(raw[4], f"{where}[4]"), classids, members)
 
 
 def _dataclass(cls: type, raw: Any, where: str) -> Any:

@@ -48,7 +48,7 @@ CLASS_PARAMS: dict[str, frozenset[str]] = {
 }
 FILTER_PARAMS: dict[str, frozenset[str]] = {
     "u32": frozenset({"key", "mask", "offset_bytes", "flowid", "drop_one_in"}),
-    "bpf": frozenset({"program", "k", "window_us", "layer", "events", "lines", "direct_action", "drop_one_in"}),
+    "bpf": frozenset({"program", "k", "window_us", "layer", "events", "lines", "banks", "direct_action", "drop_one_in"}),
 }
 CLSACT_INGRESS = "ffff:fff2"
 CLSACT_EGRESS = "ffff:fff3"

@@ -41,7 +41,12 @@ realisations' semantics:
   rule (`testbed.model.layers.mean_k_earliest`; `testbed.traffic.decode` reads the kernel's);
   y = T⁺ − T⁻, and the next layer's inputs are the layer's re-encoding, pool(ReLU(−s·y)) with its
   own s and pooling (`LayerPlan.relay`, which the kernel's relay applies too); the scores are
-  −s·y of the last layer, rectified if the plan says so (`FabricPlan.scores`).
+  −s·y of the last layer, rectified if the plan says so (`FabricPlan.scores`);
+- overlapping samples (`Timing.banks`, `layer_slots`): a sample goes down its bank's classes,
+  whose delays are every bank's, and a neuron keeps each sample's count and sum apart, so a
+  sample's arrivals do not depend on its bank or on the samples in flight beside it: each sample
+  is evaluated alone. What more samples in flight cost a real kernel (more packets per second
+  on its CPUs) is outside this closed form, as above.
 
 A port's arrivals are gathered from its own synapses (`LayerPlan.port_events_us`), so a
 convolution's port costs its receptive field, not the layer's inputs.

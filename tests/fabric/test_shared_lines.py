@@ -71,3 +71,42 @@ def test_a_shared_line_feeds_exactly_its_member_neurons(plan, spikes):
         assert order == sorted(by_line)  # lines are numbered by rising delay
     assert spikes.leftovers(run) == []
 
+
+def _class_packets(ipr, index: int) -> dict[str, int]:
+    """Packets each htb class on link `index` sent, by classid (e.g. '1:a')."""
+    out = {}
+    for c in ipr.get_classes(index):
+        if c.get_attr("TCA_KIND") == "htb":
+            handle = c["handle"]
+            out[f"{handle >> 16:x}:{handle & 0xFFFF:x}"] = c.get_attr("TCA_STATS")["packets"]
+    return out
+
+
+@pytest.mark.root
+def test_each_sample_waits_in_the_classes_of_its_bank(spikes):
+    # Two banks: samples 300 and 302 (bank 0) and 301 (bank 1) each send event (t⁺ of input 2);
+    # each goes down its bank's classes of the event's two lines (primer and spike each), no other
+    # class holds anything, and each line's members count each sample's copy.
+    net = Pi2Network((DenseLayer(WEIGHTS, 2),), (3,))
+    plan = compile_network(net, Realisation.from_profile(load_profile("shaper")), 1000.0, np.zeros((1, 3)),
+                           prune_margin=None, lead=0.0, delay_lines="shared", banks=2)
+    layer = plan.layers[0]
+    event = (2, 0)
+    lines = [ln for ln in layer.lines if (ln.source, ln.sign) == event]
+    assert len(lines) == 2 and all(len(ln.classids) == 2 for ln in lines)
+    with build_fabric(plan) as fab:
+        run = fab.run_id
+        pairs = [(20_000_000 * n, f) for n, sample in enumerate((300, 301, 302))
+                 for f in spikes.event_frames(plan, sample, [event], seq0=n)]
+        spikes.inject(fab.host_netns, fab.inject_ifs[0], Schedule.from_pairs(pairs), 0, wait_s=0.1)
+        with netns.iproute(f"p2{run}f") as ipr:
+            sent = _class_packets(ipr, ipr.link_lookup(ifname=f"p2{run}fin0")[0])
+        states = {(q, sample): live.gate.partial(sample) for q, live in enumerate(fab.ports[0])
+                  for sample in (300, 301, 302)}
+    mine = {c for ln in lines for c in ln.classids}
+    assert {c for c, n in sent.items() if n} == mine  # only this event's lines' classes held anything
+    for ln in lines:
+        assert [sent[c] for c in ln.classids] == [4, 2]  # bank 0: samples 300 and 302; bank 1: 301
+        for q in ln.members:
+            assert [states[(q, sample)].count for sample in (300, 301, 302)] == [1, 1, 1]
+    assert spikes.leftovers(run) == []

@@ -33,14 +33,17 @@ PROFILE = os.environ.get("PI2_PROFILE", "shaper")
 TAU_US = 20_000.0 if os.environ.get("PI2_IN_GUEST") == "1" else 4_000.0
 
 
-@pytest.fixture(scope="module")
-def tiny():
+@pytest.fixture(scope="module", params=[1, 4], ids=["one-bank", "four-banks"])
+def tiny(request):
+    """The network, its plan and 8 samples; with four banks the samples overlap in every layer."""
     rng = np.random.default_rng(3)
     net = Pi2Network((DenseLayer(rng.normal(0, 1.2, size=(6, 4)), 1), DenseLayer(rng.normal(0, 1.2, size=(4, 3)), 2)),
                      (6,), bits=4)
     x = rng.uniform(0, 1.5, size=(40, 6))
     plan = compile_network(net, Realisation.from_profile(load_profile(PROFILE)), TAU_US, x, prune_margin=None,
-                           lead=DEFAULT_LEAD)
+                           lead=DEFAULT_LEAD, banks=request.param)
+    if request.param > 1:
+        assert plan.timing.layer_slots > 1  # more than one sample per layer in flight
     return net, plan, x[:8]
 
 

@@ -86,6 +86,8 @@ def test_fanout_makes_no_copy_for_a_member_whose_neuron_has_k_already():
 def test_bad_widths_are_refused_before_the_kernel_sees_them():
     with pytest.raises(KernelError, match="lines per event"):
         build_line_splitter(0, EVENTS, 0, map_fd=3)
+    with pytest.raises(KernelError, match="3 banks"):
+        build_line_splitter(0, EVENTS, LINES, map_fd=3, banks=3)
     with pytest.raises(KernelError, match="members"):
         build_line_fanout(0, EVENTS, LINES, 513, map_fd=3, states_fd=4, k=1, slots=16, counter_fd=5)
 

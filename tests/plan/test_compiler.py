@@ -325,7 +325,7 @@ def test_shared_lines_of_a_hand_made_layer():
         (2, SIGN_MINUS, 1): (500.0, (0, 2)), (2, SIGN_MINUS, 2): (5500.0, (1, 3)),
     }
     # One class per line on the injector link, none on the ports; the splitter and the fan-out.
-    assert [ln.classid for ln in layer.lines] == [c.classid for c in layer.line_tc.classes] == [
+    assert [c for ln in layer.lines for c in ln.classids] == [c.classid for c in layer.line_tc.classes] == [
         f"1:{g:x}" for g in range(1, 13)]
     assert all(not p.delay_tc.classes and not p.delay_tc.filters for p in layer.ports)
     programs = [(f.params["program"], f.params["lines"], f.params["events"]) for f in
@@ -383,3 +383,26 @@ def test_more_distinct_delays_than_an_event_can_number_are_refused():
         compile_network(net, SHAPER, 1000.0, np.zeros((1, 1)), prune_margin=None, lead=0.0)
     compile_network(net, SHAPER, 1000.0, np.zeros((1, 1)), prune_margin=None, lead=0.0, delay_lines="per-synapse")
 
+
+def test_banks_give_each_line_a_class_per_bank_and_shrink_the_period_below_the_drain():
+    one, two = shared_plan(), shared_plan(banks=2)
+    assert (one.timing.banks, one.timing.layer_slots) == (1, 1)
+    layer, banked = one.layers[0], two.layers[0]
+    assert [ln.members for ln in banked.lines] == [ln.members for ln in layer.lines]
+    assert all(len(ln.classids) == 2 for ln in banked.lines)
+    assert len(banked.line_tc.classes) == 2 * len(layer.line_tc.classes)
+    rates = {c.classid: c.params["rate_bps"] for c in banked.line_tc.classes}
+    assert all(rates[a] == rates[b] for a, b in (ln.classids for ln in banked.lines))  # same delay in every bank
+    assert banked.line_tc.filters[0].params["banks"] == 2
+    # A class now serves every other sample: half the drain per period, and the layer's result,
+    # due after its deadline and the relay, comes `layer_slots` periods later.
+    drain_bound = max(ln.delay_us for ln in layer.lines)  # the period covers at least the longest delay...
+    assert one.timing.period_us >= drain_bound and two.timing.period_us < one.timing.period_us
+    assert two.timing.period_us >= drain_bound / 2  # ...over `banks` periods
+    t = two.timing
+    assert t.layer_slots * t.period_us >= banked.origin_us + banked.window_us + t.relay_us
+    assert two.packets_per_sample == one.packets_per_sample  # a sample uses one bank
+    with pytest.raises(PlanError, match="banks 3"):
+        shared_plan(banks=3)
+    with pytest.raises(PlanError, match="per-synapse"):
+        shared_plan("per-synapse", banks=2)

@@ -159,3 +159,17 @@ def test_simulation_of_a_conv_plan_equals_the_golden_model():
     assert (result.scores == 0).any() and (result.scores > 0).any()  # the rectifier is in play
     clear = np.diff(np.sort(net.scores(x), axis=1)[:, -2:], axis=1)[:, 0] > 1e-2
     assert clear.mean() > 0.5 and (result.predictions == net.predict(x))[clear].all()
+
+
+def test_a_sample_arrives_the_same_in_any_bank():
+    # Banks give a line more classes of its one delay: every sample's arrivals, hence every
+    # decision, are those of the plan with one bank.
+    rng = np.random.default_rng(6)
+    net = random_net(rng, (3, 2), bits=3)
+    x = rng.random((30, 12)) * 2
+    one = compile_network(net, IDEAL, 1000.0, x, prune_margin=0.0, lead=0.0)
+    four = compile_network(net, IDEAL, 1000.0, x, prune_margin=0.0, lead=0.0, banks=4)
+    assert four.timing.banks == 4 and four.timing.period_us < one.timing.period_us
+    for a, b in zip(simulate(one, x).layers, simulate(four, x).layers):
+        np.testing.assert_array_equal(a.passed_us, b.passed_us)
+        np.testing.assert_array_equal(a.y, b.y)
