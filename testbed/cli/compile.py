@@ -29,7 +29,9 @@ def show_plan(plan: FabricPlan) -> None:
     console.print(f"[bold]plan[/]: profile {info['profile']} (delay {info['delay']}, {info['delay_lines']} delay "
                   f"lines, gate {info['gate']}), "
                   f"τ = {info['tau_us']:g} µs, one sample every {info['period_us'] / 1e3:.1f} ms "
-                  f"(≤ {info['samples_per_s_bound']:.1f} samples/s)")
+                  f"(≤ {info['samples_per_s_bound']:.1f} samples/s"
+                  + (f"; {info['banks']} banks, {info['layer_slots']} samples per layer in flight)"
+                     if info['banks'] > 1 else ")"))
     console.print(f"objects: {info['namespaces']} namespaces, {info['bridges']} bridges, {info['veth_pairs']} veth pairs")
     console.print(f"packets per sample: {packets['injected']} injected, {packets['port_copies']} port copies, "
                   f"{packets['pruned']} pruned, {packets['shaped']} shaped; "

@@ -2,7 +2,9 @@
 each sample, sums their kernel arrival times, and passes one neuron event instead of K spikes.
 
 Attached as a cls_bpf direct-action filter on the clsact ingress hook of a neuron port's receiving
-veth end, it sees every frame after the delay classes and before any socket:
+veth end, it sees every frame after the delay classes and before any socket. (With shared delay
+lines counted in a membership table, testbed.kernel.lines, that table runs this neuron's code on
+the port's state and counters where a line's copy arrives, and the gate sees only the events.)
 
 - a spike (IPv4 without options, UDP to `wire.SPIKE_PORT`, kind 0) carries its sample's origin in
   the layer (`time_ns`, CLOCK_REALTIME ns, stamped by the injector). Its arrival time is its kernel

@@ -500,6 +500,7 @@ class FabricPlan:
                 "delay_lines": self.delay_lines,
                 "tau_us": self.timing.tau_us, "period_us": self.timing.period_us,
                 "samples_per_s_bound": 1e6 / self.timing.period_us,
+                "banks": self.timing.banks, "layer_slots": self.timing.layer_slots,
                 "namespaces": 2, "bridges": len(self.layers),
                 "veth_pairs": sum(1 + len(layer.ports) for layer in self.layers),
                 "packets_per_sample": self.packets_per_sample, "layers": layers, "network": dict(self.network)}
