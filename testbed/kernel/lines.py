@@ -32,7 +32,10 @@ clsact ingress) work around the line's htb class; none delays anything:
   would carry (see below). Member blocks are unrolled, each with its own exit (jumps span
   ±32767 slots) and `TABLE_CAS_RETRIES` tries for the lock (the verifier walks every try: 32
   per member exceeds its 8192 pending branches at a few hundred members). Measured: loading
-  (verifying) the program takes ≈30 ms per member (1 s for 32, 17 s for 512 members).
+  (verifying) the program takes ≈30 ms per member (1 s for 32, 17 s for 512 members); running it
+  adds ≈12 ns per member counted and ≈3 ns per member past K to a line copy (bench/kernel_gate_cost.py,
+  BPF_PROG_TEST_RUN, bench/results/kernel_gate_cost.json), where a clone into a member's veth is a
+  whole frame's trip through the receive path (kernel-notes: 0.3–0.6 µs a bare copy).
 - the **fan-out** (delay_lines "shared-clone"), in the same place, receives each line's copy as
   its class releases it. For a spike on line r of
   event e it reads the line's members from an array map (key e·lines + r − 1: count, then each
