@@ -53,7 +53,7 @@ def host_shares(plan: FabricPlan, placement: dict) -> dict[str, float]:
     for part in placement["parts"]:
         layer = plan.layers[part["layer"]]
         start, stop = part["neurons"]
-        n = 2 * (len([ln for ln in layer.lines if ln.classid is not None]) if layer.lines else
+        n = 2 * (len([ln for ln in layer.lines if ln.classids]) if layer.lines else
                  sum(len(p.synapses) for p in layer.ports if start <= p.neuron < stop))
         packets[part["host"]] = packets.get(part["host"], 0) + n
     total = sum(packets.values())

@@ -9,8 +9,9 @@ stream of samples through a first-come-first-served single server to predict tho
 plan's accuracy on a given machine can be estimated before anything is built
 (`simulate(…, packet_us=…)`, `pi2 simulate --packet-cost-us`).
 
-The jobs, all on one clock (the session's slots: slot q starts q·period after the first; in it,
-layer l works on sample q − l, its events sent at origin_l + t·τ − lead):
+The jobs, all on one clock (the session's slots, testbed.infer.session: slot q starts q·period
+after the first; sample s's layer l starts in slot s + layer_slots·l, its events sent at
+origin_l + t·τ − lead; which bank's classes hold a copy does not matter to the one CPU):
 
 - an **injected event** costs one packet per copy the fabric end makes of it: with shared lines
   one per line and one per shaped line's primer (the splitter's clones); with a class per
@@ -59,15 +60,15 @@ def _layer_jobs(plan: FabricPlan, li: int, x: np.ndarray,
     layer = plan.layers[li]
     tau, period = plan.timing.tau_us, plan.timing.period_us
     events = layer.inject_us(x, plan.constants["t0"], tau).reshape(len(x), -1)  # event 2·source + sign
-    slot = (np.arange(len(x)) + li) * period + layer.origin_us
+    slot = (np.arange(len(x)) + plan.timing.layer_slots * li) * period + layer.origin_us
     copies = np.zeros(2 * layer.n_inputs)
     release_event, release_delay, targets = [], [], []
     if layer.lines:
         for line in layer.lines:
             e = 2 * line.source + line.sign
-            copies[e] += 1 + (line.classid is not None)
+            copies[e] += 1 + bool(line.classids)
             members = np.asarray(line.members)
-            if line.classid is None:
+            if not line.classids:
                 targets.append((e, members, -1))
             else:
                 targets.append((e, members, len(release_event)))

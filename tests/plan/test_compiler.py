@@ -118,9 +118,13 @@ def test_conv_plan_counts_of_a_hand_made_conv_layer():
                 assert set(line.members) <= ch1 and {layer.ports[q].sign for q in line.members} == {port_sign}
             assert not set(lines[1].members) & ch1
     assert len(layer.lines) == 16 * 2 * 3
-    # 96 lines shape one copy each (netem: no primers); the fan-out copies 288 = 16 ports × 18 synapses.
-    assert plan.packets_per_sample == {"injected": 32, "port_copies": 288, "pruned": 0, "shaped": 96,
+    # 96 lines shape one copy each (netem: no primers); the membership table counts them in place, the
+    # clone fan-out copies 288 = 16 ports × 18 synapses.
+    assert plan.packets_per_sample == {"injected": 32, "port_copies": 0, "pruned": 0, "shaped": 96,
                                        "line_copies": 96}
+    clone = compile_network(hand_conv(), NETEM, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0,
+                            delay_lines="shared-clone").packets_per_sample
+    assert (clone["shaped"], clone["port_copies"]) == (96, 288)
     # A class per synapse shapes all 288 and floods 32 events × 16 ports, dropping the 224 copies
     # outside each port's field before its shaper.
     per_synapse = compile_network(hand_conv(), NETEM, 1000.0, np.zeros((1, 1, 4, 4)), prune_margin=None, lead=0.0,

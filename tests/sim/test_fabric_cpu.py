@@ -40,7 +40,7 @@ def test_a_burst_of_events_waits_its_turn_copy_by_copy(delay_lines):
     copies = np.zeros(12)  # what the fabric CPU copies per event, in event order (2·source + sign)
     if layer.lines:
         for line in layer.lines:
-            copies[2 * line.source + line.sign] += 1 + (line.classid is not None)
+            copies[2 * line.source + line.sign] += 1 + bool(line.classids)
     else:
         for port in layer.ports:
             for syn in port.synapses:
