@@ -20,6 +20,7 @@ from testbed.kernel import netns
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.plan.profiles import load_profile
+from testbed.traffic.inject import Schedule
 
 WEIGHTS = np.array([[0.5, 0.5], [1.5, -1.5], [2.5, 2.5]])
 EVENTS = [(i, s) for s in (0, 1) for i in range(3)]
