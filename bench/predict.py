@@ -30,6 +30,7 @@ from testbed.infer.inputs import network_inputs  # noqa: E402
 from testbed.infer.pipeline import BUNDLED_NETWORK  # noqa: E402
 from testbed.model.netfile import load_network  # noqa: E402
 from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US  # noqa: E402
+from testbed.plan.fabric_plan import DELAY_LINE_KINDS  # noqa: E402
 from testbed.sim.executor import simulate  # noqa: E402
 from testbed.sim.fabric_cpu import kth_lateness_p99  # noqa: E402
 
@@ -40,11 +41,11 @@ def main() -> None:
     parser.add_argument("--taus", default="2.5ms,4ms,8ms")
     parser.add_argument("--costs", default="1,2,4,8", help="per-packet costs to predict with, µs")
     parser.add_argument("--limit", type=int, default=None, help="test samples (default: the whole split)")
-    parser.add_argument("--design", default="shared", choices=("shared", "per-synapse"))
+    parser.add_argument("--design", default="shared", choices=DELAY_LINE_KINDS)
     parser.add_argument("-o", "--out", type=Path, default=Path("bench/results/predict.json"))
     args = parser.parse_args()
     run_args = argparse.Namespace(dataset=None, limit=args.limit, profile="shaper", prune=DEFAULT_PRUNE_MARGIN,
-                                  lead=DEFAULT_LEAD)
+                                  lead=DEFAULT_LEAD, background_s=0.0)
     net = load_network(args.net)
     x = network_inputs(net, None, "test", args.limit).x
     rows, load_start = [], os.getloadavg()
