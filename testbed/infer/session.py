@@ -218,18 +218,24 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 return
             finish(*due)
 
-    def send(frames: list[_Frame]) -> None:
+    def send(start: int, offsets: list[int], frames: list[bytes], ifnames: list[str], layers: list[int]) -> None:
+        """Send `frames` at `start` (CLOCK_MONOTONIC ns) + their offsets, in order."""
         if not frames:
             return
-        start = frames[0].mono_ns
-        schedule = Schedule([f.mono_ns - start for f in frames], [f.frame for f in frames], [f.ifname for f in frames])
+        schedule = Schedule(offsets, frames, ifnames)
         report = injector.send(schedule, start_mono_ns=start)
         run.injector_refused += report.refused
         late = (report.send_real_ns - start - real_minus_mono - schedule.offsets_ns) / 1e3
-        for f, lateness in zip(frames, late.tolist()):
-            run.lateness_us[f.layer].append(lateness)
+        for li, lateness in zip(layers, late.tolist()):
+            run.lateness_us[li].append(lateness)
         if keep_frames:
             run.injected += list(zip(report.send_real_ns.tolist(), schedule.frames))
+
+    def send_frames(frames: list[_Frame]) -> None:
+        if frames:
+            start = frames[0].mono_ns
+            send(start, [f.mono_ns - start for f in frames], [f.frame for f in frames], [f.ifname for f in frames],
+                 [f.layer for f in frames])
 
     # The whole loop (pacing, capture, decoding) stays on the injector's CPU: the kernel's packet
     # work is steered to the others, and must not wait there behind the relay's Python. No CPU
@@ -256,10 +262,12 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
                 _layer_events(plan, li, sample, run.inputs[li][sample], fabric.inject_ifs[li], pairs, spikes, ranks,
                               earliest_us[li])
                 owner += [li] * (len(pairs) - before)
+            # Stable sort: a primer, with its spike's key, stays right before its spike.
+            order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], ranks[i]))
             # Slots start a period apart, or later when the loop falls behind: a slot never starts
             # before its classes drained (banks included), so only throughput suffers, not timing.
-            # The frames are built first, so a late slot's lead is not spent on that; only the
-            # stamping of its spikes' origins (which need the slot's start) comes after.
+            # The frames are built and ordered first, so a late slot's lead is not spent on that;
+            # only the stamping of its spikes' origins (which need the slot's start) comes after.
             base = max(next_base, time.monotonic_ns() + SLOT_LEAD_NS + STAMP_NS * len(spikes))
             run.late_slots += base > next_base
             next_base = base + period_ns
@@ -271,18 +279,23 @@ def run_inference(plan: FabricPlan, fabric: LiveFabric, x: np.ndarray, *, inject
             for i in spikes:
                 offset, frame, ifname = pairs[i]
                 pairs[i] = (offset, stamp_origin(frame, origin_real[owner[i]]), ifname)
-            # This slot's frames and those earlier slots left for it, in time order (stable: a
-            # primer, with its spike's key, stays right before its spike); frames due after the
-            # next slot's start wait for it (with overlapping samples a layer's events outlast a
-            # period).
-            frames = pending + [_Frame(base + pairs[i][0], ranks[i], pairs[i][1], pairs[i][2], owner[i])
-                                for i in range(len(pairs))]
-            frames.sort(key=lambda f: (f.mono_ns, f.rank))
-            cut = next((j for j, f in enumerate(frames) if f.mono_ns >= next_base), len(frames))
-            pending = frames[cut:]
-            send(frames[:cut])
+            if not pending and (not order or base + pairs[order[-1]][0] < next_base):
+                # One sample per layer in flight (or a slot whose frames all fit it): sent as ordered,
+                # with nothing to merge, so no frame waits for Python work after its slot began.
+                send(base, [pairs[i][0] for i in order], [pairs[i][1] for i in order], [pairs[i][2] for i in order],
+                     [owner[i] for i in order])
+            else:
+                # This slot's frames and those earlier slots left for it, in time order (stable, as
+                # above); frames due after the next slot's start wait for it (with overlapping
+                # samples a layer's events outlast a period).
+                frames = pending + [_Frame(base + pairs[i][0], ranks[i], pairs[i][1], pairs[i][2], owner[i])
+                                    for i in order]
+                frames.sort(key=lambda f: (f.mono_ns, f.rank))
+                cut = next((j for j, f in enumerate(frames) if f.mono_ns >= next_base), len(frames))
+                pending = frames[cut:]
+                send_frames(frames[:cut])
             settle(next_base - SLOT_LEAD_NS - STAMP_NS * len(spikes))  # read events until the next slot is due
-        send(pending)
+        send_frames(pending)
         settle(max((deadline for _, deadline in in_flight.values()), default=0))
         run.wall_s = time.perf_counter() - began
     return run
