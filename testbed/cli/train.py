@@ -18,6 +18,7 @@ from testbed.cli.params import LOGIT_SCALE, FiniteRange
 from testbed.model.netfile import save_network
 from testbed.train.datasets import LOADERS
 from testbed.train.recipe import TrainConfig, train_network
+from testbed.train.schedule import OPTIMISERS
 
 DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 
@@ -49,10 +50,20 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
               help="Distillation epochs.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, show_default=True,
               help="Fine-tuning epochs (only with --bits, --jitter or --event-loss).")
+@click.option("--teacher-lr", type=FiniteRange(min=0, min_open=True), default=DEFAULTS.teacher_lr, show_default=True,
+              help="Learning rate of the teacher.")
 @click.option("--lr", type=FiniteRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True,
-              help="Adam learning rate of distillation (the teacher uses its own default).")
+              help="Learning rate of distillation.")
+@click.option("--optimizer", "optimiser", type=click.Choice(OPTIMISERS), default=DEFAULTS.optimiser,
+              show_default=True, help="Optimiser of every stage (the authors train LeNet5_K with adamax).")
+@click.option("--lr-decay", type=FiniteRange(0, 1, min_open=True), default=None,
+              help="Multiply every stage's learning rate by this after each epoch (the authors: 0.9). "
+                   "Default: anneal it to 0 along a cosine over the stage.")
+@click.option("--alpha", type=FiniteRange(0, 1), default=DEFAULTS.alpha, show_default=True,
+              help="Weight of the teacher's soft targets in the distillation loss, 1 − α that of the labels' "
+                   "cross-entropy; 0 trains the student on the labels alone, as the authors train LeNet5_K.")
 @click.option("--finetune-lr", type=FiniteRange(min=0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True,
-              help="Adam learning rate of the fine-tune (with --bits, --jitter or --event-loss).")
+              help="Learning rate of the fine-tune (with --bits, --jitter or --event-loss).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--logit-scale", type=LOGIT_SCALE, metavar="λ|auto", default=DEFAULTS.logit_scale, show_default=True,
               help="λ multiplying the student's scores inside the distillation loss only. λ < 1 makes the student "
@@ -65,7 +76,8 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
               help="Network file to write (.npz).")
 @json_option
 def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, rescale: bool, jitter: float, event_loss: float, teacher_epochs: int,
-          epochs: int, finetune_epochs: int, lr: float, finetune_lr: float, batch_size: int, logit_scale: float | None, seed: int,
+          epochs: int, finetune_epochs: int, teacher_lr: float, lr: float, optimiser: str, lr_decay: float | None,
+          alpha: float, finetune_lr: float, batch_size: int, logit_scale: float | None, seed: int,
           threads: int, output: Path, as_json: bool) -> None:
     """Train a MAC teacher and distil it into a π² network (needs the train extra: torch).
 
@@ -81,8 +93,9 @@ def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, res
         raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="-o/--output")
     command = shlex.join(["pi2", *sys.argv[1:]])
     config = TrainConfig(dataset, arch, k, bits, jitter, event_loss, teacher_epochs, epochs, finetune_epochs,
-                         lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, logit_scale=logit_scale, constants=constants, rescale=rescale,
-                         seed=seed, threads=threads, command=command)
+                         teacher_lr=teacher_lr, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
+                         logit_scale=logit_scale, constants=constants, rescale=rescale, alpha=alpha,
+                         optimiser=optimiser, lr_decay=lr_decay, seed=seed, threads=threads, command=command)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,

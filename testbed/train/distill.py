@@ -29,12 +29,17 @@ from torch import nn
 from testbed.errors import TrainingError
 from testbed.train.pi2_torch import Pi2TorchNetwork
 from testbed.train.loop import EpochHook, fit
+from testbed.train.schedule import Schedule
 
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Hyper-parameters of one distillation run (temperature T, mix α, Adam with a cosine schedule)."""
+    """Hyper-parameters of one distillation run (temperature T, mix α, optimiser and lr schedule).
+
+    α = 0 is plain cross-entropy on the labels (λ·scores as logits): the authors train their π²
+    LeNet5_K that way, from the copied teacher, with no soft targets.
+    """
 
     epochs: int
     lr: float
@@ -42,6 +47,7 @@ class DistillConfig:
     temperature: float = 5.0
     alpha: float = 0.5
     logit_scale: float = 1.0  # λ: the loss sees λ·scores of the student (1: the spec's formula)
+    schedule: Schedule = Schedule()
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
@@ -91,4 +97,4 @@ def distill(student: Pi2TorchNetwork, targets: torch.Tensor, x: torch.Tensor, y:
         return distillation_loss(config.logit_scale * student(x[batch]), targets[batch], y[batch],
                                  config.temperature, config.alpha)
 
-    fit(student, len(x), batch_loss, config.epochs, config.lr, config.batch_size, generator, on_epoch)
+    fit(student, len(x), batch_loss, config.epochs, config.lr, config.batch_size, generator, on_epoch, config.schedule)

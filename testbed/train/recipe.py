@@ -1,9 +1,10 @@
 """The whole training recipe behind `pi2 train`: teacher → π² student → hardware fine-tuning.
 
-1. Train a bias-free MAC teacher (cross-entropy, Adam, cosine schedule).
+1. Train a bias-free MAC teacher (cross-entropy; Adam or Adamax, cosine or per-epoch decay).
 2. Copy its weights into a π² student of the same topology (testbed.train.teacher.student_template).
-3. Distil (testbed.train.distill): KL to the teacher at T = 5 plus cross-entropy, α = 0.5, with the
-   student's scores multiplied by `logit_scale` in the loss (None: calibrated to the teacher's spread).
+3. Distil (testbed.train.distill): KL to the teacher at T = 5 plus cross-entropy, mixed by `alpha`
+   (0.5; 0: cross-entropy on the labels alone, the authors' LeNet5_K recipe), with the student's
+   scores multiplied by `logit_scale` in the loss (None: calibrated to the teacher's spread).
 4. If asked for n-bit delays, jitter σ or event loss, fine-tune with those switched on. Before an
    n-bit fine-tune the network is first range-scaled (`range_scale`): inputs and every weight times
    α = min(T0 / max|x|, c / w₀), w₀ the 99.9th percentile of the first layer's |w|. Without
@@ -35,6 +36,7 @@ from testbed.train import require_torch
 from testbed.train.arch import Arch, parse_arch, parse_k
 from testbed.train.datasets import Dataset, Normalisation, load_dataset
 from testbed.train.evaluate import numpy_accuracy
+from testbed.train.schedule import Schedule
 
 # (stage, epoch index from 0, epochs in the stage, mean training loss); stages: teacher, distil, fine-tune
 ProgressHook = Callable[[str, int, int, float], None]
@@ -61,6 +63,9 @@ class TrainConfig:
     logit_scale: float | None = 1.0  # λ on the student's scores in the loss; None: calibrate (distill.py)
     constants: str = "uniform"  # or "authors": LeNet5_K's per-layer s and rectified scores (teacher.student_template)
     rescale: bool = True     # range-scale before an n-bit fine-tune (module doc)
+    alpha: float = 0.5       # weight of the soft-target term in the distillation loss (distill.py)
+    optimiser: str = "adam"  # or "adamax"; every stage (testbed.train.schedule)
+    lr_decay: float | None = None  # lr × this after every epoch of every stage; None: cosine to 0
     seed: int = 0
     threads: int = 1
     command: str | None = None  # the command line that ran this, stored in provenance
@@ -78,6 +83,13 @@ class TrainConfig:
             raise TrainingError(f"--logit-scale must be a finite number > 0 (or auto), got {self.logit_scale}")
         if self.constants not in ("uniform", "authors"):
             raise TrainingError(f"--constants must be uniform or authors, got {self.constants!r}")
+        if not 0 <= self.alpha <= 1:
+            raise TrainingError(f"--alpha must be in [0, 1], got {self.alpha}")
+        Schedule(self.optimiser, self.lr_decay)  # raises on a bad optimiser or decay
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.optimiser, self.lr_decay)
 
     @property
     def perturbed(self) -> bool:
@@ -129,7 +141,7 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         started = time.perf_counter()
         teacher = build_teacher(arch)
         train_teacher(teacher, xt, yt, config.teacher_epochs, config.teacher_lr, config.batch_size, generator,
-                      hook("teacher", config.teacher_epochs))
+                      hook("teacher", config.teacher_epochs), config.schedule)
         teacher_s = time.perf_counter() - started
         accuracy: dict[str, float | None] = {
             "teacher": teacher_accuracy(teacher, torch.as_tensor(x_test, dtype=torch.float32), dataset.y_test)}
@@ -139,8 +151,9 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
         targets = teacher_logits(teacher, xt)
         scale = (calibrated_logit_scale(student, targets[:CALIBRATION_SAMPLES], xt[:CALIBRATION_SAMPLES])
                  if config.logit_scale is None else config.logit_scale)
-        distill(student, targets, xt, yt, DistillConfig(config.epochs, config.lr, config.batch_size,
-                                                        logit_scale=scale), generator, hook("distil", config.epochs))
+        distill(student, targets, xt, yt, DistillConfig(config.epochs, config.lr, config.batch_size, alpha=config.alpha,
+                                                        logit_scale=scale, schedule=config.schedule),
+                generator, hook("distil", config.epochs))
         accuracy["student"] = numpy_accuracy(student.to_numpy(template), x_test, dataset.y_test)
         distil_s = time.perf_counter() - started - teacher_s
 
@@ -155,8 +168,9 @@ def train_network(config: TrainConfig, progress: ProgressHook | None = None) -> 
             student.bits, student.jitter, student.keep = config.bits, config.jitter, 1.0 - config.event_loss
             # λ/α: the loss sees the scores it saw before the range scale multiplied them by α
             distill(student, targets, xt, yt, DistillConfig(config.finetune_epochs, config.finetune_lr,
-                                                            config.batch_size, logit_scale=scale / alpha), generator,
-                    hook("fine-tune", config.finetune_epochs))
+                                                            config.batch_size, alpha=config.alpha,
+                                                            logit_scale=scale / alpha, schedule=config.schedule),
+                    generator, hook("fine-tune", config.finetune_epochs))
             student.jitter, student.keep = 0.0, 1.0
         net = student.to_numpy(template)
         if config.bits is not None:  # store the delays themselves on the n-bit grid

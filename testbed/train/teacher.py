@@ -13,6 +13,7 @@ from testbed.model.network import ConvLayer, DenseLayer, Pi2Network
 from testbed.model.torch_import import LENET5_AUTHORS_S
 from testbed.train.arch import Arch
 from testbed.train.loop import EpochHook, fit
+from testbed.train.schedule import Schedule
 
 
 
@@ -65,10 +66,11 @@ def student_template(teacher: nn.Sequential, arch: Arch, k: tuple[int, ...], aut
 
 
 def train_teacher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int,
-                  generator: torch.Generator, on_epoch: EpochHook | None = None) -> None:
-    """Cross-entropy training with Adam on shuffled mini-batches (order from `generator`)."""
+                  generator: torch.Generator, on_epoch: EpochHook | None = None,
+                  schedule: Schedule = Schedule()) -> None:
+    """Cross-entropy training on shuffled mini-batches (order from `generator`)."""
     fit(model, len(x), lambda batch: F.cross_entropy(model(x[batch]), y[batch]), epochs, lr, batch_size, generator,
-        on_epoch)
+        on_epoch, schedule)
 
 
 @torch.no_grad()

@@ -75,8 +75,9 @@ def test_train_writes_a_network_and_reports_json(tmp_path):
     out = tmp_path / "n.npz"
     result = CliRunner().invoke(pi2, ["train", "--dataset", "digits", "--arch", "mlp:64-8-10", "--k", "4,2",
                                       "--teacher-epochs", "5", "--epochs", "2", "--logit-scale", "0.5", "--seed", "1",
-                                      "--bits", "4", "--finetune-epochs", "1", "--finetune-lr", "2e-3", "-o", str(out),
-                                      "--json"])
+                                      "--bits", "4", "--finetune-epochs", "1", "--finetune-lr", "2e-3", "--optimizer",
+                                      "adamax", "--lr-decay", "0.7", "--alpha", "0.2", "--teacher-lr", "4e-3",
+                                      "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # stderr has a line per epoch (not a terminal)
     assert "distil epoch 2/2" in result.stderr
@@ -84,7 +85,9 @@ def test_train_writes_a_network_and_reports_json(tmp_path):
     assert report["logit_scale"] == 0.5
     shown = json.loads(CliRunner().invoke(pi2, ["show", str(out), "--json"]).output)
     assert shown["provenance"]["training"]["logit_scale"] == 0.5
-    assert shown["provenance"]["training"]["finetune_lr"] == 2e-3
+    training = shown["provenance"]["training"]
+    assert (training["finetune_lr"], training["optimiser"], training["lr_decay"], training["alpha"],
+            training["teacher_lr"]) == (2e-3, "adamax", 0.7, 0.2, 4e-3)
     assert shown["provenance"]["accuracy"]["student"] == pytest.approx(report["accuracy"]["student"], abs=1e-3)
 
 

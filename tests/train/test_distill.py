@@ -14,10 +14,11 @@ from testbed.train.datasets import load_dataset
 from testbed.train.evaluate import EvalConfig, evaluate_network
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.train.recipe import TrainConfig, range_scale, train_network
+from testbed.train.schedule import Schedule
 
 torch = pytest.importorskip("torch")
 from testbed.errors import TrainingError  # noqa: E402
-from testbed.train.distill import DistillConfig, calibrated_logit_scale, distillation_loss  # noqa: E402
+from testbed.train.distill import DistillConfig, calibrated_logit_scale, distill, distillation_loss  # noqa: E402
 from testbed.train.pi2_torch import Pi2TorchNetwork  # noqa: E402
 from testbed.train.teacher import build_teacher, student_template  # noqa: E402
 
@@ -112,6 +113,23 @@ def test_calibrated_logit_scale_gives_the_student_the_teacher_spread():
     scale = calibrated_logit_scale(student, targets, x)
     assert scale > 0 and scale != pytest.approx(1.0)
     assert float((scale * student(x).detach()).std()) == pytest.approx(float(targets.std()), rel=1e-4)
+
+
+def test_alpha_zero_trains_on_the_labels_alone():
+    """α = 0 (the authors' LeNet5_K recipe): the teacher's logits cannot move the student."""
+    arch = parse_arch("mlp:64-16-10")
+    x, y = torch.rand(64, 64) * 2, torch.randint(0, 10, (64,))
+    weights = []
+    for targets in (torch.zeros(64, 10), 5 * torch.randn(64, 10)):
+        torch.manual_seed(0)
+        student = Pi2TorchNetwork(student_template(build_teacher(arch), arch, (24, 8)))
+        start = student.layers[0].weight.detach().clone()
+        distill(student, targets, x, y, DistillConfig(2, 1e-2, 16, alpha=0.0, schedule=Schedule("adamax", 0.9)),
+                torch.Generator().manual_seed(0))
+        assert not torch.equal(student.layers[0].weight, start)  # it trained
+        weights.append([layer.weight.detach().clone() for layer in student.layers])
+    for a, b in zip(*weights):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan")])
