@@ -37,9 +37,13 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("--bits", type=click.IntRange(1, 16), default=None,
               help="Quantise synapse delays to 2^bits levels on [0, 2c]; fine-tunes quantisation-aware. Default: float.")
 @click.option("--rescale/--no-rescale", default=True, show_default=True,
-              help="Before an n-bit fine-tune, scale inputs and weights up by α = min(T0/max|x|, c/(99.9th percentile of "
-                   "the first layer's |w|)) (exact in float where nothing clips: a π² layer is homogeneous) so the "
+              help="Before an n-bit fine-tune, scale inputs and weights up by α = min(T0/max|x|, c/(the "
+                   "--range-percentile of the first layer's |w|)) (exact in float where nothing clips: a π² layer is "
+                   "homogeneous) so the "
                    "weights span the delay grid; α goes into the stored input normalisation.")
+@click.option("--range-percentile", type=FiniteRange(0, 100, min_open=True), default=DEFAULTS.range_percentile,
+              show_default=True, help="The percentile of the first layer's |w| that --rescale maps to c: lower scales "
+                                      "further and clamps more of that layer's largest weights.")
 @click.option("--jitter", type=FiniteRange(min=0), default=0.0, show_default=True,
               help="Fine-tune under Gaussian jitter σ (model time units) on every layer's output times.")
 @click.option("--event-loss", type=FiniteRange(0, 1, max_open=True), default=0.0, show_default=True,
@@ -75,7 +79,8 @@ DEFAULTS = TrainConfig("digits", "mlp:64-16-10", "1,1")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Network file to write (.npz).")
 @json_option
-def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, rescale: bool, jitter: float, event_loss: float, teacher_epochs: int,
+def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, rescale: bool, range_percentile: float,
+          jitter: float, event_loss: float, teacher_epochs: int,
           epochs: int, finetune_epochs: int, teacher_lr: float, lr: float, optimiser: str, lr_decay: float | None,
           alpha: float, finetune_lr: float, batch_size: int, logit_scale: float | None, seed: int,
           threads: int, output: Path, as_json: bool) -> None:
@@ -94,7 +99,8 @@ def train(dataset: str, arch: str, constants: str, k: str, bits: int | None, res
     command = shlex.join(["pi2", *sys.argv[1:]])
     config = TrainConfig(dataset, arch, k, bits, jitter, event_loss, teacher_epochs, epochs, finetune_epochs,
                          teacher_lr=teacher_lr, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size,
-                         logit_scale=logit_scale, constants=constants, rescale=rescale, alpha=alpha,
+                         logit_scale=logit_scale, constants=constants, rescale=rescale,
+                         range_percentile=range_percentile, alpha=alpha,
                          optimiser=optimiser, lr_decay=lr_decay, seed=seed, threads=threads, command=command)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),

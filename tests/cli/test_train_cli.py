@@ -77,6 +77,7 @@ def test_train_writes_a_network_and_reports_json(tmp_path):
                                       "--teacher-epochs", "5", "--epochs", "2", "--logit-scale", "0.5", "--seed", "1",
                                       "--bits", "4", "--finetune-epochs", "1", "--finetune-lr", "2e-3", "--optimizer",
                                       "adamax", "--lr-decay", "0.7", "--alpha", "0.2", "--teacher-lr", "4e-3",
+                                      "--range-percentile", "99",
                                       "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # stderr has a line per epoch (not a terminal)
@@ -87,7 +88,7 @@ def test_train_writes_a_network_and_reports_json(tmp_path):
     assert shown["provenance"]["training"]["logit_scale"] == 0.5
     training = shown["provenance"]["training"]
     assert (training["finetune_lr"], training["optimiser"], training["lr_decay"], training["alpha"],
-            training["teacher_lr"]) == (2e-3, "adamax", 0.7, 0.2, 4e-3)
+            training["teacher_lr"], training["range_percentile"]) == (2e-3, "adamax", 0.7, 0.2, 4e-3, 99)
     assert shown["provenance"]["accuracy"]["student"] == pytest.approx(report["accuracy"]["student"], abs=1e-3)
 
 

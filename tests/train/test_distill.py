@@ -96,6 +96,15 @@ def test_range_scale_keeps_the_float_function():
     assert range_scale(scaled, x * alpha) == 1.0  # at its bound: no further scaling
 
 
+def test_a_lower_range_percentile_maps_a_smaller_weight_to_c():
+    weights = np.linspace(-0.5, 0.5, 101).reshape(101, 1)  # |w|: 0, 0.01, 0.01, …, 0.5, 0.5
+    net = Pi2Network((DenseLayer(weights, 1),), (101,))
+    x = np.full((1, 101), 0.1)  # T0 / max|x| = 30: not the bound
+    for percentile in (100, 90, 50):
+        assert range_scale(net, x, percentile) == pytest.approx(3 / np.percentile(np.abs(weights), percentile))
+    assert range_scale(net, x, 50) > range_scale(net, x, 90) > range_scale(net, x, 100) == pytest.approx(6)
+
+
 def test_no_rescale_keeps_the_normalisation():
     config = TrainConfig("digits", "mlp:64-8-10", "4,2", bits=4, teacher_epochs=2, epochs=1, finetune_epochs=1,
                          rescale=False, seed=1)

@@ -33,7 +33,7 @@ def test_bad_k_is_explained(text):
 
 @pytest.mark.parametrize("field, value", [("bits", 0), ("event_loss", 1.0), ("jitter", -0.1), ("threads", 0),
                                           ("logit_scale", 0.0), ("alpha", 1.5), ("optimiser", "sgd"),
-                                          ("lr_decay", 0.0)])
+                                          ("lr_decay", 0.0), ("range_percentile", 0.0)])
 def test_bad_options_are_explained(field, value):
     with pytest.raises(TrainingError):
         TrainConfig("digits", "mlp:64-16-10", "1,1", **{field: value})
