@@ -20,7 +20,6 @@ from typing import Any
 from testbed.errors import TestbedError
 from testbed.fabric.ports import program_delay_trees, program_line_trees
 from testbed.kernel import netns
-from testbed.kernel.lines import LineFanout, LineProgram
 from testbed.kernel.links import make_hub
 from testbed.plan.fabric_plan import load_plan
 
@@ -37,12 +36,7 @@ def build_part(spec: dict[str, Any]) -> None:
         make_hub(bridge)
     program_delay_trees(spec["run_id"], HERE, [*spec["bridges"], *spec["up"]], ports, spec["fabric_links"],
                         spec["fabric_cpus"])
-    loaded: list[LineProgram | LineFanout] = []
-    try:
-        program_line_trees(spec["run_id"], HERE, [(plan.layers[layer], name) for layer, name in spec["lines"]], loaded)
-    finally:
-        for program in loaded:  # the attached filters keep them
-            program.close()
+    program_line_trees(spec["run_id"], HERE, [(plan.layers[layer], name) for layer, name in spec["lines"]])
 
 
 def main(argv: list[str]) -> int:

@@ -55,10 +55,10 @@ from testbed.cluster.part import OK
 from testbed.errors import KernelError
 from testbed.fabric.handle import Built, LiveFabric, Progress
 from testbed.fabric.mininet_backend import HOST_SUFFIX, port_tag
-from testbed.fabric.ports import cpu_mask, program_delay_trees, program_fanouts, program_gates, program_line_trees, rps_path
+from testbed.fabric.ports import (cpu_mask, first_ports, program_delay_trees, program_fanouts, program_gates,
+                                  program_line_trees, rps_path)
 from testbed.kernel import netns
 from testbed.kernel.gate import GateProgram
-from testbed.kernel.lines import LineFanout, LineProgram
 from testbed.kernel.links import make_hub
 from testbed.kernel.names import RunRegistry, object_name
 from testbed.plan.fabric_plan import FabricPlan
@@ -288,20 +288,11 @@ def _steer_underlay(hosts: ClusterHosts, run: str, fabric_cpus: Sequence[int] | 
 def _program_fanouts(b: _Build, relay_ns: str, gate_cpus: Sequence[int] | None) -> None:
     """Each shared-lines layer's fan-out on the relay's injector end, reading its ports' gates
     (`b.gates`, every layer's ports in plan order)."""
-    layers, first = [], 0
-    for layer in b.plan.layers:
-        if layer.lines:
-            layers.append((layer, object_name(b.run, layer.inject_if),
-                           [object_name(b.run, port.host_if) for port in layer.ports],
-                           b.gates[first:first + len(layer.ports)]))
-        first += len(layer.ports)
-    loaded: list[LineProgram | LineFanout] = []
-    try:
-        if layers:
-            program_fanouts(b.run, relay_ns, layers, loaded, gate_cpus)
-    finally:
-        for program in loaded:  # the attached filters keep them
-            program.close()
+    program_fanouts(b.run, relay_ns, [(layer, object_name(b.run, layer.inject_if),
+                                       [object_name(b.run, port.host_if) for port in layer.ports],
+                                       b.gates[first:first + len(layer.ports)])
+                                      for layer, first in zip(b.plan.layers, first_ports(b.plan)) if layer.lines],
+                    gate_cpus)
 
 
 def _build_part(b: _Build, node: Any, plan_path: Path, up: list[str], ports: list[list[Any]],
@@ -314,12 +305,7 @@ def _build_part(b: _Build, node: Any, plan_path: Path, up: list[str], ports: lis
         make_hub(node.name, ns)
         program_delay_trees(b.run, ns, bridges + up, [(b.plan.layers[l].ports[i], n) for l, i, n in ports],
                             fabric_links, fabric_cpus)
-        loaded: list[LineProgram | LineFanout] = []
-        try:
-            program_line_trees(b.run, ns, [(b.plan.layers[l], n) for l, n in lines], loaded)
-        finally:
-            for program in loaded:
-                program.close()
+        program_line_trees(b.run, ns, [(b.plan.layers[l], n) for l, n in lines])
         return
     # No RPS on a remote part: its CPUs are the host's own (fabric_cpus name this machine's),
     # and inside a Mininet node's namespace on an emulated host a fresh sysfs cannot be mounted

@@ -277,21 +277,16 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
     # waits for.
     if progress is not None:
         progress("tc", 0, 2)
-    line_programs: LinePrograms = []
-    try:
-        first = len(gates)
-        built = program_gates(run_id, host_ns, [names.inject_host for names in links],
-                              [(p, n) for layer, names in zip(plan.layers, links) for p, n in zip(layer.ports, names.port_host)],
-                              gates, gate_cpus)
-        program_lines(plan, run_id, links, switch_ns, host_ns, gates[first:], line_programs, gate_cpus)
-        if progress is not None:
-            progress("tc", 1, 2)
-        program_delay_trees(run_id, switch_ns, [n for names in links for n in (names.bridge, names.inject_switch)],
-                            [(p, n) for layer, names in zip(plan.layers, links) for p, n in zip(layer.ports, names.port_switch)],
-                            [names.inject_switch for names in links], fabric_cpus)
-    finally:
-        for program in line_programs:
-            program.close()
+    first = len(gates)
+    built = program_gates(run_id, host_ns, [names.inject_host for names in links],
+                          [(p, n) for layer, names in zip(plan.layers, links) for p, n in zip(layer.ports, names.port_host)],
+                          gates, gate_cpus)
+    program_lines(plan, run_id, links, switch_ns, host_ns, gates[first:], gate_cpus)
+    if progress is not None:
+        progress("tc", 1, 2)
+    program_delay_trees(run_id, switch_ns, [n for names in links for n in (names.bridge, names.inject_switch)],
+                        [(p, n) for layer, names in zip(plan.layers, links) for p, n in zip(layer.ports, names.port_switch)],
+                        [names.inject_switch for names in links], fabric_cpus)
     if progress is not None:
         progress("tc", 2, 2)
     it = iter(built)
@@ -299,51 +294,71 @@ def program_ports(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], sw
 
 
 def program_lines(plan: FabricPlan, run_id: str, links: Sequence[LayerLinks], switch_ns: str | None, host_ns: str,
-                  gates: Sequence[GateProgram], loaded: LinePrograms,
-                  gate_cpus: Sequence[int] | None = None) -> None:
+                  gates: Sequence[GateProgram], gate_cpus: Sequence[int] | None = None) -> None:
     """Shared delay lines: each such layer's line tree (splitter and one htb class per line) on its
     injector link's switch end and its membership table or fan-out on the injector's host end, after
     the gates it reads (`gates`: every port's, in plan order), one netlink batch per namespace; its RPS goes
-    with the gates it feeds. Loaded programs are appended to `loaded` (the caller closes them)."""
-    shared = [(layer, names, q) for layer, names, q in zip(plan.layers, links, _offsets(plan)) if layer.lines]
-    if not shared:
-        return
-    program_line_trees(run_id, switch_ns, [(layer, names.inject_switch) for layer, names, _ in shared], loaded)
+    with the gates it feeds."""
+    shared = [(layer, names, q) for layer, names, q in zip(plan.layers, links, first_ports(plan)) if layer.lines]
+    program_line_trees(run_id, switch_ns, [(layer, names.inject_switch) for layer, names, _ in shared])
     program_fanouts(run_id, host_ns, [(layer, names.inject_host, names.port_host, gates[q:q + len(layer.ports)])
-                                      for layer, names, q in shared], loaded, gate_cpus)
+                                      for layer, names, q in shared], gate_cpus)
 
 
-def program_line_trees(run_id: str, switch_ns: str | None, layers: Sequence[tuple[LayerPlan, str]],
-                       loaded: list[LineProgram | LineFanout]) -> None:
+def program_line_trees(run_id: str, switch_ns: str | None, layers: Sequence[tuple[LayerPlan, str]]) -> None:
     """The switch side of shared delay lines: per (layer, injector link's switch end), the layer's
     splitter and line classes on that end (one netlink batch); on whatever host holds that end
-    (a cluster part's, testbed.fabric.cluster_backend). Loaded programs go to `loaded`."""
+    (a cluster part's, testbed.fabric.cluster_backend). The programs' fds are closed once the
+    batch is committed (or failed): the attached filters keep them."""
+    if not layers:
+        return
     index = _indexes(switch_ns)
-    with NetlinkBatch(switch_ns) as nl:
+
+    def add(nl: NetlinkBatch, loaded: LinePrograms) -> None:
         for layer, name in layers:
             queue_tree(nl, index[name], layer.line_tc, _where(name, switch_ns), line_loader(run_id, layer, (), loaded))
-        nl.commit()
+
+    _commit_line_programs(switch_ns, add)
 
 
 def program_fanouts(run_id: str, host_ns: str,
                     layers: Sequence[tuple[LayerPlan, str, Sequence[str], Sequence[GateProgram]]],
-                    loaded: list[LineProgram | LineFanout], gate_cpus: Sequence[int] | None = None) -> None:
+                    gate_cpus: Sequence[int] | None = None) -> None:
     """The host side of shared delay lines: per (layer, injector's host end, its ports' host ends,
-    their loaded gates), the fan-out on the injector's host end, after the gates it reads (one
-    netlink batch); its RPS goes with the gates it feeds. Loaded programs go to `loaded`."""
+    their loaded gates), the membership table or fan-out on the injector's host end, after the
+    gates it reads (one netlink batch, whose programs' fds are closed once it is committed); its
+    RPS goes with the gates it feeds."""
+    if not layers:
+        return
     index = _indexes(host_ns)
-    with NetlinkBatch(host_ns) as nl:
+
+    def add(nl: NetlinkBatch, loaded: LinePrograms) -> None:
         for layer, inject_host, port_host, gates in layers:
-            members = [index[name] for name in port_host]
             queue_tree(nl, index[inject_host], layer.fanout_tc, _where(inject_host, host_ns),
-                       line_loader(run_id, layer, members, loaded, gates))
-        nl.commit()
+                       line_loader(run_id, layer, [index[name] for name in port_host], loaded, gates))
+
+    _commit_line_programs(host_ns, add)
     mask = cpu_mask(gate_cpus)
     if mask is not None:
         netns.write_sysfs(host_ns, {rps_path(inject_host): mask for _, inject_host, _, _ in layers})
 
 
-def _offsets(plan: FabricPlan) -> list[int]:
-    """Where each layer's ports start in the plan's ports, all layers in order."""
+def _commit_line_programs(ns: str | None, add: Callable[[NetlinkBatch, LinePrograms], None]) -> None:
+    """One netlink batch in `ns` of what `add` queues (its loaders append the line programs they
+    load); the programs' fds are closed once the batch is committed or failed: the attached
+    filters keep the programs."""
+    loaded: LinePrograms = []
+    try:
+        with NetlinkBatch(ns) as nl:
+            add(nl, loaded)
+            nl.commit()
+    finally:
+        for program in loaded:
+            program.close()
+
+
+def first_ports(plan: FabricPlan) -> list[int]:
+    """Where each layer's ports start in the plan's ports, all layers in order (as gates are
+    loaded: `program_gates` takes every layer's ports in plan order)."""
     sizes = [len(layer.ports) for layer in plan.layers]
     return [sum(sizes[:i]) for i in range(len(sizes))]
