@@ -32,7 +32,7 @@ from testbed.model.netfile import load_network  # noqa: E402
 from testbed.plan.compiler import DEFAULT_LEAD, DEFAULT_PRUNE_MARGIN, DEFAULT_RELAY_US  # noqa: E402
 from testbed.plan.fabric_plan import DELAY_LINE_KINDS  # noqa: E402
 from testbed.sim.executor import simulate  # noqa: E402
-from testbed.sim.fabric_cpu import kth_lateness_p99  # noqa: E402
+from testbed.sim.fabric_cpu import kth_lateness_p99, simulate_busy  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
         costs = [float(c) for c in args.costs.split(",")] + [measured["kernel_cpu_us_per_shaped_packet"]]
         predicted = []
         for c in costs:
-            busy = simulate(plan, x, packet_us=c)
+            busy = simulate_busy(plan, x, closed, c)
             predicted.append({"packet_us": c, "agreement": float(np.mean(busy.predictions == closed.predictions)),
                               "kth_late_us_p99": kth_lateness_p99(busy.layers, closed.layers)})
         row = {"tau_us": run_args.tau, "samples": measured["samples"],

@@ -15,7 +15,7 @@ from testbed.infer.inputs import network_inputs
 from testbed.infer.pipeline import compile_for, network_of
 from testbed.plan.fabric_plan import FabricPlan, load_plan
 from testbed.sim.executor import simulate
-from testbed.sim.fabric_cpu import kth_lateness_p99
+from testbed.sim.fabric_cpu import kth_lateness_p99, simulate_busy
 
 NET = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -128,7 +128,7 @@ def simulate_cmd(plan_path: Path, dataset: str | None, limit: int | None, packet
               "sim_golden_agreement": float(np.mean(sim.predictions == golden)),
               "timed_out_spikes": int(sum(layer.timed_out.sum() for layer in sim.layers))}
     if packet_cost_us is not None:
-        busy = simulate(plan, inputs.x, packet_us=packet_cost_us)
+        busy = simulate_busy(plan, inputs.x, sim, packet_cost_us)
         report.update({"packet_cost_us": packet_cost_us,
                        "predicted_accuracy": float(np.mean(busy.predictions == inputs.y)),
                        "predicted_agreement": float(np.mean(busy.predictions == sim.predictions)),

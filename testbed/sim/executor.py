@@ -7,7 +7,7 @@ cost, no timer slack, no contention between packets in one qdisc or on one CPU. 
 the kernel exactly only when the kernel is idle enough to release every packet on time; the
 report's kernel − simulation errors measure how far a real kernel falls short. (`--tau auto`
 draws measured neuron errors onto it, `noise_us`, to predict decisions on a loaded machine; that
-is a statistical correction, not a model of the kernel's costs. `packet_us` is one: the fabric
+is a statistical correction, not a model of the kernel's costs. `waits_us` carries one: the fabric
 CPU as a first-come-first-served queue with a per-packet cost, testbed.sim.fabric_cpu, whose
 waits are added to the arrivals.)
 
@@ -65,7 +65,6 @@ from testbed.errors import PlanError
 from testbed.model.layers import mean_k_earliest
 from testbed.plan.fabric_plan import SIGN_PLUS, FabricPlan, LayerPlan
 from testbed.plan.tc import drop_probability
-from testbed.sim.fabric_cpu import fabric_waits
 
 CHUNK_VALUES = 1 << 22  # arrival times held at once (32 MiB): LeNet-5's conv1 has 6912 ports of 50
 
@@ -86,6 +85,7 @@ class LayerResult:
 @dataclass(frozen=True)
 class SimResult:
     layers: tuple[LayerResult, ...]
+    inputs: tuple[np.ndarray, ...]  # per layer, (batch, n_l): the values it was given (layer 0's: x)
     scores: np.ndarray  # (batch, classes): the plan's scores of the last layer (FabricPlan.scores)
     predictions: np.ndarray
 
@@ -145,33 +145,24 @@ def simulate_layer(plan: FabricPlan, layer: LayerPlan, x: np.ndarray, rng: np.ra
 
 def simulate(plan: FabricPlan, x: np.ndarray, seed: int = 0, noise_us: Sequence[np.ndarray] | None = None,
              noise_seed: int = 1, port_offsets_us: Sequence[np.ndarray] | None = None,
-             packet_us: float | None = None) -> SimResult:
+             waits_us: Sequence[np.ndarray] | None = None) -> SimResult:
     """Simulate a batch of network inputs (batch, n_inputs of layer 0) through the plan; `seed`
     fixes the random losses of a plan compiled with loss, `noise_seed` the draws of `noise_us`
     (per layer, measured errors of the neurons' y to add, `simulate_layer`); `port_offsets_us`
-    per layer, each port's added latency (`simulate_layer`). `packet_us`: a fabric CPU that
-    spends this long on every packet (testbed.sim.fabric_cpu) stamps arrivals late by the waits
-    it predicts for the layers' inputs the closed form computes; None: the closed form alone."""
+    per layer, each port's added latency; `waits_us` per layer, each arrival's wait for a busy
+    fabric CPU (`simulate_layer`; testbed.sim.fabric_cpu predicts them)."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != plan.layers[0].n_inputs:
         raise PlanError(f"inputs have {x.shape[1]} values per sample; the plan's first layer takes {plan.layers[0].n_inputs}")
     if noise_us is not None and len(noise_us) != len(plan.layers):
         raise PlanError(f"noise_us has {len(noise_us)} layers' errors; the plan has {len(plan.layers)} layers")
-
-    def run(waits: Sequence[np.ndarray | None]) -> tuple[list[LayerResult], list[np.ndarray]]:
-        """Every layer in turn: its result, and the inputs it was given."""
-        results, inputs, layer_x = [], [], x
-        rng, noise_rng = np.random.default_rng(seed), np.random.default_rng(noise_seed)
-        for li, layer in enumerate(plan.layers):
-            inputs.append(layer_x)
-            results.append(simulate_layer(plan, layer, layer_x, rng, None if noise_us is None else noise_us[li],
-                                          noise_rng, None if port_offsets_us is None else port_offsets_us[li],
-                                          waits[li]))
-            layer_x = layer.relay(results[-1].y)
-        return results, inputs
-
-    results, inputs = run([None] * len(plan.layers))
-    if packet_us is not None:  # the waits of the inputs the closed form gives each layer
-        results, _ = run(fabric_waits(plan, inputs, packet_us))
+    results, inputs = [], []
+    rng, noise_rng = np.random.default_rng(seed), np.random.default_rng(noise_seed)
+    for li, layer in enumerate(plan.layers):
+        inputs.append(x)
+        results.append(simulate_layer(plan, layer, x, rng, None if noise_us is None else noise_us[li], noise_rng,
+                                      None if port_offsets_us is None else port_offsets_us[li],
+                                      None if waits_us is None else waits_us[li]))
+        x = layer.relay(results[-1].y)
     scores = plan.scores(results[-1].y)
-    return SimResult(tuple(results), scores, scores.argmax(axis=1))
+    return SimResult(tuple(results), tuple(inputs), scores, scores.argmax(axis=1))

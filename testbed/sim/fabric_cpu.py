@@ -7,7 +7,7 @@ When a spike's class releases it while that CPU is still copying or releasing ot
 waits, and the RX stamp its neuron counts is taken late by that wait. This module replays a
 stream of samples through a first-come-first-served single server to predict those waits, so a
 plan's accuracy on a given machine can be estimated before anything is built
-(`simulate(…, packet_us=…)`, `pi2 simulate --packet-cost-us`).
+(`simulate_busy`, `pi2 simulate --packet-cost-us`).
 
 The jobs, all on one clock (the session's slots, testbed.infer.session: slot q starts q·period
 after the first; sample s's layer l starts in slot s + layer_slots·l, its events sent at
@@ -32,15 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from testbed.errors import PlanError
 from testbed.plan.fabric_plan import FabricPlan
+from testbed.sim.executor import LayerResult, SimResult, simulate
 
-if TYPE_CHECKING:
-    from testbed.sim.executor import LayerResult
 
 
 @dataclass(frozen=True)
@@ -152,15 +150,19 @@ def fabric_waits(plan: FabricPlan, layer_inputs: Sequence[np.ndarray], packet_us
     return out
 
 
-def kth_lateness_p99(busy: Sequence["LayerResult"], closed: Sequence["LayerResult"]) -> list[float]:
+def simulate_busy(plan: FabricPlan, x: np.ndarray, closed: SimResult, packet_us: float) -> SimResult:
+    """`x` through `plan` on a fabric CPU of `packet_us` µs a packet: the closed form with each
+    arrival's predicted wait, for the inputs each layer got in `closed` (`simulate(plan, x)`)."""
+    return simulate(plan, x, waits_us=fabric_waits(plan, closed.inputs, packet_us))
+
+
+def kth_lateness_p99(busy: Sequence[LayerResult], closed: Sequence[LayerResult]) -> list[float]:
     """Per layer, p99 over (sample, port) of how much later a busy fabric CPU makes the K-th
     counted spike than the closed form (ports that counted nothing in either left out): the
     figure the inference report measures on the kernel (`kth_late_us_p99`)."""
     out = []
     for b, c in zip(busy, closed):
-        with np.errstate(all="ignore"):
-            late = np.nanmax(np.where(np.isnan(b.passed_us), -np.inf, b.passed_us), axis=2) \
-                - np.nanmax(np.where(np.isnan(c.passed_us), -np.inf, c.passed_us), axis=2)
+        late = np.fmax.reduce(b.passed_us, axis=2) - np.fmax.reduce(c.passed_us, axis=2)  # fmax skips nan
         late = late[np.isfinite(late)]
         out.append(float(np.percentile(late, 99)) if late.size else float("nan"))
     return out

@@ -7,7 +7,7 @@ from testbed.errors import PlanError
 from testbed.model.network import DenseLayer, Pi2Network
 from testbed.plan.compiler import Realisation, compile_network
 from testbed.sim.executor import simulate
-from testbed.sim.fabric_cpu import _serve, fabric_waits, kth_lateness_p99
+from testbed.sim.fabric_cpu import _serve, fabric_waits, kth_lateness_p99, simulate_busy
 
 IDEAL = Realisation("netem", "netem", min_delay_us=0.0, flood_copy_us=0.0, max_delay_us=1e9)
 
@@ -67,9 +67,9 @@ def test_an_idle_cpu_changes_nothing_and_a_slow_one_costs_decisions():
     x = rng.random((60, 40)) * 2
     plan = compile_network(net, IDEAL, 200.0, x, prune_margin=None)
     closed = simulate(plan, x)
-    idle = simulate(plan, x, packet_us=0.0)
+    idle = simulate_busy(plan, x, closed, 0.0)
     np.testing.assert_array_equal(idle.scores, closed.scores)
-    slow = simulate(plan, x, packet_us=20.0)  # 40 inputs × 12 neurons' copies at 20 µs each: ≫ τ
+    slow = simulate_busy(plan, x, closed, 20.0)  # 40 inputs × 12 neurons' copies at 20 µs each: ≫ τ
     assert (slow.predictions != closed.predictions).any()
     assert sum(layer.timed_out.sum() for layer in slow.layers) > 0
 
