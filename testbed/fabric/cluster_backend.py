@@ -201,18 +201,13 @@ def build(plan: FabricPlan, registry: RunRegistry, hosts: ClusterHosts, placemen
         spec_ports: dict[int, list[list[Any]]] = {}
         for layer, parts, row in zip(plan.layers, layer_parts, switches):
             links.append((relay, row[0], object_name(run, layer.inject_if), object_name(run, layer.switch + "i")))
-            if layer.lines:
-                for index, port in enumerate(layer.ports):
-                    switch_end = row[1].name + port_tag(layer.index, port.switch_if)
-                    links.append((relay, row[1], object_name(run, port.host_if), switch_end))
-                    spec_ports.setdefault(id(row[1]), []).append([layer.index, index, switch_end])
-                continue
-            for i in range(1, len(parts)):
+            for i in range(1, len(parts)):  # a shared-lines layer is one part: no trunks
                 letter = PART_LETTERS[i - 1]
                 links.append((row[0], row[i], object_name(run, f"{layer.switch}t{letter}"),
                               object_name(run, f"{layer.switch}{letter}t")))
             for index, port in enumerate(layer.ports):
-                i = next(n for n, part in enumerate(parts) if port.neuron in part.neurons)
+                # Shared lines: every port's switch end in the local node row[1].
+                i = 1 if layer.lines else next(n for n, part in enumerate(parts) if port.neuron in part.neurons)
                 switch_end = row[i].name + port_tag(layer.index, port.switch_if)
                 links.append((relay, row[i], object_name(run, port.host_if), switch_end))
                 spec_ports.setdefault(id(row[i]), []).append([layer.index, index, switch_end])
